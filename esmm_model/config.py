@@ -1,0 +1,388 @@
+"""One validated YAML file configures the whole pipeline.
+
+The YAML is parsed once, at the edge, into frozen dataclasses. Code below this edge
+takes dataclasses, never raw dicts. Every validation error names the offending key
+path (for example ``features[3].preprocessing.vocab.top_k``) and says how to fix it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from esmm_model.errors import ConfigError
+
+FeatureKind = Literal["id", "weighted_ids", "dense"]
+Side = Literal["user", "context", "item"]
+IdDtype = Literal["bytes", "int64"]
+Combiner = Literal["sum", "mean"]
+
+LABEL_CLICK = "click"
+LABEL_CONVERSION = "conversion"
+LABEL_CTCVR = "ctcvr"
+LABELS = (LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR)
+WEIGHT_SUFFIX = "_weight"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """A vocabulary computed on the train split; ids outside it go to OOV buckets."""
+
+    top_k: Optional[int] = None
+    min_frequency: int = 1
+    oov_buckets: int = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Exactly one of the four preprocessing methods."""
+
+    hash_buckets: Optional[int] = None
+    vocab: Optional[Vocab] = None
+    zscore: bool = False
+    buckets: Optional[tuple[float, ...]] = None
+
+    @property
+    def method(self) -> str:
+        if self.hash_buckets is not None:
+            return "hash_buckets"
+        if self.vocab is not None:
+            return "vocab"
+        if self.zscore:
+            return "zscore"
+        return "buckets"
+
+    @property
+    def is_categorical(self) -> bool:
+        """True when the output is an id that indexes an embedding table."""
+        return self.method != "zscore"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model feature: where it comes from, how it is preprocessed and embedded."""
+
+    name: str
+    kind: FeatureKind
+    side: Side
+    preprocessing: Preprocessing
+    source: Optional[str] = None
+    dtype: IdDtype = "bytes"
+    embedding_dim: Optional[int] = None
+    shared_embedding: Optional[str] = None
+    combiner: Combiner = "sum"
+
+    @property
+    def weight_name(self) -> str:
+        """The tf.Example key of the weights that go with a weighted_ids feature."""
+        return self.name + WEIGHT_SUFFIX
+
+    @property
+    def table_name(self) -> str:
+        """The embedding table this feature reads: its shared group, or its own."""
+        return self.shared_embedding or self.name
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Which raw format to read and how to split it by time."""
+
+    format: Literal["aliccp", "csv"] = "aliccp"
+    order_by: str = "sample_id"
+    train_fraction: float = 0.5
+    conversion_without_click: Literal["reject", "keep"] = "reject"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
+
+    variant: Literal["esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias"] = "esmm"
+    embedding_dim: int = 18
+    tower_units: tuple[int, ...] = (200, 80)
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    dropout: float = 0.0
+    ctr_loss_weight: float = 1.0
+    ctcvr_loss_weight: float = 1.0
+    aman_negative_rate: float = 0.1
+    oversampling_k: int = 5
+    unbias_min_ctr: float = 0.01
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation: the paper's Adam by default, Adagrad as the seed uses."""
+
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    embedding_optimizer: Literal["same", "adagrad", "sgd"] = "same"
+    learning_rate: float = 0.001
+    embedding_learning_rate: Optional[float] = None
+    adam_beta_1: float = 0.9
+    adam_beta_2: float = 0.999
+    adam_epsilon: float = 1e-8
+    batch_size: int = 4096
+    epochs: int = 4
+    steps_per_epoch: Optional[int] = None
+    seed: int = 42
+    early_stopping_patience: Optional[int] = None
+    jit_compile: bool = False
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """Runner and options handed to every Beam step unchanged."""
+
+    runner: str = "DirectRunner"
+    options: tuple[str, ...] = ()
+
+    def pipeline_args(self) -> list[str]:
+        return [f"--runner={self.runner}", *self.options]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root of the YAML file."""
+
+    name: str
+    features: tuple[Feature, ...]
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+
+    def feature(self, name: str) -> Feature:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    def embedding_dim(self, feature: Feature) -> int:
+        return feature.embedding_dim or self.model.embedding_dim
+
+    def features_on(self, side: Side) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.side == side)
+
+    def shared_groups(self) -> dict[str, tuple[Feature, ...]]:
+        groups: dict[str, list[Feature]] = {}
+        for feature in self.features:
+            if feature.shared_embedding:
+                groups.setdefault(feature.shared_embedding, []).append(feature)
+        return {name: tuple(members) for name, members in groups.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-data form that round-trips through ``config_from_dict``."""
+        return _to_plain(self)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Reads and validates a config YAML; raises ConfigError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_from_dict(data: Any) -> Config:
+    """Validates plain data (as parsed from YAML) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping at the top level")
+    config = _build(Config, data, "")
+    _check_features(config)
+    _check_numbers(config)
+    return config
+
+
+def _check_features(config: Config) -> None:
+    if not config.features:
+        raise ConfigError("features: at least one feature is required")
+    seen: dict[str, int] = {}
+    reserved = set(LABELS) | {config.input.order_by, "sample_id"}
+    for i, feature in enumerate(config.features):
+        where = f"features[{i}] ({feature.name})"
+        if not feature.name.isidentifier():
+            raise ConfigError(f"{where}.name: use letters, digits and underscores, not {feature.name!r}")
+        if feature.name in seen:
+            raise ConfigError(f"{where}.name: duplicate feature name, first used by features[{seen[feature.name]}]")
+        if feature.name in reserved:
+            raise ConfigError(f"{where}.name: {feature.name!r} is reserved for labels and ordering")
+        if feature.name.endswith(WEIGHT_SUFFIX):
+            raise ConfigError(f"{where}.name: names ending in {WEIGHT_SUFFIX!r} are reserved for weights")
+        seen[feature.name] = i
+        method = feature.preprocessing.method
+        if feature.kind == "dense" and method not in ("zscore", "buckets"):
+            raise ConfigError(f"{where}.preprocessing: a dense feature takes zscore or buckets, not {method}")
+        if feature.kind != "dense" and method not in ("hash_buckets", "vocab"):
+            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets or vocab, not {method}")
+        if feature.shared_embedding and not feature.preprocessing.is_categorical:
+            raise ConfigError(f"{where}.shared_embedding: a z-scored dense feature has no embedding to share")
+        if feature.combiner != "sum" and feature.kind != "weighted_ids":
+            raise ConfigError(f"{where}.combiner: only weighted_ids features are pooled")
+    sources: dict[str, str] = {}
+    for feature in config.features:
+        source = feature.source or feature.name
+        if source in sources:
+            raise ConfigError(f"features ({feature.name}).source: {source!r} is already read by {sources[source]}")
+        sources[source] = feature.name
+    for group, members in config.shared_groups().items():
+        first = members[0]
+        for other in members[1:]:
+            if other.preprocessing != first.preprocessing:
+                raise ConfigError(
+                    f"shared_embedding {group!r}: {first.name} and {other.name} use different preprocessing "
+                    f"({first.preprocessing} vs {other.preprocessing}); members of a group must map into one id space")
+            if config.embedding_dim(other) != config.embedding_dim(first):
+                raise ConfigError(f"shared_embedding {group!r}: {first.name} and {other.name} have different embedding_dim")
+            if other.dtype != first.dtype:
+                raise ConfigError(f"shared_embedding {group!r}: {first.name} is {first.dtype} but {other.name} is {other.dtype}")
+        if group in seen and config.feature(group).shared_embedding != group:
+            raise ConfigError(f"shared_embedding {group!r}: the group name clashes with feature {group!r}")
+
+
+def _check_numbers(config: Config) -> None:
+    def positive(value: float | int | None, where: str) -> None:
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: must be positive, got {value}")
+
+    for i, feature in enumerate(config.features):
+        where = f"features[{i}] ({feature.name})"
+        pre = feature.preprocessing
+        positive(pre.hash_buckets, f"{where}.preprocessing.hash_buckets")
+        positive(feature.embedding_dim, f"{where}.embedding_dim")
+        if pre.vocab is not None:
+            positive(pre.vocab.top_k, f"{where}.preprocessing.vocab.top_k")
+            positive(pre.vocab.min_frequency, f"{where}.preprocessing.vocab.min_frequency")
+            if pre.vocab.oov_buckets < 1:
+                raise ConfigError(f"{where}.preprocessing.vocab.oov_buckets: must be at least 1")
+        if pre.buckets is not None:
+            if not pre.buckets:
+                raise ConfigError(f"{where}.preprocessing.buckets: give at least one boundary")
+            if list(pre.buckets) != sorted(set(pre.buckets)):
+                raise ConfigError(f"{where}.preprocessing.buckets: boundaries must be strictly increasing")
+    if not 0.0 < config.input.train_fraction < 1.0:
+        raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
+    positive(config.model.embedding_dim, "model.embedding_dim")
+    if not config.model.tower_units or any(u <= 0 for u in config.model.tower_units):
+        raise ConfigError("model.tower_units: give one or more positive layer widths")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must lie in [0, 1), got {config.model.dropout}")
+    if not 0.0 < config.model.aman_negative_rate <= 1.0:
+        raise ConfigError("model.aman_negative_rate: must lie in (0, 1]")
+    positive(config.model.oversampling_k, "model.oversampling_k")
+    if not 0.0 < config.model.unbias_min_ctr < 1.0:
+        raise ConfigError("model.unbias_min_ctr: must lie in (0, 1)")
+    for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
+                "early_stopping_patience"):
+        positive(getattr(config.training, key), f"training.{key}")
+
+
+def _parse_preprocessing(data: Any, where: str) -> Preprocessing:
+    if data == "zscore":
+        return Preprocessing(zscore=True)
+    if not isinstance(data, dict) or len(data) != 1:
+        raise ConfigError(
+            f"{where}: give exactly one of hash_buckets: N, vocab: {{top_k, min_frequency, oov_buckets}}, "
+            f"zscore, buckets: [boundaries]; got {data!r}")
+    (key, value), = data.items()
+    if key == "hash_buckets":
+        return Preprocessing(hash_buckets=_coerce(int, value, f"{where}.hash_buckets"))
+    if key == "vocab":
+        return Preprocessing(vocab=_build(Vocab, value or {}, f"{where}.vocab"))
+    if key == "zscore":
+        return Preprocessing(zscore=True)
+    if key == "buckets":
+        return Preprocessing(buckets=_coerce(tuple[float, ...], value, f"{where}.buckets"))
+    raise ConfigError(f"{where}: unknown preprocessing {key!r}; use hash_buckets, vocab, zscore or buckets")
+
+
+_CUSTOM_PARSERS = {Preprocessing: _parse_preprocessing}
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Builds dataclass ``cls`` from a mapping, checking keys and types by annotation."""
+    if cls in _CUSTOM_PARSERS:
+        return _CUSTOM_PARSERS[cls](data, where)
+    label = where or "the config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; known keys are {', '.join(sorted(fields))}")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: required key is missing")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"no coercion for {hint} at {where}")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Preprocessing):
+        if value.zscore:
+            return "zscore"
+        method = value.method
+        return {method: _to_plain(getattr(value, method))}
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if getattr(value, f.name) is not None}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value

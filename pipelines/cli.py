@@ -1,0 +1,104 @@
+"""The `esmm` command line: one subcommand per pipeline step, plus the demo.
+
+Each subcommand parses flags, loads the config, and calls the step's plain function.
+A user mistake (EsmmError) prints one line and exits 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from esmm_model.errors import EsmmError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "simulator.yaml"
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="feature and pipeline config YAML (default: %(default)s)")
+
+
+def _add_beam(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runner", help="Beam runner, overriding the config's beam.runner (e.g. DirectRunner, FlinkRunner, DataflowRunner)")
+    parser.add_argument("--beam-option", action="append", default=[], metavar="OPTION",
+                        help="extra Beam pipeline option, repeatable, passed through untouched (e.g. --beam-option=--direct_num_workers=2)")
+
+
+def beam_args(config, args: argparse.Namespace) -> list[str]:
+    """The config's Beam runner and options, with the command line's on top."""
+    runner = args.runner or config.beam.runner
+    return [f"--runner={runner}", *config.beam.options, *args.beam_option]
+
+
+def _cmd_simulate(args: argparse.Namespace) -> None:
+    from components.simulator import SimulationSpec, simulate
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    spec = SimulationSpec.preset(args.preset, rows=args.rows, users=args.users, items=args.items, seed=args.seed)
+    summary = simulate(spec, config, args.out, write_csv=args.csv)
+    print(summary.describe())
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from components.ingest import ingest
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    counts = ingest(config, args.input, args.out, beam_args(config, args))
+    print(counts.describe())
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pipelines.demo import run_demo
+
+    run_demo(args.out, config_path=args.config, rows=args.rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esmm", description="ESMM pipeline: simulate, ingest, transform, train, evaluate, push, serve.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="write a click->conversion impression log with known ground truth (Ali-CCP raw format)")
+    _add_config(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--rows", type=int, default=200_000, help="impressions (default: %(default)s)")
+    p.add_argument("--users", type=int, default=10_000, help="users (default: %(default)s)")
+    p.add_argument("--items", type=int, default=20_000, help="items (default: %(default)s)")
+    p.add_argument("--preset", choices=["default", "aliccp"], default="default",
+                   help="target rates: default CTR 4%% / CVR 5%%, aliccp CTR 4%% / CVR 0.5%%")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--csv", action="store_true", help="also write impressions.csv (header, weighted lists as id:weight|id:weight)")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("ingest", help="raw logs -> tf.Example TFRecords split by time, schema, counts, rejected rows (Beam)")
+    _add_config(p)
+    _add_beam(p)
+    p.add_argument("--input", required=True, help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; csv: a file pattern")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")
+    _add_config(p)
+    p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=200_000, help="simulated impressions (default: %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EsmmError as exc:
+        print(f"esmm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"esmm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC client for TF Serving's PredictionService, example packing, ranking, and a local server."""
