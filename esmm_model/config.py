@@ -7,7 +7,9 @@ path (for example ``features[3].preprocessing.vocab.top_k``) and says how to fix
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -145,6 +147,58 @@ class BeamConfig:
         return [f"--runner={self.runner}", *self.options]
 
 
+# Metrics where a lower value is better; every other metric is higher-is-better.
+LOWER_IS_BETTER = frozenset({"bce", "loss", "log_loss", "brier_score"})
+# Metrics with no better direction (a rate should match the label's): bound them with min/max only.
+DIRECTIONLESS = frozenset({"mean_prediction", "mean_label", "example_count", "calibration"})
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A gate on one evaluation metric, addressed by path: ``cvr/clicked/auc``, ``entire_space/cvr_auc``.
+
+    ``min`` and ``max`` bound the candidate's value. ``max_regression`` is the largest change
+    for the worse allowed against the pushed model: a drop for higher-is-better metrics (AUCs),
+    a rise for the lower-is-better ones in LOWER_IS_BETTER (bce).
+    """
+
+    metric: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    max_regression: Optional[float] = None
+
+    @property
+    def metric_name(self) -> str:
+        """The last path segment: ``auc`` for ``cvr/clicked/auc``."""
+        return self.metric.rsplit("/", 1)[-1]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric_name not in LOWER_IS_BETTER
+
+
+DEFAULT_THRESHOLDS = (
+    Threshold("ctr/all/auc", min=0.55, max_regression=0.01),
+    Threshold("ctcvr/all/auc", min=0.55, max_regression=0.01),
+    Threshold("cvr/clicked/auc", min=0.52, max_regression=0.01),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The blessing gate: absolute bounds on the candidate, change bounds against the pushed model."""
+
+    thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept."""
+
+    model_name: str = "esmm"
+    keep_versions: int = 5
+
+
 @dataclass(frozen=True)
 class Config:
     """The root of the YAML file."""
@@ -155,6 +209,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
     def feature(self, name: str) -> Feature:
         for feature in self.features:
@@ -202,6 +258,7 @@ def config_from_dict(data: Any) -> Config:
     config = _build(Config, data, "")
     _check_features(config)
     _check_numbers(config)
+    _check_evaluation_and_push(config)
     return config
 
 
@@ -286,6 +343,39 @@ def _check_numbers(config: Config) -> None:
     for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
                 "early_stopping_patience"):
         positive(getattr(config.training, key), f"training.{key}")
+
+
+def _check_evaluation_and_push(config: Config) -> None:
+    seen: dict[str, int] = {}
+    for i, threshold in enumerate(config.evaluation.thresholds):
+        where = f"evaluation.thresholds[{i}]"
+        parts = threshold.metric.split("/")
+        if len(parts) < 2 or not all(part.strip() for part in parts):
+            raise ConfigError(f"{where}.metric: give a metric path like cvr/clicked/auc or entire_space/cvr_auc, "
+                              f"not {threshold.metric!r}")
+        if threshold.metric in seen:
+            raise ConfigError(f"{where}.metric: {threshold.metric!r} is already gated by evaluation.thresholds[{seen[threshold.metric]}]; "
+                              f"merge the two entries")
+        seen[threshold.metric] = i
+        bounds = {"min": threshold.min, "max": threshold.max, "max_regression": threshold.max_regression}
+        if all(value is None for value in bounds.values()):
+            raise ConfigError(f"{where} ({threshold.metric}): give at least one of min, max, max_regression")
+        for key, value in bounds.items():
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{where}.{key}: must be a finite number, got {value}")
+        if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
+            raise ConfigError(f"{where} ({threshold.metric}): min {threshold.min} exceeds max {threshold.max}")
+        if threshold.max_regression is not None:
+            if threshold.max_regression < 0:
+                raise ConfigError(f"{where}.max_regression: must be zero or positive, got {threshold.max_regression}")
+            if threshold.metric_name in DIRECTIONLESS:
+                raise ConfigError(f"{where}.max_regression: {threshold.metric_name} has no better direction, "
+                                  f"so it cannot regress; bound it with min and max instead")
+    name = config.push.model_name
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or name.isdigit():
+        raise ConfigError(f"push.model_name: use letters, digits, '_', '-' and '.', not all digits, got {name!r}")
+    if config.push.keep_versions < 1:
+        raise ConfigError(f"push.keep_versions: keep at least 1 version, got {config.push.keep_versions}")
 
 
 def _parse_preprocessing(data: Any, where: str) -> Preprocessing:
