@@ -1,0 +1,204 @@
+"""The model-validation gate: bless a candidate, or refuse it with every reason spelled out.
+
+Metrics are the evaluator's nested mapping, addressed by path: ``cvr/clicked/auc`` reads
+``metrics["cvr"]["clicked"]["auc"]``. Each ``evaluation.thresholds`` entry applies up to three
+rules: ``min`` and ``max`` on the candidate alone, and ``max_regression`` against the baseline,
+the currently pushed model. The gate fails closed: a metric the candidate lacks, or that is
+not a finite number, fails. A change rule is skipped, with its reason recorded, when there is
+no baseline (the first model is judged on absolute thresholds alone) or the baseline lacks
+that metric.
+
+The artifact is one JSON file (see ``write_blessing``)::
+
+    {"status": "BLESSED" | "NOT_BLESSED", "baseline_version": 3 | null,
+     "reasons": ["pass: ctr/all/auc = 0.7100 >= min 0.5500", ...],
+     "checks": [{"metric": "ctr/all/auc", "rule": "min", "outcome": "pass", "value": 0.71,
+                 "bound": 0.55, "baseline": null, "reason": "ctr/all/auc = 0.7100 >= min 0.5500"}, ...]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional
+
+import tensorflow as tf
+
+from esmm_model.config import EvaluationConfig, Threshold
+from esmm_model.errors import InputError
+
+BLESSED = "BLESSED"
+NOT_BLESSED = "NOT_BLESSED"
+# A regression equal to max_regression passes; this absorbs float noise in baseline - value.
+_REGRESSION_TOLERANCE = 1e-9
+
+Rule = Literal["present", "min", "max", "max_regression"]
+Outcome = Literal["pass", "fail", "skip"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied to one metric. ``bound`` is the limit the value was held to."""
+
+    metric: str
+    rule: Rule
+    outcome: Outcome
+    reason: str
+    value: Optional[float] = None
+    bound: Optional[float] = None
+    baseline: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Blessing:
+    """The gate's verdict: blessed when no check failed."""
+
+    checks: tuple[Check, ...]
+    baseline_version: Optional[int] = None
+
+    @property
+    def blessed(self) -> bool:
+        return all(check.outcome != "fail" for check in self.checks)
+
+    @property
+    def status(self) -> str:
+        return BLESSED if self.blessed else NOT_BLESSED
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every check's outcome and why, in config order."""
+        if not self.checks:
+            return ("pass: evaluation.thresholds is empty, so there was nothing to check",)
+        return tuple(f"{check.outcome}: {check.reason}" for check in self.checks)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The reasons a NOT_BLESSED model was refused; empty when blessed."""
+        return tuple(check.reason for check in self.checks if check.outcome == "fail")
+
+    def describe(self) -> str:
+        against = "no pushed baseline" if self.baseline_version is None else f"baseline: pushed version {self.baseline_version}"
+        return "\n".join([f"{self.status} ({against})", *(f"  {reason}" for reason in self.reasons)])
+
+
+def bless(candidate_metrics: Mapping[str, Any], baseline_metrics: Optional[Mapping[str, Any]],
+          evaluation: EvaluationConfig, *, baseline_version: Optional[int] = None) -> Blessing:
+    """Judges the candidate's metrics against ``evaluation.thresholds``.
+
+    ``baseline_metrics`` are the pushed model's; pass None, with ``baseline_version`` None, for
+    the first model. ``baseline_version`` names the pushed version they came from; the Pusher
+    refuses a blessing whose baseline is no longer the latest pushed version.
+    """
+    checks: list[Check] = []
+    for threshold in evaluation.thresholds:
+        checks.extend(_check_threshold(threshold, candidate_metrics, baseline_metrics, baseline_version))
+    return Blessing(checks=tuple(checks), baseline_version=baseline_version)
+
+
+def _check_threshold(threshold: Threshold, candidate: Mapping[str, Any], baseline: Optional[Mapping[str, Any]],
+                     baseline_version: Optional[int]) -> list[Check]:
+    path = threshold.metric
+    try:
+        value = metric_value(candidate, path)
+    except KeyError as exc:
+        return [Check(path, "present", "fail", f"candidate: {exc.args[0]}")]
+    checks = []
+    if threshold.min is not None:
+        ok = value >= threshold.min
+        checks.append(Check(path, "min", "pass" if ok else "fail",
+                            f"{path} = {value:.4f} {'>=' if ok else 'is below'} min {threshold.min:.4f}",
+                            value=value, bound=threshold.min))
+    if threshold.max is not None:
+        ok = value <= threshold.max
+        checks.append(Check(path, "max", "pass" if ok else "fail",
+                            f"{path} = {value:.4f} {'<=' if ok else 'is above'} max {threshold.max:.4f}",
+                            value=value, bound=threshold.max))
+    if threshold.max_regression is not None:
+        checks.append(_check_regression(threshold, threshold.max_regression, value, baseline, baseline_version))
+    return checks
+
+
+def _check_regression(threshold: Threshold, delta: float, value: float, baseline: Optional[Mapping[str, Any]],
+                      baseline_version: Optional[int]) -> Check:
+    path = threshold.metric
+    if baseline is None:
+        why = ("no pushed model to compare with (first model)" if baseline_version is None
+               else f"pushed version {baseline_version} has no recorded metrics")
+        return Check(path, "max_regression", "skip", f"{path}: {why}; max_regression not applied", value=value)
+    try:
+        base = metric_value(baseline, path)
+    except KeyError as exc:
+        return Check(path, "max_regression", "skip", f"baseline: {exc.args[0]}; max_regression not applied", value=value)
+    regression = base - value if threshold.higher_is_better else value - base
+    bound = base - delta if threshold.higher_is_better else base + delta
+    ok = regression <= delta + _REGRESSION_TOLERANCE
+    direction = "higher" if threshold.higher_is_better else "lower"
+    against = "the baseline" if baseline_version is None else f"pushed version {baseline_version}"
+    verdict = f"within max_regression {delta:.4f}" if ok else f"worse by {regression:.4f}, more than max_regression {delta:.4f}"
+    return Check(path, "max_regression", "pass" if ok else "fail",
+                 f"{path} = {value:.4f} vs {base:.4f} in {against} ({direction} is better): {verdict}",
+                 value=value, bound=bound, baseline=base)
+
+
+def metric_value(metrics: Mapping[str, Any], path: str) -> float:
+    """The finite number at ``path`` (``cvr/clicked/auc``); KeyError saying what is missing otherwise."""
+    node: Any = metrics
+    walked: list[str] = []
+    for part in path.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            where = "/".join(walked) or "the top level"
+            known = ", ".join(sorted(map(str, node))) if isinstance(node, Mapping) else f"a {type(node).__name__}"
+            raise KeyError(f"{path} is missing: {where} has no {part!r} (it has {known or 'nothing'})")
+        node = node[part]
+        walked.append(part)
+    if isinstance(node, bool) or not isinstance(node, numbers.Real) or not math.isfinite(node):
+        raise KeyError(f"{path} is {node!r}, not a finite number")
+    return float(node)
+
+
+def write_blessing(blessing: Blessing, path: str) -> None:
+    """Writes the blessing artifact JSON to ``path`` (a local path or a gfile URI)."""
+    record = {"status": blessing.status, "baseline_version": blessing.baseline_version,
+              "reasons": list(blessing.reasons), "checks": [dataclasses.asdict(check) for check in blessing.checks]}
+    write_json(record, path)
+
+
+def read_blessing(path: str) -> Blessing:
+    """Reads a blessing artifact written by ``write_blessing``; InputError naming the file otherwise."""
+    record = read_json(path, "blessing")
+    try:
+        blessing = Blessing(checks=tuple(Check(**check) for check in record["checks"]),
+                            baseline_version=record["baseline_version"])
+        status = record["status"]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"blessing file {path!r} is not a blessing artifact ({exc!r}); write it with write_blessing") from None
+    if status != blessing.status:
+        raise InputError(f"blessing file {path!r} says {status} but its checks say {blessing.status}; it was edited or corrupted")
+    return blessing
+
+
+def read_json(path: str, what: str) -> dict[str, Any]:
+    """Reads a JSON object (metrics, blessing) from a local path or gfile URI; InputError naming the file otherwise."""
+    if not tf.io.gfile.exists(path):
+        raise InputError(f"{what} file {path!r} does not exist")
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} file {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{what} file {path!r} must hold a JSON object, not a {type(record).__name__}")
+    return record
+
+
+def write_json(record: Mapping[str, Any], path: str) -> None:
+    """Writes a JSON object to a local path or gfile URI, creating its directory."""
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,175 @@
+"""Pusher: publishes a blessed SavedModel as ``<serving_base>/<model_name>/<version>/`` for TF Serving.
+
+Versions are integers, each one more than the highest present. Every pushed version carries
+its evaluation record in ``<version>/assets.extra/`` (TF Serving ignores that folder):
+``metrics.json`` (the evaluator's nested metrics) and ``blessing.json`` (the verdict that let
+it through). The next blessing reads the baseline from there (``latest_pushed``), and the
+record moves, and is deleted, together with its model.
+
+Atomicity. The model is copied into a sibling named ``.tmp-<version>-<uuid>``, which TF
+Serving skips because the name is not an integer, and only the finished copy is renamed to
+``<version>``. On local disks and mounted volumes (POSIX rename) a version appears whole or
+not at all: a crash before the rename leaves a stray temporary directory and the previous
+version serving. Object stores (``gs://``, ``s3://``) have no rename; gfile would copy object
+by object in any order. There the finished copy is promoted by server-side copies with
+``saved_model.pb`` last, then deleted. What remains guaranteed: nothing is uploaded under the
+version name, and a version holds ``saved_model.pb`` only once all its other files are in
+place, so a crash mid-promote leaves a version TF Serving cannot load (and retries), never
+one it loads half-written. ``latest_pushed`` skips such incomplete versions.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import tensorflow as tf
+
+from components.blessing import Blessing, read_json, write_blessing, write_json
+from esmm_model.errors import EsmmError, InputError
+
+RECORD_DIR = "assets.extra"
+METRICS_FILE = "metrics.json"
+BLESSING_FILE = "blessing.json"
+TMP_PREFIX = ".tmp-"
+# Filesystems whose directory rename is atomic; every other scheme is treated as an object store.
+_ATOMIC_RENAME_SCHEMES = frozenset({"", "file", "hdfs"})
+_VERSION = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class PushedModel:
+    """A version under ``<serving_base>/<model_name>/`` and the metrics recorded with it (None if none)."""
+
+    version: int
+    path: str
+    metrics: Optional[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What the Pusher did, and why."""
+
+    pushed: bool
+    reason: str
+    version: Optional[int] = None
+    path: Optional[str] = None
+    removed_versions: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        lines = [f"pushed version {self.version} to {self.path}" if self.pushed else "not pushed", f"  {self.reason}"]
+        if self.removed_versions:
+            lines.append(f"  removed old versions {', '.join(map(str, self.removed_versions))}")
+        return "\n".join(lines)
+
+
+def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str, keep_versions: int,
+         metrics: Optional[Mapping[str, Any]] = None) -> PushResult:
+    """Publishes ``model_dir`` as the next version if ``blessing`` allows it, then keeps the last ``keep_versions``.
+
+    ``metrics`` (the evaluator's) are recorded with the version so that the next blessing can
+    compare against them. An unblessed model, or a blessing judged against a baseline that is no
+    longer the latest pushed version, is not pushed; the result says why.
+    """
+    if keep_versions < 1:
+        raise EsmmError(f"keep_versions must be at least 1, got {keep_versions}")
+    if not tf.saved_model.contains_saved_model(model_dir):
+        raise InputError(f"model directory {model_dir!r} is not a SavedModel: it has no saved_model.pb; "
+                         f"pass the export directory that contains saved_model.pb")
+    if not blessing.blessed:
+        return PushResult(False, "the model is NOT_BLESSED: " + "; ".join(blessing.failures))
+    latest = latest_pushed(serving_base, model_name)
+    latest_version = latest.version if latest else None
+    if blessing.baseline_version != latest_version:
+        judged = "no baseline" if blessing.baseline_version is None else f"pushed version {blessing.baseline_version}"
+        now = "there is none" if latest_version is None else f"it is version {latest_version}"
+        return PushResult(False, f"the blessing compared the model with {judged}, but the latest pushed version "
+                                 f"changed since ({now}); validate the model again")
+
+    model_base = os.path.join(serving_base, model_name)
+    version = max(pushed_versions(serving_base, model_name), default=0) + 1
+    final = os.path.join(model_base, str(version))
+    tmp = os.path.join(model_base, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    try:
+        _copy_tree(model_dir, tmp)
+        if metrics is not None:
+            write_json(metrics, os.path.join(tmp, RECORD_DIR, METRICS_FILE))
+        write_blessing(blessing, os.path.join(tmp, RECORD_DIR, BLESSING_FILE))
+        _promote(tmp, final)
+    except BaseException:
+        _remove_if_present(tmp)
+        raise
+    removed = _keep_latest(serving_base, model_name, keep_versions)
+    return PushResult(True, f"the model is {blessing.status}", version=version, path=final, removed_versions=removed)
+
+
+def pushed_versions(serving_base: str, model_name: str) -> list[int]:
+    """Every integer version directory under ``<serving_base>/<model_name>``, ascending; empty if none."""
+    model_base = os.path.join(serving_base, model_name)
+    if not tf.io.gfile.isdir(model_base):
+        return []
+    versions = []
+    for entry in tf.io.gfile.listdir(model_base):
+        name = entry.rstrip("/")
+        if _VERSION.fullmatch(name) and tf.io.gfile.isdir(os.path.join(model_base, name)):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def latest_pushed(serving_base: str, model_name: str) -> Optional[PushedModel]:
+    """The highest complete version (it holds saved_model.pb) and its recorded metrics; None if none is pushed."""
+    for version in reversed(pushed_versions(serving_base, model_name)):
+        path = os.path.join(serving_base, model_name, str(version))
+        if tf.saved_model.contains_saved_model(path):
+            metrics_path = os.path.join(path, RECORD_DIR, METRICS_FILE)
+            metrics = read_json(metrics_path, "metrics") if tf.io.gfile.exists(metrics_path) else None
+            return PushedModel(version, path, metrics)
+    return None
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    src = src.rstrip("/")
+    for dirpath, _, filenames in tf.io.gfile.walk(src):
+        target = os.path.join(dst, dirpath[len(src):].lstrip("/"))
+        tf.io.gfile.makedirs(target)
+        for filename in filenames:
+            tf.io.gfile.copy(os.path.join(dirpath, filename), os.path.join(target, filename))
+
+
+def _promote(tmp: str, final: str) -> None:
+    """Makes the finished copy visible under its version name (see the module docstring)."""
+    if tf.io.gfile.exists(final):
+        raise EsmmError(f"version directory {final!r} appeared during the push (another pusher?); push again")
+    if _has_atomic_rename(final):
+        tf.io.gfile.rename(tmp, final)
+        return
+    files = [os.path.join(dirpath, name)[len(tmp):].lstrip("/")
+             for dirpath, _, names in tf.io.gfile.walk(tmp) for name in names]
+    files.sort(key=lambda rel: rel == "saved_model.pb")
+    for rel in files:
+        tf.io.gfile.makedirs(os.path.dirname(os.path.join(final, rel)))
+        tf.io.gfile.copy(os.path.join(tmp, rel), os.path.join(final, rel))
+    tf.io.gfile.rmtree(tmp)
+
+
+def _has_atomic_rename(path: str) -> bool:
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    return scheme in _ATOMIC_RENAME_SCHEMES
+
+
+def _keep_latest(serving_base: str, model_name: str, keep_versions: int) -> tuple[int, ...]:
+    stale = pushed_versions(serving_base, model_name)[:-keep_versions]
+    for version in stale:
+        tf.io.gfile.rmtree(os.path.join(serving_base, model_name, str(version)))
+    return tuple(stale)
+
+
+def _remove_if_present(path: str) -> None:
+    """Best-effort cleanup after a failed push; a stray temporary directory is harmless to TF Serving."""
+    try:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
+    except tf.errors.OpError:
+        pass
