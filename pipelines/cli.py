@@ -6,6 +6,7 @@ A user mistake (EsmmError) prints one line and exits 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,22 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
     print(counts.describe())
 
 
+def _cmd_push(args: argparse.Namespace) -> None:
+    from components.blessing import bless, read_json, write_blessing
+    from components.push import latest_pushed, push
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    metrics = read_json(args.metrics, "metrics")
+    baseline = latest_pushed(args.serving_base, config.push.model_name)
+    blessing = bless(metrics, baseline.metrics if baseline else None, config.evaluation,
+                     baseline_version=baseline.version if baseline else None)
+    write_blessing(blessing, args.blessing_out or os.path.join(os.path.dirname(args.metrics), "blessing.json"))
+    print(blessing.describe())
+    result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions, metrics)
+    print(result.describe())
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -78,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; csv: a file pattern")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically if blessed")
+    _add_config(p)
+    p.add_argument("--model-dir", required=True, help="the SavedModel export directory (holds saved_model.pb)")
+    p.add_argument("--metrics", required=True, help="the evaluator's metrics JSON for this model")
+    p.add_argument("--serving-base", required=True, help="TF Serving's base path (local, mounted volume or gs:// URI); "
+                                                         "the model goes to <serving-base>/<push.model_name>/<version>/")
+    p.add_argument("--blessing-out", help="where to write the blessing JSON (default: blessing.json beside --metrics)")
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")
     _add_config(p)
