@@ -166,3 +166,21 @@ def test_a_directory_without_saved_model_pb_is_rejected_by_name(tmp_path, servin
     with pytest.raises(InputError, match=r"model directory '.*not_a_model' is not a SavedModel: it has no saved_model.pb"):
         push(str(tmp_path / "not_a_model"), bless(metrics(0.6), None, GATE), serving_base, "esmm", 5)
     assert pushed_versions(serving_base, "esmm") == []
+
+
+def test_cli_push_blesses_writes_the_artifact_and_pushes(model_dir, serving_base, tmp_path, capsys):
+    from pipelines.cli import main
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"ctr": {"all": {"auc": 0.70}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
+    bad.write_text(json.dumps({"ctr": {"all": {"auc": 0.50}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
+    args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]  # the default config: configs/simulator.yaml
+    assert main([*args, "--metrics", str(good)]) == 0
+    assert read_blessing(str(tmp_path / "blessing.json")).blessed
+    assert latest_pushed(serving_base, "esmm").metrics["ctcvr"]["all"]["auc"] == 0.66
+    assert main([*args, "--metrics", str(bad), "--blessing-out", str(tmp_path / "b2.json")]) == 0
+    assert "not pushed\n  the model is NOT_BLESSED: ctr/all/auc = 0.5000 is below min 0.5500" in capsys.readouterr().out
+    assert not read_blessing(str(tmp_path / "b2.json")).blessed
+    assert pushed_versions(serving_base, "esmm") == [1]
+    assert main(["push", "--model-dir", str(tmp_path / "missing"), "--serving-base", serving_base, "--metrics", str(good)]) == 2
+    assert "esmm push: error: model directory" in capsys.readouterr().err
