@@ -1,0 +1,209 @@
+"""A gRPC client for TensorFlow Serving's PredictionService and ModelService.
+
+It speaks the plain TF Serving API (``tensorflow_serving.apis``), so it works the same
+against the real ``tensorflow/serving`` server and against ``serving_client.server``.
+One channel per client, shared by all threads; every call has a deadline; UNAVAILABLE
+and DEADLINE_EXCEEDED are retried with capped exponential backoff and full jitter.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TypeVar
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving_client.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+INPUT = "examples"
+OUTPUTS = ("ctr", "cvr", "ctcvr")
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+SERVING_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                          grpc.StatusCode.RESOURCE_EXHAUSTED})
+_Response = TypeVar("_Response")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Up to ``max_attempts`` tries; before try k+1 sleep uniform(0, min(max_backoff, initial * multiplier**(k-1)))."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+    def backoff_s(self, attempt: int) -> float:
+        """The jittered sleep after failed attempt number ``attempt`` (1-based)."""
+        return random.uniform(0.0, min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Constant scores returned instead of raising when serving is down (the seed uses 0.0)."""
+
+    ctr: float = 0.0
+    cvr: float = 0.0
+    ctcvr: float = 0.0
+    codes: frozenset[grpc.StatusCode] = SERVING_DOWN
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Scores for n candidates, in request order; ``model_version`` is None for a fallback."""
+
+    ctr: np.ndarray
+    cvr: np.ndarray
+    ctcvr: np.ndarray
+    model_version: int | None
+    fallback: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ctr)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """GetModelMetadata's answer: the served version and its signatures."""
+
+    name: str
+    version: int
+    signatures: dict[str, meta_graph_pb2.SignatureDef] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One entry of GetModelStatus: a version, its state name (e.g. AVAILABLE) and any error message."""
+
+    version: int
+    state: str
+    error: str
+
+
+class PredictionClient:
+    """Scores serialized tf.Examples on TF Serving; thread-safe, one channel reused for every call.
+
+    ``version=None`` asks for the latest version. ``timeout_s`` is the deadline of each
+    attempt, so a call takes at most about ``max_attempts * timeout_s`` plus the backoffs.
+    ``credentials`` (e.g. ``grpc.ssl_channel_credentials()``) switch to TLS; ``metadata`` is
+    sent with every call; ``keepalive_s`` pings an idle-looking connection so that load
+    balancers and NAT do not drop it silently (the server must permit that ping rate).
+    """
+
+    def __init__(self, target: str, model_name: str, signature: str = "serving_default", *,
+                 version: int | None = None, timeout_s: float = 0.5, retry: RetryPolicy = RetryPolicy(),
+                 fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), keepalive_s: float | None = None,
+                 max_message_bytes: int = 64 << 20, channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.target = target
+        self.model_name = model_name
+        self.signature = signature
+        self.version = version
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.fallback = fallback
+        self.metadata = tuple(metadata)
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if keepalive_s is not None:
+            options += [("grpc.keepalive_time_ms", int(keepalive_s * 1000)), ("grpc.keepalive_timeout_ms", 10_000)]
+        options += list(channel_options)
+        self._channel = (grpc.secure_channel(target, credentials, options) if credentials is not None
+                         else grpc.insecure_channel(target, options))
+        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def __enter__(self) -> PredictionClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def predict(self, examples: Sequence[bytes], *, timeout_s: float | None = None) -> Predictions:
+        """ctr, cvr and ctcvr for each serialized tf.Example; the fallback's scores if serving is down."""
+        request = predict_pb2.PredictRequest()
+        self._fill_spec(request.model_spec)
+        request.model_spec.signature_name = self.signature
+        tensor = request.inputs[INPUT]
+        tensor.dtype = types_pb2.DT_STRING
+        tensor.tensor_shape.dim.add().size = len(examples)
+        tensor.string_val.extend(examples)
+        try:
+            response = self._call("Predict", self._prediction.Predict, request, timeout_s)
+        except ServingError as exc:
+            if self.fallback is None or exc.code not in self.fallback.codes:
+                raise
+            log.warning("serving is down, using fallback scores: %s", exc)
+            n = len(examples)
+            fb = self.fallback
+            return Predictions(np.full(n, fb.ctr, np.float32), np.full(n, fb.cvr, np.float32),
+                               np.full(n, fb.ctcvr, np.float32), model_version=None, fallback=True)
+        ctr, cvr, ctcvr = (self._output(response, name, len(examples)) for name in OUTPUTS)
+        return Predictions(ctr, cvr, ctcvr, model_version=response.model_spec.version.value)
+
+    def model_metadata(self, *, timeout_s: float | None = None) -> ModelMetadata:
+        """The served version and its signature defs (GetModelMetadata)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_spec(request.model_spec)
+        response = self._call("GetModelMetadata", self._prediction.GetModelMetadata, request, timeout_s)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return ModelMetadata(response.model_spec.name, response.model_spec.version.value,
+                             dict(signatures.signature_def))
+
+    def model_status(self, *, timeout_s: float | None = None) -> list[VersionStatus]:
+        """The state of each version the server knows (GetModelStatus)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._fill_spec(request.model_spec)
+        response = self._call("GetModelStatus", self._models.GetModelStatus, request, timeout_s)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [VersionStatus(s.version, state_name(s.state), s.status.error_message)
+                for s in response.model_version_status]
+
+    def _fill_spec(self, spec: Any) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = self.version
+
+    def _call(self, method: str, stub_method: Callable[..., _Response], request: Any,
+              timeout_s: float | None) -> _Response:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                return stub_method(request, timeout=timeout, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code not in RETRYABLE or attempt == self.retry.max_attempts:
+                    raise ServingError(method, self.target, code, details, attempt) from exc
+                log.debug("%s attempt %d failed with %s, retrying", method, attempt, code.name)
+                time.sleep(self.retry.backoff_s(attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _output(self, response: predict_pb2.PredictResponse, name: str, n: int) -> np.ndarray:
+        """One float output as an array of n, from tensor_content or float_val (TF Serving's default)."""
+        tensor: tensor_pb2.TensorProto | None = response.outputs.get(name)
+        if tensor is None or tensor.dtype != types_pb2.DT_FLOAT:
+            raise ServingError("Predict", self.target, grpc.StatusCode.INTERNAL,
+                               f"the response has no float output {name!r} (outputs: {sorted(response.outputs)}); "
+                               f"is the model's serving signature the ESMM contract?", 1)
+        values = (np.frombuffer(tensor.tensor_content, "<f4") if tensor.tensor_content
+                  else np.asarray(tensor.float_val, np.float32))
+        if values.shape != (n,):
+            raise ServingError("Predict", self.target, grpc.StatusCode.INTERNAL,
+                               f"output {name!r} has {values.size} values for {n} examples", 1)
+        return values

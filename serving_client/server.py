@@ -1,0 +1,273 @@
+"""A small TF-Serving-compatible gRPC server, for development and tests.
+
+It implements the parts of TensorFlow Serving's API that the client uses, from
+``tensorflow_serving.apis``: PredictionService.Predict and GetModelMetadata, and
+ModelService.GetModelStatus, with TF Serving's status codes and messages. Like
+``tensorflow_model_server --model_name=M --model_base_path=P`` it serves the latest
+integer-named version under P (other names, such as a push in progress, are ignored),
+polls for new versions, and swaps the served version atomically: a request holds the
+version it started with, so a swap never fails one in flight. On Kubernetes the real
+``tensorflow/serving`` image takes its place; clients cannot tell the difference.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One loaded SavedModel version: callable signatures and their SignatureDefs."""
+
+    version: int
+    signatures: Mapping[str, Any]
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+    model: Any  # the loaded object; keeps the signatures' variables alive
+
+
+def servable_versions(model_dir: Path) -> list[int]:
+    """Integer-named version directories holding a saved_model.pb, ascending (TF Serving's rule)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
+def load_version(model_dir: Path, version: int) -> LoadedVersion:
+    """Loads ``<model_dir>/<version>`` in-process, with its SignatureDefs read from saved_model.pb."""
+    path = model_dir / str(version)
+    model = tf.saved_model.load(str(path))
+    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    defs = {k: v for k, v in saved_model.meta_graphs[0].signature_def.items() if not k.startswith("__")}
+    return LoadedVersion(version, dict(model.signatures), defs, model)
+
+
+class ModelVersions:
+    """The served version of one model, hot-swapped by ``refresh`` (latest version wins).
+
+    Readers take ``current`` once per request; the swap is a single reference assignment.
+    """
+
+    def __init__(self, model_name: str, model_dir: Path) -> None:
+        self.model_name = model_name
+        self.model_dir = model_dir
+        self.current: LoadedVersion | None = None
+        self._states: dict[int, int] = {}  # version -> ModelVersionStatus.State, for GetModelStatus
+        self._failed: set[int] = set()
+        self._refresh_lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Loads the latest version if it is not the one served; True when the served version changed."""
+        with self._refresh_lock:
+            versions = [v for v in servable_versions(self.model_dir) if v not in self._failed]
+            if not versions or (self.current is not None and self.current.version == versions[-1]):
+                return False
+            latest = versions[-1]
+            self._states[latest] = _ModelVersionStatus.LOADING
+            try:
+                loaded = load_version(self.model_dir, latest)
+            except Exception:  # a broken version must not take down the one being served
+                log.exception("could not load %s version %d; still serving %s", self.model_name, latest,
+                              self.current.version if self.current else "nothing")
+                self._failed.add(latest)
+                self._states[latest] = _ModelVersionStatus.END
+                return False
+            previous, self.current = self.current, loaded
+            self._states[latest] = _ModelVersionStatus.AVAILABLE
+            if previous is not None:
+                self._states[previous.version] = _ModelVersionStatus.END
+            log.info("serving %s version %d from %s", self.model_name, latest, self.model_dir / str(latest))
+            return True
+
+    def states(self) -> dict[int, int]:
+        return dict(self._states)
+
+
+class _Abort(Exception):
+    """Ends a request with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _resolve(versions: ModelVersions, spec: Any) -> LoadedVersion:
+    """The version a ModelSpec asks for, or NOT_FOUND as TF Serving words it."""
+    wanted = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+    if spec.HasField("version_label"):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+    current = versions.current
+    if (spec.name != versions.model_name or current is None
+            or (spec.HasField("version") and spec.version.value != current.version)):
+        raise _Abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+    return current
+
+
+def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    loaded = _resolve(versions, request.model_spec)
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature_def = loaded.signature_defs.get(name)
+    if signature_def is None:
+        raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+    expected, sent = set(signature_def.inputs), set(request.inputs)
+    if expected != sent:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"input size does not match signature: {len(sent)}!={len(expected)} "
+                     f"len({sorted(sent)}) != len({sorted(expected)}). Sent extra: {sorted(sent - expected)}. "
+                     f"Missing but required: {sorted(expected - sent)}.")
+    unknown = set(request.output_filter) - set(signature_def.outputs)
+    if unknown:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"output tensor alias not found in signature: {sorted(unknown)} "
+                     f"Outputs expected to be in the set {sorted(signature_def.outputs)}.")
+    inputs = {}
+    for i, (alias, tensor) in enumerate(sorted(request.inputs.items())):
+        want = signature_def.inputs[alias].dtype
+        if tensor.dtype != want:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Expects arg[{i}] to be {tf.as_dtype(want).name} but "
+                         f"{types_pb2.DataType.Name(tensor.dtype)} is provided")
+        try:
+            inputs[alias] = tf.constant(tf.make_ndarray(tensor), tf.as_dtype(want))
+        except (TypeError, ValueError) as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} is not a valid tensor: {exc}") from None
+    try:
+        outputs = loaded.signatures[name](**inputs)
+    except tf.errors.OpError as exc:
+        raise _Abort(_STATUS_BY_NUMBER.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from None
+    except (TypeError, ValueError) as exc:  # shapes or dtypes the signature's input spec rejects
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = versions.model_name
+    response.model_spec.version.value = loaded.version
+    response.model_spec.signature_name = name
+    for alias in request.output_filter or outputs:
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
+    return response
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, versions: ModelVersions) -> None:
+        self._versions = versions
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        try:
+            return _run_predict(self._versions, request)
+        except _Abort as exc:
+            context.abort(exc.code, exc.details)
+
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                         context: grpc.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        try:
+            loaded = _resolve(self._versions, request.model_spec)
+        except _Abort as exc:
+            context.abort(exc.code, exc.details)
+        if not request.metadata_field:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self._versions.model_name
+        response.model_spec.version.value = loaded.version
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in loaded.signature_defs.items():
+            signatures.signature_def[name].CopyFrom(signature_def)
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, versions: ModelVersions) -> None:
+        self._versions = versions
+
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                       context: grpc.ServicerContext) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        states = self._versions.states()
+        if spec.HasField("version"):
+            states = {v: s for v, s in states.items() if v == spec.version.value}
+        if spec.name != self._versions.model_name or not states:
+            wanted = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}: {wanted}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state in sorted(states.items(), reverse=True):
+            response.model_version_status.add(version=version, state=state)
+        return response
+
+
+class ModelServer:
+    """Serves ``<model_base_path>/<int version>`` as ``model_name`` over gRPC on a thread pool.
+
+    ``port=0`` lets the OS choose a free port; ``start`` returns the bound port.
+    """
+
+    def __init__(self, model_base_path: str | Path, model_name: str, *, host: str = "127.0.0.1", port: int = 0,
+                 poll_interval_s: float = 1.0, max_workers: int = 8, max_message_bytes: int = 64 << 20) -> None:
+        self.versions = ModelVersions(model_name, Path(model_base_path))
+        self.poll_interval_s = poll_interval_s
+        self._address = f"{host}:{port}"
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name=f"poll-{model_name}", daemon=True)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
+            options=[("grpc.max_send_message_length", max_message_bytes),
+                     ("grpc.max_receive_message_length", max_message_bytes)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.versions), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.versions), self._server)
+        self.port = 0
+
+    def __enter__(self) -> ModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> int:
+        """Loads the latest version (if any), binds, starts polling; returns the port."""
+        if not self.versions.refresh() and self.versions.current is None:
+            log.warning("no servable version under %s yet; requests get NOT_FOUND until one appears",
+                        self.versions.model_dir)
+        self.port = self._server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"could not bind {self._address}")
+        self._server.start()
+        self._poller.start()
+        return self.port
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Stops polling, lets in-flight requests finish for up to ``grace_s``, and shuts down."""
+        self._stopping.set()
+        self._server.stop(grace_s).wait()
+        if self._poller.is_alive():
+            self._poller.join()
+
+    def wait(self) -> None:
+        """Blocks until the server stops."""
+        self._server.wait_for_termination()
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(self.poll_interval_s):
+            try:
+                self.versions.refresh()
+            except Exception:  # keep polling whatever the file system does
+                log.exception("polling %s failed", self.versions.model_dir)
