@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from components.blessing import BLESSED, NOT_BLESSED, bless, metric_value, read_blessing, write_blessing
 from esmm_model.config import EvaluationConfig, Threshold, config_from_dict, load_config
@@ -29,6 +31,7 @@ def metrics(ctr_auc: float, ctcvr_auc: float, cvr_clicked_auc: float, ctr_bce: f
 
 
 PUSHED = metrics(0.70, 0.68, 0.62)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_better_candidate_is_blessed_against_the_baseline():
@@ -157,7 +160,8 @@ def _config(**sections) -> dict:
 
 
 def test_shipped_configs_gate_the_three_paper_aucs():
-    for path in ("configs/simulator.yaml", "configs/aliccp.yaml"):
+    for path in (CONFIGS / "simulator.yaml", CONFIGS / "aliccp.yaml"):
+        assert {"evaluation", "push"} <= set(yaml.safe_load(path.read_text()))  # stated, not left to code defaults
         config = load_config(path)
         assert {t.metric: (t.min, t.max_regression) for t in config.evaluation.thresholds} == {
             "ctr/all/auc": (0.55, 0.01), "ctcvr/all/auc": (0.55, 0.01), "cvr/clicked/auc": (0.52, 0.01)}
