@@ -14,7 +14,7 @@ version serving. Object stores (``gs://``, ``s3://``) have no rename; gfile woul
 by object in any order. There the finished copy is promoted by server-side copies with
 ``saved_model.pb`` last, then deleted. What remains guaranteed: nothing is uploaded under the
 version name, and a version holds ``saved_model.pb`` only once all its other files are in
-place, so a crash mid-promote leaves a version TF Serving cannot load (and retries), never
+place, so a crash mid-promote leaves a version TF Serving cannot load, never
 one it loads half-written. ``latest_pushed`` skips such incomplete versions.
 """
 from __future__ import annotations
