@@ -54,8 +54,8 @@ def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Ten
     for table, features in members.items():
         vocab = features[0].preprocessing.vocab
         ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
-        vocabularies[table] = tft.vocabulary(
-            ids, top_k=vocab.top_k, frequency_threshold=vocab.min_frequency, vocab_filename=table)
+        threshold = vocab.min_frequency if vocab.min_frequency > 1 else None
+        vocabularies[table] = tft.vocabulary(ids, top_k=vocab.top_k, frequency_threshold=threshold, vocab_filename=table)
     return vocabularies
 
 

@@ -1,0 +1,72 @@
+"""Keras layers of the ESMM family: embedding tables with pooling, and the MLP towers.
+
+Model inputs are dense tensors (see ``esmm_model.model.model_inputs``): an ``id``
+feature is int64 [batch]; a ``weighted_ids`` feature is ids int64 [batch, length] with
+``<name>_weight`` float32 [batch, length], padded with weight 0; a z-scored ``dense``
+feature is float32 [batch].
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tf_keras as keras
+
+from esmm_model.config import Config, ModelConfig
+
+
+class FeatureEmbeddings(keras.layers.Layer):
+    """One embedding table per feature or shared group; looks up, pools and concatenates.
+
+    Members of a shared group read one table. A weighted_ids feature is pooled by its
+    combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
+    sum. Z-scored dense features are appended as they are.
+    """
+
+    def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
+        super().__init__(**kwargs)
+        self._features = config.features
+        self.tables: dict[str, tf.Variable] = {}
+        for feature in config.features:
+            if not feature.preprocessing.is_categorical or feature.table_name in self.tables:
+                continue
+            dim = config.embedding_dim(feature)
+            self.tables[feature.table_name] = self.add_weight(
+                name=f"{feature.table_name}_embedding", shape=(table_sizes[feature.table_name], dim),
+                initializer=keras.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(dim)), trainable=True)
+
+    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        columns = []
+        for feature in self._features:
+            if not feature.preprocessing.is_categorical:
+                columns.append(tf.expand_dims(inputs[feature.name], -1))
+                continue
+            table = self.tables[feature.table_name]
+            if feature.kind != "weighted_ids":
+                columns.append(tf.gather(table, inputs[feature.name]))
+                continue
+            weights = inputs[feature.weight_name]
+            pooled = tf.einsum("bld,bl->bd", tf.gather(table, inputs[feature.name]), weights)
+            if feature.combiner == "mean":
+                pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, axis=1, keepdims=True))
+            columns.append(pooled)
+        return tf.concat(columns, axis=1)
+
+
+class Tower(keras.layers.Layer):
+    """An MLP with optional dropout, ending in one logit per example: shape [batch]."""
+
+    def __init__(self, model_config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = [keras.layers.Dense(units, activation=model_config.activation, name=f"dense_{i}")
+                       for i, units in enumerate(model_config.tower_units)]
+        self.dropout = [keras.layers.Dropout(model_config.dropout) for _ in model_config.tower_units] \
+            if model_config.dropout else []
+        self.logit = keras.layers.Dense(1, name="logit")
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        for i, dense in enumerate(self.hidden):
+            x = dense(x)
+            if self.dropout:
+                x = self.dropout[i](x, training=training)
+        return tf.squeeze(self.logit(x), axis=-1)

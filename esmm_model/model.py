@@ -1,0 +1,79 @@
+"""The ESMM model and the paper's competitors, selected by ``model.variant``.
+
+Every variant has a CTR network and a second network with the same towers:
+- ``esmm``: CTR and CVR towers over one set of embedding tables; pCTCVR = pCTR · pCVR.
+- ``esmm_ns``: as esmm, but each tower has its own embedding tables.
+- ``base``, ``aman``, ``oversampling``, ``unbias``: a CVR network with its own tables,
+  trained as the variant prescribes (see ``esmm_model.losses``), beside an independent
+  CTR network that supplies pCTR for pCTCVR = pCTR · pCVR (and for unbias' weights).
+- ``division``: a CTR and a CTCVR network; pCVR = clip(pCTCVR / pCTR, 0, 1).
+
+Every variant outputs ``ctcvr`` = ``ctr`` · ``cvr`` (for division, its CTCVR network's
+output wherever the ratio needed no clipping).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from esmm_model.config import LABELS, Config
+from esmm_model.layers import FeatureEmbeddings, Tower
+
+PAD_MULTIPLE = 8
+
+
+def _padded(sparse: tf.SparseTensor, multiple: int) -> tf.Tensor:
+    """[batch, length] dense, length rounded up to a multiple, so XLA sees few shapes."""
+    dense = tf.sparse.to_dense(sparse)
+    length = tf.shape(dense, out_type=tf.int64)[1]
+    target = tf.maximum((length + multiple - 1) // multiple, 1) * multiple
+    return tf.pad(dense, [[0, 0], [0, target - length]])
+
+
+def model_inputs(config: Config, transformed: dict) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """Transformed features -> (model inputs, labels): weighted id lists padded dense, labels split off."""
+    inputs = {}
+    for feature in config.features:
+        if feature.kind == "weighted_ids":
+            inputs[feature.name] = _padded(transformed[feature.name], PAD_MULTIPLE)
+            inputs[feature.weight_name] = _padded(transformed[feature.weight_name], PAD_MULTIPLE)
+        else:
+            inputs[feature.name] = transformed[feature.name]
+    labels = {label: transformed[label] for label in LABELS if label in transformed}
+    return inputs, labels
+
+
+class EsmmModel(keras.Model):
+    """Outputs logits ``ctr_logit`` and ``cvr_logit`` (division: ``ctcvr_logit``) and
+    probabilities ``ctr``, ``cvr``, ``ctcvr``, each of shape [batch]."""
+
+    def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
+        super().__init__(**kwargs)
+        self.model_config = config.model
+        self.variant = config.model.variant
+        self.second = "ctcvr" if self.variant == "division" else "cvr"
+        if self.variant == "esmm":
+            self.ctr_embeddings = self.second_embeddings = FeatureEmbeddings(config, table_sizes, name="embeddings")
+        else:
+            self.ctr_embeddings = FeatureEmbeddings(config, table_sizes, name="ctr_embeddings")
+            self.second_embeddings = FeatureEmbeddings(config, table_sizes, name=f"{self.second}_embeddings")
+        self.ctr_tower = Tower(config.model, name="ctr_tower")
+        self.second_tower = Tower(config.model, name=f"{self.second}_tower")
+
+    def embedding_variables(self) -> list[tf.Variable]:
+        """The embedding tables, which ``training.embedding_optimizer`` may update sparsely."""
+        layers = {id(layer): layer for layer in (self.ctr_embeddings, self.second_embeddings)}
+        return [table for layer in layers.values() for table in layer.tables.values()]
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        ctr_x = self.ctr_embeddings(inputs)
+        second_x = ctr_x if self.second_embeddings is self.ctr_embeddings else self.second_embeddings(inputs)
+        ctr_logit = self.ctr_tower(ctr_x, training=training)
+        second_logit = self.second_tower(second_x, training=training)
+        p_ctr = tf.sigmoid(ctr_logit)
+        if self.second == "ctcvr":
+            p_cvr = tf.clip_by_value(tf.math.divide_no_nan(tf.sigmoid(second_logit), p_ctr), 0.0, 1.0)
+        else:
+            p_cvr = tf.sigmoid(second_logit)
+        return {"ctr_logit": ctr_logit, f"{self.second}_logit": second_logit,
+                "ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}
