@@ -51,6 +51,24 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
     print(counts.describe())
 
 
+def _cmd_transform(args: argparse.Namespace) -> None:
+    from components.transform import transform
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    outputs = transform(config, args.ingest_dir, args.out, beam_args(config, args))
+    print(f"transform graph: {outputs.transform_dir}\ntransformed examples: {outputs.transformed_dir}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from components.train import train
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    result = train(config, Path(args.transform_dir) / "transform_graph", Path(args.transform_dir) / "transformed", args.out)
+    print(f"exported {result.export_dir} after {result.step} steps; final eval: {result.metrics['final']}")
+
+
 def _cmd_push(args: argparse.Namespace) -> None:
     from components.blessing import bless, read_json, write_blessing
     from components.push import latest_pushed, push
@@ -95,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; csv: a file pattern")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("transform", help="tf.Transform on Beam: analyze train, transform train and eval, write the transform graph")
+    _add_config(p)
+    _add_beam(p)
+    p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (train/ and eval/ TFRecords)")
+    p.add_argument("--out", required=True, help="output directory (transform_graph/ and transformed/)")
+    p.set_defaults(func=_cmd_transform)
+
+    p = sub.add_parser("train", help="train the configured ESMM variant on transformed data and export a SavedModel for TF Serving")
+    _add_config(p)
+    p.add_argument("--transform-dir", required=True, help="output of `esmm transform`")
+    p.add_argument("--out", required=True, help="output directory (checkpoints/, tensorboard/, metrics.json, model/<version>/); rerun to resume")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically if blessed")
     _add_config(p)
