@@ -153,6 +153,8 @@ def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -
         outputs = loaded.signatures[name](**inputs)
     except tf.errors.OpError as exc:
         raise _Abort(_STATUS_BY_NUMBER.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from None
+    except UnicodeDecodeError as exc:  # TF could not decode an op's error message that quotes the bad input
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the model rejected the input: {exc}") from None
     except (TypeError, ValueError) as exc:  # shapes or dtypes the signature's input spec rejects
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     response = predict_pb2.PredictResponse()

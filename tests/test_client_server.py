@@ -1,0 +1,259 @@
+"""Client and local server over real gRPC on loopback, with OS-chosen ports."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from esmm_model.config import load_config
+from serving_client.client import OUTPUTS, Fallback, PredictionClient, RetryPolicy, VersionStatus
+from serving_client.errors import ServingError
+from serving_client.packing import ExamplePacker
+from serving_client.server import ModelServer
+from stub_models import save_stub_model
+
+CONFIG = load_config(Path(__file__).resolve().parents[1] / "configs" / "simulator.yaml")
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
+SHARED = {"user_id": "u-1", "age": "3", "hist_categories": (["c1", "c2"], [2.0, 1.0]), "position": 0, "hour": 9.0}
+
+
+def examples(n: int, seed: int = 0) -> list[bytes]:
+    candidates = [{"item_id": f"i-{seed}-{i}", "category": f"c{i % 3}", "price": float(i)} for i in range(n)]
+    return ExamplePacker(CONFIG).pack(SHARED, candidates)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "esmm"
+    path.mkdir()
+    save_stub_model(CONFIG, path, 1)
+    (path / "not-a-version").mkdir()  # ignored, as TF Serving ignores non-integer names
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[ModelServer]:
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.1) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: ModelServer) -> Iterator[PredictionClient]:
+    with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=5.0, retry=FAST_RETRY) as c:
+        yield c
+
+
+def test_round_trip_matches_the_saved_model_in_process(client: PredictionClient, model_dir: Path) -> None:
+    batch = examples(20)
+    served = client.predict(batch)
+    local = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"](examples=tf.constant(batch))
+    assert served.model_version == 1 and not served.fallback
+    for name in OUTPUTS:
+        np.testing.assert_allclose(getattr(served, name), local[name].numpy(), rtol=1e-6, err_msg=name)
+    assert np.ptp(served.ctr) > 0.01  # the candidates really score differently
+    assert len(client.predict([])) == 0
+
+
+def test_metadata_and_status(client: PredictionClient) -> None:
+    metadata = client.model_metadata()
+    assert (metadata.name, metadata.version) == ("esmm", 1)
+    signature = metadata.signatures["serving_default"]
+    assert signature.inputs["examples"].dtype == types_pb2.DT_STRING
+    assert sorted(signature.outputs) == ["ctcvr", "ctr", "cvr"]
+    assert all(o.dtype == types_pb2.DT_FLOAT for o in signature.outputs.values())
+    assert client.model_status() == [VersionStatus(1, "AVAILABLE", "")]
+
+
+def raw_predict(server: ModelServer, request: predict_pb2.PredictRequest) -> grpc.RpcError:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=5)
+    return caught.value
+
+
+def request_with(examples_tensor: tf.Tensor, input_name: str = "examples", model: str = "esmm") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(examples_tensor))
+    return request
+
+
+@pytest.mark.parametrize("request_, code, message", [
+    (request_with(tf.constant([b"x"]), input_name="serialized"), grpc.StatusCode.INVALID_ARGUMENT,
+     "input size does not match signature"),
+    (request_with(tf.constant([1.0, 2.0])), grpc.StatusCode.INVALID_ARGUMENT, "to be string but DT_FLOAT is provided"),
+    (request_with(tf.constant([b"not a tf.Example"])), grpc.StatusCode.INVALID_ARGUMENT, "Could not parse example"),
+    (request_with(tf.constant([b"\xff\xfe"])), grpc.StatusCode.INVALID_ARGUMENT, "rejected the input"),
+    (request_with(tf.constant([[b"x"]])), grpc.StatusCode.INVALID_ARGUMENT, ""),
+    (request_with(tf.constant([b""]), model="other"), grpc.StatusCode.NOT_FOUND,
+     "Servable not found for request: Latest(other)"),
+])
+def test_bad_requests_get_tf_serving_codes(server: ModelServer, request_: predict_pb2.PredictRequest,
+                                           code: grpc.StatusCode, message: str) -> None:
+    error = raw_predict(server, request_)
+    assert error.code() == code
+    assert message in error.details()
+
+
+def test_unknown_version_and_signature(server: ModelServer) -> None:
+    target = f"127.0.0.1:{server.port}"
+    with PredictionClient(target, "esmm", version=99, retry=FAST_RETRY) as pinned:
+        with pytest.raises(ServingError) as caught:
+            pinned.predict(examples(2))
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.attempts == 1
+    assert "Specific(esmm, 99)" in str(caught.value)
+    with PredictionClient(target, "esmm", version=1) as pinned:
+        assert pinned.predict(examples(2)).model_version == 1
+    with PredictionClient(target, "esmm", signature="nope") as wrong:
+        with pytest.raises(ServingError, match='FAILED_PRECONDITION: Serving signature key "nope" not found'):
+            wrong.predict(examples(2))
+
+
+class FakePredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Fails with the given codes first, optionally after a delay, then answers with float_val outputs."""
+
+    def __init__(self, failures: list[grpc.StatusCode], delay_s: float = 0.0) -> None:
+        self.failures = list(failures)
+        self.delay_s = delay_s
+        self.calls = 0
+        self.metadata: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        with self._lock:
+            self.calls += 1
+            self.metadata.append(dict(context.invocation_metadata()))
+            failure = self.failures.pop(0) if self.failures else None
+        time.sleep(self.delay_s)
+        if failure is not None:
+            context.abort(failure, "injected failure")
+        n = request.inputs["examples"].tensor_shape.dim[0].size
+        response = predict_pb2.PredictResponse()
+        response.model_spec.version.value = 7
+        for i, name in enumerate(OUTPUTS):
+            tensor = response.outputs[name]
+            tensor.dtype = types_pb2.DT_FLOAT
+            tensor.tensor_shape.dim.add().size = n
+            tensor.float_val.extend([0.125 * (i + 1)] * n)
+        return response
+
+
+@contextmanager
+def fake_server(service: FakePredictionService) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
+
+
+def test_retries_unavailable_then_succeeds_and_sends_metadata() -> None:
+    service = FakePredictionService([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE])
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, metadata=[("x-request-id", "r-1")]) as client:
+            result = client.predict([b"", b""])
+    assert service.calls == 3
+    assert all(m.get("x-request-id") == "r-1" for m in service.metadata)
+    np.testing.assert_array_equal(result.ctr, [0.125, 0.125])
+    np.testing.assert_array_equal(result.ctcvr, [0.375, 0.375])
+    assert result.model_version == 7
+
+
+def test_does_not_retry_invalid_argument_nor_fall_back_on_it() -> None:
+    service = FakePredictionService([grpc.StatusCode.INVALID_ARGUMENT])
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback()) as client:
+            with pytest.raises(ServingError) as caught:
+                client.predict([b""])
+    assert service.calls == 1
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and caught.value.attempts == 1
+
+
+def test_deadline_is_enforced_per_attempt_and_retried() -> None:
+    service = FakePredictionService([], delay_s=0.6)
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", timeout_s=0.1, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01)) as client:
+            start = time.monotonic()
+            with pytest.raises(ServingError) as caught:
+                client.predict([b""])
+            elapsed = time.monotonic() - start
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and caught.value.attempts == 2
+    assert service.calls == 2
+    assert 0.2 <= elapsed < 0.5
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_fallback_when_the_server_is_down() -> None:
+    target = f"127.0.0.1:{unused_port()}"
+    with PredictionClient(target, "esmm", timeout_s=1.0, retry=FAST_RETRY,
+                          fallback=Fallback(ctr=0.0, cvr=0.5, ctcvr=0.0)) as client:
+        result = client.predict([b"", b"", b""])
+    assert result.fallback and result.model_version is None
+    np.testing.assert_array_equal(result.cvr, [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(result.ctr, [0.0, 0.0, 0.0])
+    with PredictionClient(target, "esmm", timeout_s=1.0, retry=FAST_RETRY) as client:
+        with pytest.raises(ServingError) as caught:
+            client.predict([b""])
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.attempts == 3
+
+
+def test_hot_swap_under_a_steady_request_stream(tmp_path: Path) -> None:
+    model_dir = tmp_path / "esmm"
+    model_dir.mkdir()
+    save_stub_model(CONFIG, model_dir, 1)
+    batch = examples(10)
+    seen: list[list[tuple[int, float]]] = [[], []]
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def stream(client: PredictionClient, out: list[tuple[int, float]]) -> None:
+        deadline = time.monotonic() + 20
+        while not done.is_set() and time.monotonic() < deadline:  # bounded: stops 20 s at the latest
+            try:
+                result = client.predict(batch)
+            except ServingError as exc:
+                errors.append(exc)
+                return
+            out.append((result.model_version, float(result.ctr[0])))
+
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.05) as server:
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=5.0,
+                              retry=RetryPolicy(max_attempts=1)) as client:
+            threads = [threading.Thread(target=stream, args=(client, out)) for out in seen]
+            for thread in threads:
+                thread.start()
+            while sum(len(s) for s in seen) < 20 and not errors:
+                time.sleep(0.01)
+            save_stub_model(CONFIG, model_dir, 2)
+            while not errors and sum(v == 2 for s in seen for v, _ in s) < 20:
+                time.sleep(0.01)
+            done.set()
+            for thread in threads:
+                thread.join()
+            assert server.versions.current.version == 2
+            assert client.model_status() == [VersionStatus(2, "AVAILABLE", ""), VersionStatus(1, "END", "")]
+    assert not errors
+    for out in seen:
+        versions = [v for v, _ in out]
+        assert versions == sorted(versions) and versions[0] == 1 and versions[-1] == 2  # switched once, never back
+        assert {ctr for v, ctr in out if v == 1} != {ctr for v, ctr in out if v == 2}
+        assert len({ctr for v, ctr in out if v == 2}) == 1
