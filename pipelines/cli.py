@@ -85,6 +85,30 @@ def _cmd_push(args: argparse.Namespace) -> None:
     print(result.describe())
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from esmm_model.config import load_config
+    from serving_client.server import ModelServer
+
+    model_name = args.model_name or load_config(args.config).push.model_name
+    server = ModelServer(Path(args.serving_base) / model_name, model_name, host=args.host, port=args.port,
+                         poll_interval_s=args.poll_interval, max_workers=args.workers)
+    port = server.start()
+    print(f"serving {model_name} from {Path(args.serving_base) / model_name} on {args.host}:{port} (Ctrl-C stops)", flush=True)
+    try:
+        server.wait()
+    finally:
+        server.stop()
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from esmm_model.config import load_config
+    from serving_client.score_file import predict_command
+
+    config = load_config(args.config)
+    print(predict_command(config, args.target, args.model_name or config.push.model_name, args.candidates,
+                          shared_path=args.shared, version=args.version, timeout_s=args.timeout, fallback=args.fallback))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -135,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "the model goes to <serving-base>/<push.model_name>/<version>/")
     p.add_argument("--blessing-out", help="where to write the blessing JSON (default: blessing.json beside --metrics)")
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("serve", help="local TF-Serving-compatible gRPC server for <serving-base>/<model>/<version> (development)")
+    _add_config(p)
+    p.add_argument("--serving-base", required=True, help="base path the pusher writes to; serves its latest integer version")
+    p.add_argument("--model-name", help="model to serve (default: the config's push.model_name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port, 0 for any free one (default: %(default)s, as TF Serving)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between checks for a new version (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=8, help="request threads (default: %(default)s)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("predict", help="score candidates from JSONL or CSV on TF Serving (or esmm serve) and print them ranked")
+    _add_config(p)
+    p.add_argument("--candidates", required=True, help="a .jsonl or .csv file, one candidate per line, optional sim_score column")
+    p.add_argument("--shared", help="a JSON object of the user and context features shared by all candidates")
+    p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port of the model server (default: %(default)s)")
+    p.add_argument("--model-name", help="served model name (default: the config's push.model_name)")
+    p.add_argument("--version", type=int, help="pin a model version (default: the latest)")
+    p.add_argument("--timeout", type=float, default=2.0, help="deadline of each attempt in seconds (default: %(default)s)")
+    p.add_argument("--fallback", action="store_true", help="print 0.0 scores instead of failing when serving is down")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")
     _add_config(p)

@@ -17,6 +17,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from esmm_model.config import load_config
+from pipelines.cli import main
 from serving_client.client import OUTPUTS, Fallback, PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.packing import ExamplePacker
@@ -257,3 +258,37 @@ def test_hot_swap_under_a_steady_request_stream(tmp_path: Path) -> None:
         assert versions == sorted(versions) and versions[0] == 1 and versions[-1] == 2  # switched once, never back
         assert {ctr for v, ctr in out if v == 1} != {ctr for v, ctr in out if v == 2}
         assert len({ctr for v, ctr in out if v == 2}) == 1
+
+
+def test_esmm_predict_ranks_jsonl_and_csv_alike(server: ModelServer, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "shared.json").write_text('{"user_id": "u-1", "hist_categories": [["c1", "c2"], [2.0, 1.0]]}')
+    (tmp_path / "c.jsonl").write_text('{"item_id": "a", "price": 1.0, "sim_score": 0.5}\n'
+                                      '{"item_id": "b", "price": 30.0, "category": "c1"}\n'
+                                      '{"item_id": "c", "position": 3, "hist_items": [["x"], [1.5]], "sim_score": 0.1}\n')
+    (tmp_path / "c.csv").write_text("item_id,price,category,position,hist_items,sim_score\n"
+                                    "a,1.0,,,,0.5\nb,30.0,c1,,,\nc,,,3,x:1.5,0.1\n")
+    target = f"127.0.0.1:{server.port}"
+    outputs = []
+    for name in ("c.jsonl", "c.csv"):
+        assert main(["predict", "--target", target, "--candidates", str(tmp_path / name),
+                     "--shared", str(tmp_path / "shared.json")]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    rows = [line.split() for line in outputs[0].splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    scores = [float(r[-1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    for _, _, _, sim, ctr, cvr, _, score in rows:
+        assert float(score) == pytest.approx(float(sim) + float(ctr) + 2 * float(cvr), abs=2e-4)
+
+
+def test_esmm_predict_errors_name_the_candidate_and_field(server: ModelServer, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"item_id": "a"}\n{"item_id": 7}\n')
+    assert main(["predict", "--target", f"127.0.0.1:{server.port}", "--candidates", str(tmp_path / "bad.jsonl")]) == 2
+    assert "candidate 1: feature 'item_id': expected str or bytes, got int 7" in capsys.readouterr().err
+    (tmp_path / "ok.jsonl").write_text('{"item_id": "a"}\n')
+    assert main(["predict", "--target", f"127.0.0.1:{unused_port()}", "--timeout", "0.5", "--fallback",
+                 "--candidates", str(tmp_path / "ok.jsonl")]) == 0
+    assert "fallback scores 0.0" in capsys.readouterr().out
