@@ -1,0 +1,171 @@
+"""The ESMM family's losses, outputs, embedding sharing and exact AUC, on hand-sized tensors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from esmm_model.config import config_from_dict
+from esmm_model.losses import cvr_weights, product_bce_from_logits, variant_loss
+from esmm_model.metrics import exact_auc
+from esmm_model.model import EsmmModel
+
+SIZES = {"user_id": 50, "item": 12, "hour": 4}
+
+
+def small_config(variant: str = "esmm", **model):
+    return config_from_dict({
+        "name": "tiny",
+        "features": [
+            {"name": "user_id", "kind": "id", "side": "user", "preprocessing": {"hash_buckets": 50}},
+            {"name": "hist_items", "kind": "weighted_ids", "side": "user", "shared_embedding": "item",
+             "preprocessing": {"vocab": {"oov_buckets": 2}}},
+            {"name": "item_id", "kind": "id", "side": "item", "shared_embedding": "item",
+             "preprocessing": {"vocab": {"oov_buckets": 2}}},
+            {"name": "price", "kind": "dense", "side": "item", "preprocessing": "zscore"},
+            {"name": "hour", "kind": "dense", "side": "context", "preprocessing": {"buckets": [6, 12, 18]}},
+        ],
+        "model": {"variant": variant, "embedding_dim": 4, "tower_units": [8, 4], **model},
+    })
+
+
+def model_batch() -> dict[str, tf.Tensor]:
+    return {
+        "user_id": tf.constant([3, 7, 49], tf.int64),
+        "hist_items": tf.constant([[1, 2, 0], [5, 0, 0], [0, 0, 0]], tf.int64),
+        "hist_items_weight": tf.constant([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+        "item_id": tf.constant([4, 11, 0], tf.int64),
+        "price": tf.constant([0.5, -1.0, 2.0]),
+        "hour": tf.constant([0, 3, 1], tf.int64),
+    }
+
+
+def labels(click, conversion) -> dict[str, tf.Tensor]:
+    click, conversion = np.array(click), np.array(conversion)
+    return {"click": tf.constant(click, tf.int64), "conversion": tf.constant(conversion, tf.int64),
+            "ctcvr": tf.constant(click & conversion, tf.int64)}
+
+
+def bce(y, p):
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+SEED = tf.constant([1, 2], tf.int64)
+
+
+def test_esmm_loss_is_the_weighted_bce_formula():
+    ctr_logit, cvr_logit = np.array([0.0, 1.0, -2.0, 0.3]), np.array([0.5, -1.0, 2.0, 1.5])
+    y = labels([1, 1, 0, 1], [1, 0, 0, 1])
+    config = small_config(ctr_loss_weight=1.0, ctcvr_loss_weight=0.5)
+    outputs = {"ctr_logit": tf.constant(ctr_logit, tf.float32), "cvr_logit": tf.constant(cvr_logit, tf.float32)}
+    losses = variant_loss(config.model, y, outputs, SEED)
+    p_ctr, p_ctcvr = sigmoid(ctr_logit), sigmoid(ctr_logit) * sigmoid(cvr_logit)
+    ctr = bce(np.array([1, 1, 0, 1]), p_ctr).mean()
+    ctcvr = bce(np.array([1, 0, 0, 1]), p_ctcvr).mean()
+    np.testing.assert_allclose(losses["ctr_loss"], ctr, rtol=1e-6)
+    np.testing.assert_allclose(losses["ctcvr_loss"], ctcvr, rtol=1e-6)
+    np.testing.assert_allclose(losses["loss"], ctr + 0.5 * ctcvr, rtol=1e-6)
+
+
+def test_base_loss_trains_cvr_on_clicked_impressions_only():
+    ctr_logit, cvr_logit = np.array([0.0, 1.0, -2.0]), np.array([0.5, -1.0, 2.0])
+    outputs = {"ctr_logit": tf.constant(ctr_logit, tf.float32), "cvr_logit": tf.constant(cvr_logit, tf.float32)}
+    losses = variant_loss(small_config("base").model, labels([1, 1, 0], [1, 0, 0]), outputs, SEED)
+    expected = bce(np.array([1, 0]), sigmoid(cvr_logit[:2])).mean()
+    np.testing.assert_allclose(losses["cvr_loss"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("base", [1.0, 1.0, 0.0, 0.0]),
+    ("oversampling", [3.0, 1.0, 0.0, 0.0]),
+    ("unbias", [1 / 0.5, 1 / 0.1, 0.0, 0.0]),
+])
+def test_cvr_weights(variant, expected):
+    config = small_config(variant, oversampling_k=3, unbias_min_ctr=0.1)
+    ctr_logit = tf.constant([0.0, -10.0, 0.0, 0.0])
+    weights = cvr_weights(config.model, labels([1, 1, 0, 0], [1, 0, 0, 0]), ctr_logit, SEED)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)
+
+
+def test_aman_samples_unclicked_negatives_at_the_configured_rate():
+    config = small_config("aman", aman_negative_rate=0.25)
+    n = 20_000
+    weights = cvr_weights(config.model, labels([1] * 10 + [0] * (n - 10), [0] * n), tf.zeros([n]), SEED).numpy()
+    assert (weights[:10] == 1.0).all()
+    assert abs(weights[10:].mean() - 0.25) < 0.01
+
+
+@pytest.mark.parametrize("a, b", [(50.0, 50.0), (-50.0, -50.0), (50.0, -50.0), (-50.0, 50.0), (100.0, -100.0)])
+@pytest.mark.parametrize("y", [0.0, 1.0])
+def test_ctcvr_loss_and_gradient_stay_finite_at_extreme_logits(a, b, y):
+    ctr_logit, cvr_logit = tf.Variable([a]), tf.Variable([b])
+    with tf.GradientTape() as tape:
+        loss = product_bce_from_logits(tf.constant([y]), ctr_logit, cvr_logit)
+    gradients = tape.gradient(loss, [ctr_logit, cvr_logit])
+    assert np.isfinite(loss.numpy()).all()
+    assert all(np.isfinite(g.numpy()).all() for g in gradients)
+    # -log(p) with log p = log σ(a) + log σ(b), exact in float64
+    neg_log_p = np.logaddexp(0, -a) + np.logaddexp(0, -b)
+    expected = neg_log_p if y else -np.log(-np.expm1(-neg_log_p))
+    np.testing.assert_allclose(loss.numpy()[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_model_outputs_ctcvr_as_the_product():
+    tf.random.set_seed(0)
+    model = EsmmModel(small_config(), SIZES)
+    outputs = model(model_batch())
+    np.testing.assert_allclose(outputs["ctcvr"], outputs["ctr"].numpy() * outputs["cvr"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(outputs["ctr"], sigmoid(outputs["ctr_logit"].numpy()), rtol=1e-5)
+    assert outputs["ctr"].shape == [3]
+
+
+def test_division_cvr_is_the_clipped_ratio():
+    tf.random.set_seed(0)
+    model = EsmmModel(small_config("division"), SIZES)
+    outputs = {k: v.numpy() for k, v in model(model_batch()).items()}
+    ratio = sigmoid(outputs["ctcvr_logit"]) / sigmoid(outputs["ctr_logit"])
+    np.testing.assert_allclose(outputs["cvr"], np.clip(ratio, 0, 1), rtol=1e-5)
+
+
+def _tables_read_by(model: EsmmModel, output: str) -> set:
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(model(model_batch())[output])
+    tables = model.embedding_variables()
+    return {t.ref() for t, g in zip(tables, tape.gradient(value, tables)) if g is not None}
+
+
+def test_esmm_towers_read_the_same_embedding_variables():
+    model = EsmmModel(small_config("esmm"), SIZES)
+    ctr, cvr = _tables_read_by(model, "ctr_logit"), _tables_read_by(model, "cvr_logit")
+    assert ctr == cvr and len(ctr) == 3  # user_id, the shared item table, hour
+    assert len(model.embedding_variables()) == 3
+
+
+def test_esmm_ns_towers_read_different_embedding_variables():
+    model = EsmmModel(small_config("esmm_ns"), SIZES)
+    ctr, cvr = _tables_read_by(model, "ctr_logit"), _tables_read_by(model, "cvr_logit")
+    assert len(ctr) == len(cvr) == 3 and not ctr & cvr
+
+
+def test_shared_group_members_index_one_table():
+    tf.random.set_seed(0)
+    model = EsmmModel(small_config(), SIZES)
+    table = model.ctr_embeddings.tables["item"]
+    assert table.shape == (12, 4)
+    batch = model_batch()
+    x = model.ctr_embeddings(batch).numpy()
+    # layout: user_id(4) | hist_items(4) | item_id(4) | price(1) | hour(4)
+    np.testing.assert_allclose(x[0, 4:8], table[1].numpy() + 2 * table[2].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(x[0, 8:12], table[4].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(x[2, 4:8], 0.0)
+    assert x[0, 12] == pytest.approx(0.5)
+
+
+def test_exact_auc_counts_ties_half():
+    assert exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert exact_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.2, 0.9])) == pytest.approx(0.875)
+    assert np.isnan(exact_auc(np.array([1, 1]), np.array([0.2, 0.3])))
