@@ -328,6 +328,8 @@ def _check_numbers(config: Config) -> None:
                 raise ConfigError(f"{where}.preprocessing.buckets: give at least one boundary")
             if list(pre.buckets) != sorted(set(pre.buckets)):
                 raise ConfigError(f"{where}.preprocessing.buckets: boundaries must be strictly increasing")
+    if config.input.format == "aliccp" and config.input.order_by != "sample_id":
+        raise ConfigError(f"input.order_by: Ali-CCP raw logs are ordered by sample_id, not {config.input.order_by!r}")
     if not 0.0 < config.input.train_fraction < 1.0:
         raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
     positive(config.model.embedding_dim, "model.embedding_dim")

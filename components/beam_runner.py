@@ -1,0 +1,43 @@
+"""Builds every Beam pipeline of the project from one list of runner arguments.
+
+The same ``--runner=... --option=...`` list goes to every step, so the DirectRunner,
+Flink, Spark and Dataflow are a flag apart. One local twist: Beam 2.77's DirectRunner
+first tries the PrismRunner, which downloads a binary at run time; with no network that
+fails (or hangs where DNS hangs) before it falls back. ``DirectRunner`` is therefore run
+on the FnApiRunner directly, which is what the fallback would pick for a batch pipeline,
+honouring ``--direct_running_mode`` and ``--direct_num_workers``.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    return PipelineOptions(list(beam_args))
+
+
+def is_direct(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or str(runner).lower() in DIRECT_RUNNERS
+
+
+def make_runner(options: PipelineOptions):
+    """The runner instance for these options: the FnApiRunner for DirectRunner, else Beam's own choice."""
+    if not is_direct(options):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
+    """A Pipeline for these runner arguments, never the network-dependent PrismRunner."""
+    options = pipeline_options(beam_args)
+    return beam.Pipeline(runner=make_runner(options), options=options)
