@@ -86,6 +86,9 @@ def _cmd_push(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
     from esmm_model.config import load_config
     from serving_client.server import ModelServer
 
@@ -93,6 +96,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     server = ModelServer(Path(args.serving_base) / model_name, model_name, host=args.host, port=args.port,
                          poll_interval_s=args.poll_interval, max_workers=args.workers)
     port = server.start()
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())  # graceful, as on Kubernetes
     print(f"serving {model_name} from {Path(args.serving_base) / model_name} on {args.host}:{port} (Ctrl-C stops)", flush=True)
     try:
         server.wait()
