@@ -1,0 +1,109 @@
+"""The transform step on a tiny hand-made dataset: exact ids, z-scores, buckets, one id space per group."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
+from components.transform import transform
+from esmm_model.config import config_from_dict
+from esmm_model.errors import InputError
+from raw_examples import write_ingest_dir
+
+CONFIG = config_from_dict({
+    "name": "tiny",
+    "features": [
+        {"name": "user_id", "kind": "id", "side": "user", "preprocessing": {"hash_buckets": 100}},
+        {"name": "hist_items", "kind": "weighted_ids", "side": "user", "shared_embedding": "item",
+         "preprocessing": {"vocab": {"oov_buckets": 2}}},
+        {"name": "item_id", "kind": "id", "side": "item", "shared_embedding": "item",
+         "preprocessing": {"vocab": {"oov_buckets": 2}}},
+        {"name": "price", "kind": "dense", "side": "item", "preprocessing": "zscore"},
+        {"name": "position", "kind": "id", "side": "context", "dtype": "int64", "preprocessing": {"vocab": {}}},
+        {"name": "hour", "kind": "dense", "side": "context", "preprocessing": {"buckets": [6, 12, 18]}},
+    ],
+})
+# Item ids over item_id and hist_items together: a 4 times, b 3, c 2, d 1 (d only in a history).
+TRAIN = [
+    {"user_id": "u1", "item_id": "a", "hist_items": [("a", 1.0), ("d", 2.0)], "price": 1.0, "position": 1, "hour": 3.0},
+    {"user_id": "u2", "item_id": "a", "hist_items": [("b", 3.0)], "price": 2.0, "position": 1, "hour": 8.0, "click": 1},
+    {"user_id": "u3", "item_id": "b", "hist_items": [("a", 1.5), ("b", 2.0)], "price": 3.0, "position": 1, "hour": 13.0},
+    {"user_id": "u1", "item_id": "c", "hist_items": [("c", 1.0)], "price": 4.0, "position": 2, "hour": 20.0,
+     "click": 1, "conversion": 1},
+]
+EVAL = [
+    {"user_id": "u9", "item_id": "b", "hist_items": [("d", 0.5), ("zzz", 2.0), ("a", 1.0)], "price": 5.0,
+     "position": 2, "hour": 13.0, "click": 1, "conversion": 1},
+    {"user_id": "u1", "item_id": "zzz", "hist_items": [], "price": 7.5, "position": 9, "hour": 3.0},
+]
+
+
+def _read(pattern: str, spec: dict) -> dict[str, np.ndarray | tf.SparseTensor]:
+    files = tf.io.gfile.glob(pattern)
+    batch = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(100)))
+    parsed = tf.io.parse_example(batch, spec)
+    order = np.argsort(parsed["price"].numpy())  # rows back in input order (price rises with it)
+    return {name: tf.gather(tf.sparse.to_dense(v, default_value=-7), order).numpy() if isinstance(v, tf.SparseTensor)
+            else v.numpy()[order] for name, v in parsed.items()}
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory) -> tuple:
+    root = tmp_path_factory.mktemp("transform")
+    ingest = write_ingest_dir(CONFIG, root / "ingest", TRAIN, EVAL)
+    outputs = transform(CONFIG, ingest, root / "out", ["--runner=DirectRunner"])
+    tft_output = tft.TFTransformOutput(outputs.transform_dir)
+    spec = tft_output.transformed_feature_spec()
+    return tft_output, _read(outputs.pattern("train"), spec), _read(outputs.pattern("eval"), spec)
+
+
+@pytest.mark.slow
+def test_shared_group_has_one_vocabulary_over_all_members(transformed):
+    tft_output, train, _ = transformed
+    assert tft_output.vocabulary_by_name("item") == [b"a", b"b", b"c", b"d"]
+    assert sorted(p.name for p in Path(tft_output.transform_savedmodel_dir, "assets").iterdir()) == [
+        "item", "position"]
+    np.testing.assert_array_equal(train["item_id"], [0, 0, 1, 2])
+    np.testing.assert_array_equal(train["hist_items"], [[0, 3], [1, -7], [0, 1], [2, -7]])
+
+
+@pytest.mark.slow
+def test_eval_ids_weights_and_oov_share_the_id_space(transformed):
+    _, _, evaluation = transformed
+    assert evaluation["item_id"][0] == 1
+    oov = evaluation["item_id"][1]
+    assert 4 <= oov < 6
+    np.testing.assert_array_equal(evaluation["hist_items"], [[3, oov, 0], [-7, -7, -7]])
+    np.testing.assert_allclose(evaluation["hist_items_weight"], [[0.5, 2.0, 1.0], [-7, -7, -7]])
+    np.testing.assert_array_equal(evaluation["position"], [1, 2])  # "2" known, 9 -> the one OOV bucket
+
+
+@pytest.mark.slow
+def test_zscore_uses_train_statistics_and_buckets_and_hashes_are_exact(transformed):
+    _, train, evaluation = transformed
+    mean, std = 2.5, np.sqrt(1.25)
+    np.testing.assert_allclose(train["price"], (np.array([1, 2, 3, 4]) - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(evaluation["price"], [(5 - mean) / std, (7.5 - mean) / std], rtol=1e-5)
+    np.testing.assert_array_equal(train["hour"], [0, 1, 2, 3])
+    expected_hash = tf.strings.to_hash_bucket_fast(["u1", "u2", "u3", "u1"], 100).numpy()
+    np.testing.assert_array_equal(train["user_id"], expected_hash)
+
+
+@pytest.mark.slow
+def test_labels_pass_through(transformed):
+    _, train, evaluation = transformed
+    np.testing.assert_array_equal(train["click"], [0, 1, 0, 1])
+    np.testing.assert_array_equal(train["ctcvr"], [0, 0, 0, 1])
+    np.testing.assert_array_equal(evaluation["conversion"], [0, 1])
+
+
+def test_missing_split_is_named(tmp_path):
+    write_ingest_dir(CONFIG, tmp_path / "ingest", TRAIN, EVAL)
+    for f in (tmp_path / "ingest" / "eval").iterdir():
+        f.unlink()
+    with pytest.raises(InputError, match="eval"):
+        transform(CONFIG, tmp_path / "ingest", tmp_path / "out", ["--runner=DirectRunner"])
