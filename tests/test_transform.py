@@ -98,7 +98,7 @@ def test_labels_pass_through(transformed):
     _, train, evaluation = transformed
     np.testing.assert_array_equal(train["click"], [0, 1, 0, 1])
     np.testing.assert_array_equal(train["ctcvr"], [0, 0, 0, 1])
-    np.testing.assert_array_equal(evaluation["conversion"], [0, 1])
+    np.testing.assert_array_equal(evaluation["conversion"], [1, 0])
 
 
 def test_missing_split_is_named(tmp_path):
