@@ -174,7 +174,6 @@ def _encoders(feature: Feature, list_sep: bytes, weight_sep: bytes) -> tuple[_En
 
     ids_key, weights_key = feature.name.encode(), feature.weight_name.encode()
     to_id = _to_int if feature.dtype == "int64" else _to_bytes
-    parse_id = _parse_int if feature.dtype == "int64" else bytes
 
     def ids_feature(ids: list) -> bytes:
         return wire.int64_feature(ids) if feature.dtype == "int64" else wire.bytes_feature(ids)
@@ -195,14 +194,19 @@ def _encoders(feature: Feature, list_sep: bytes, weight_sep: bytes) -> tuple[_En
     def from_text(text: bytes) -> bytes:
         if not text:
             return b""
-        ids, weights = [], []
-        for pair in text.split(list_sep):
-            id_text, sep, weight = pair.partition(weight_sep)
-            if not sep:
-                raise ValueError(f"expected id{weight_sep.decode()}weight pairs, got {pair!r}")
-            ids.append(parse_id(id_text))
-            weights.append(_parse_float(weight))
-        return entries(ids, weights)
+        parts = text.replace(weight_sep, list_sep).split(list_sep)  # id, weight, id, weight, ...
+        if len(parts) % 2 or text.count(weight_sep) * 2 != len(parts):
+            raise ValueError(f"expected id{weight_sep.decode()}weight pairs separated by {list_sep.decode()!r}, "
+                             f"got {text.decode(errors='replace')!r:.80}")
+        ids = parts[0::2] if feature.dtype == "bytes" else [_parse_int(i) for i in parts[0::2]]
+        try:
+            weights = list(map(float, parts[1::2]))
+            return entries(ids, weights)
+        except ValueError:
+            raise ValueError(f"weights must be numbers, got {b','.join(parts[1::2]).decode(errors='replace')!r:.80}") from None
+        except OverflowError:
+            raise OverflowError(f"a weight in {b','.join(parts[1::2]).decode(errors='replace')!r:.80} "
+                                f"is outside the float32 range") from None
 
     return from_value, from_text
 

@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 _MASK64 = (1 << 64) - 1
 _SMALL = [bytes((n,)) for n in range(0x80)]
+_FIELD1_HEAD = [b"\n" + b for b in _SMALL]  # tag of field 1, length-delimited, and a one-byte length
 _PACK_FLOAT = struct.Struct("<f").pack
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -36,7 +37,8 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
 
 def bytes_feature(values: Iterable[bytes]) -> bytes:
     """A ``Feature`` holding a BytesList."""
-    return _delimited(b"\n", b"".join(_delimited(b"\n", v) for v in values))
+    return _delimited(b"\n", b"".join([_FIELD1_HEAD[len(v)] + v if len(v) < 0x80 else _delimited(b"\n", v)
+                                       for v in values]))
 
 
 def float_feature(values: Sequence[float]) -> bytes:

@@ -128,5 +128,9 @@ def test_bad_rows_name_the_row_and_field(items: list[str], message: str) -> None
         ExamplePacker(CONFIG).pack_rows("u||||||||", "1|2", items)
     with pytest.raises(PackingError, match=r"context row: field 'position': expected an integer, got '1.5'"):
         ExamplePacker(CONFIG).pack_rows("u||||||||", "1.5|2", [])
-    with pytest.raises(PackingError, match=r"user row: field 'hist_categories': expected id:weight pairs, got b'c1'"):
-        ExamplePacker(CONFIG).pack_rows("u|||||c1|||", "1|2", [])
+    for hist, error in [("c1", "expected id:weight pairs separated by ',', got 'c1'"),
+                        ("c1:1,c2", "expected id:weight pairs"), ("c1:1:2", "expected id:weight pairs"),
+                        ("c1:1,c2:x", "weights must be numbers, got '1,x'"),
+                        ("c1:1e39", "a weight in '1e39' is outside the float32 range")]:
+        with pytest.raises(PackingError, match=f"user row: field 'hist_categories': {error}"):
+            ExamplePacker(CONFIG).pack_rows(f"u|||||{hist}|||", "1|2", [])
