@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from components.rows import FeatureValue, ParsedRow, RowError, check_labels, feature_value, parse_float, parse_label, parse_order_key
+from components.example_batch import encode_shared
+from components.rows import FeatureValue, ParsedRow, SharedPart, RowError, check_labels, feature_value, parse_float, parse_label, parse_order_key
 from esmm_model.config import Config
 
 FIELD_SEP, KEY_SEP, VALUE_SEP = "\x01", "\x02", "\x03"
 SKELETON_COLUMNS = 6
 COMMON_COLUMNS = 3
 
-UserValues = dict[str, FeatureValue]
+FeatureValues = dict[str, FeatureValue]
 
 
 def parse_feature_list(text: str, feature_num: str) -> dict[str, list[tuple[str, float]]]:
@@ -48,7 +49,7 @@ class AliccpReader:
         self._config = config
         self._features = [(f, f.source or f.name) for f in config.features]
 
-    def _extract(self, fields: dict[str, list[tuple[str, float]]]) -> UserValues:
+    def _extract(self, fields: dict[str, list[tuple[str, float]]]) -> FeatureValues:
         values = {}
         for feature, source in self._features:
             if source in fields:
@@ -58,22 +59,22 @@ class AliccpReader:
                     raise RowError(exc.code, f"field {source}: {exc}") from None
         return values
 
-    def parse_common(self, line: str) -> tuple[str, UserValues]:
-        """One common_features line -> (common_feature_index, feature values it carries)."""
+    def parse_common(self, line: str) -> tuple[str, SharedPart]:
+        """One common_features line -> (common_feature_index, its features serialized once)."""
         parts = line.rstrip("\r\n").split(",", COMMON_COLUMNS - 1)
         if len(parts) != COMMON_COLUMNS:
             raise RowError("wrong_column_count", f"common_features line has {len(parts)} columns, expected {COMMON_COLUMNS}")
         index, feature_num, feature_list = parts
         if not index:
             raise RowError("missing_common_feature_index", "common_feature_index is empty")
-        return index, self._extract(parse_feature_list(feature_list, feature_num))
+        return index, encode_shared(self._config, self._extract(parse_feature_list(feature_list, feature_num)))
 
     def order_key(self, line: str) -> float:
         """The ordering key (sample_id) alone, for finding the time split point."""
         return parse_order_key(line.split(",", 1)[0], "sample_id")
 
-    def parse(self, line: str, common: Mapping[str, UserValues]) -> ParsedRow:
-        """One sample_skeleton line, joined with its user's common features."""
+    def parse(self, line: str, common: Mapping[str, SharedPart]) -> ParsedRow:
+        """One sample_skeleton line, joined with its user's common features (serialized once)."""
         parts = line.rstrip("\r\n").split(",", SKELETON_COLUMNS - 1)
         if len(parts) != SKELETON_COLUMNS:
             raise RowError("wrong_column_count", f"sample_skeleton line has {len(parts)} columns, expected {SKELETON_COLUMNS}")
@@ -86,11 +87,11 @@ class AliccpReader:
         if user is None:
             raise RowError("unknown_common_feature_index", f"common_feature_index {index!r} is not in common_features")
         values = self._extract(parse_feature_list(feature_list, feature_num))
-        both = values.keys() & user.keys()
+        both = values.keys() & user.names
         if both:
             raise RowError("field_in_both_files", f"feature {sorted(both)[0]} appears in both the skeleton and the common line")
         for feature, _ in self._features:
-            if feature.name not in values and feature.name not in user:
+            if feature.name not in values and feature.name not in user.names:
                 values[feature.name] = feature_value(feature, [])
-        values.update(user)
-        return ParsedRow(sample_id=sample_id, order_key=order_key, click=click, conversion=conversion, values=values)
+        return ParsedRow(sample_id=sample_id, order_key=order_key, click=click, conversion=conversion,
+                         values=values, shared=user)

@@ -15,7 +15,7 @@ from esmm_model.errors import InputError
 
 def required_columns(config: Config) -> list[str]:
     columns = ["sample_id", "click", "conversion", config.input.order_by]
-    return list(dict.fromkeys(columns + [f.source or f.name for f in config.features]))
+    return list(dict.fromkeys(columns + [f.name for f in config.features]))
 
 
 class CsvReader:
@@ -30,7 +30,7 @@ class CsvReader:
         index = {name: i for i, name in enumerate(header)}
         self._sample_id, self._click, self._conversion = index["sample_id"], index["click"], index["conversion"]
         self._order = index[config.input.order_by]
-        self._features = [(f, index[f.source or f.name]) for f in config.features]
+        self._features = [(f, index[f.name]) for f in config.features]
 
     def order_key(self, line: str) -> float:
         """The ordering column alone, for finding the time split point."""

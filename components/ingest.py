@@ -9,8 +9,9 @@ Output layout under ``out_dir``:
 - ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason.
 
 Two passes over the input: the first reads only the ordering keys to find the split
-point; the second parses in batches, encodes each batch columnar in C++, and routes
-rows to their split. Every line is either written or rejected: the counts add up.
+point (the quantile over every line whose key parses, rejected or not); the second
+parses in batches, encodes each batch columnar in C++, and routes rows to their split.
+Every line is either written or rejected: the counts add up.
 """
 from __future__ import annotations
 

@@ -35,14 +35,31 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class SharedPart:
+    """Features many rows share (an Ali-CCP user's common line), serialized once.
+
+    ``serialized`` is a tf.Example holding only the features in ``names``. Protobuf
+    merges concatenated messages, so ``serialized + <rest of the row>`` parses as the
+    whole example: each impression then costs only its own fields.
+    """
+
+    serialized: bytes
+    names: frozenset[str]
+
+
+@dataclass(frozen=True)
 class ParsedRow:
-    """One impression: labels, ordering key and feature values keyed by config name."""
+    """One impression: labels, ordering key and feature values keyed by config name.
+
+    ``values`` holds every feature not in ``shared``.
+    """
 
     sample_id: str
     order_key: float
     click: int
     conversion: int
     values: dict[str, FeatureValue]
+    shared: SharedPart | None = None
 
 
 def parse_label(text: str, name: str) -> int:

@@ -68,7 +68,12 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Feature:
-    """One model feature: where it comes from, how it is preprocessed and embedded."""
+    """One model feature: where it comes from, how it is preprocessed and embedded.
+
+    ``source`` is the Ali-CCP field id that carries it (default: the name); a CSV log
+    names its column by the feature name. ``side`` tells the serving client which
+    features are the request's shared user/context part and which are per candidate.
+    """
 
     name: str
     kind: FeatureKind
@@ -256,8 +261,8 @@ def config_from_dict(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping at the top level")
     config = _build(Config, data, "")
-    _check_features(config)
     _check_numbers(config)
+    _check_features(config)
     _check_evaluation_and_push(config)
     return config
 
@@ -299,7 +304,7 @@ def _check_features(config: Config) -> None:
             if other.preprocessing != first.preprocessing:
                 raise ConfigError(
                     f"shared_embedding {group!r}: {first.name} and {other.name} use different preprocessing "
-                    f"({first.preprocessing} vs {other.preprocessing}); members of a group must map into one id space")
+                    f"({_to_plain(first.preprocessing)} vs {_to_plain(other.preprocessing)}); members of a group must map into one id space")
             if config.embedding_dim(other) != config.embedding_dim(first):
                 raise ConfigError(f"shared_embedding {group!r}: {first.name} and {other.name} have different embedding_dim")
             if other.dtype != first.dtype:

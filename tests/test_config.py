@@ -1,0 +1,97 @@
+"""The feature config: the shipped files load, and every mistake names its key."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from esmm_model.config import config_from_dict, load_config
+from esmm_model.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def base() -> dict:
+    return {
+        "name": "t",
+        "features": [
+            {"name": "user_id", "kind": "id", "side": "user", "preprocessing": {"hash_buckets": 100}},
+            {"name": "hist_items", "kind": "weighted_ids", "side": "user", "shared_embedding": "item",
+             "preprocessing": {"vocab": {"oov_buckets": 2}}},
+            {"name": "item_id", "kind": "id", "side": "item", "shared_embedding": "item",
+             "preprocessing": {"vocab": {"oov_buckets": 2}}},
+            {"name": "price", "kind": "dense", "side": "item", "preprocessing": "zscore"},
+            {"name": "hour", "kind": "dense", "side": "context", "preprocessing": {"buckets": [6, 12, 18]}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("name", ["simulator.yaml", "aliccp.yaml"])
+def test_shipped_configs_load_and_round_trip(name):
+    config = load_config(CONFIGS / name)
+    assert config_from_dict(config.to_dict()) == config
+    assert {f.side for f in config.features} == {"user", "item", "context"}
+
+
+def test_shared_groups_and_defaults():
+    config = config_from_dict(base())
+    assert set(config.shared_groups()) == {"item"}
+    assert [f.name for f in config.shared_groups()["item"]] == ["hist_items", "item_id"]
+    assert config.feature("item_id").table_name == "item"
+    assert config.feature("user_id").table_name == "user_id"
+    assert config.embedding_dim(config.feature("user_id")) == 18
+    assert config.feature("hour").preprocessing.buckets == (6.0, 12.0, 18.0)
+    assert config.model.tower_units == (200, 80)
+
+
+def mutate(change) -> dict:
+    data = copy.deepcopy(base())
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d["features"][0].update(kind="categorical"), "features[0].kind: 'categorical' is not one of id, weighted_ids, dense"),
+    (lambda d: d["features"][0].pop("preprocessing"), "features[0].preprocessing: required key is missing"),
+    (lambda d: d["features"][0].update(preprocessing={}), "features[0].preprocessing: give exactly one of"),
+    (lambda d: d["features"][0].update(preprocessing={"hash": 10}), "features[0].preprocessing: unknown preprocessing 'hash'"),
+    (lambda d: d["features"][3].update(preprocessing={"hash_buckets": 10}), "features[3] (price).preprocessing: a dense feature takes zscore or buckets"),
+    (lambda d: d["features"][0].update(preprocessing="zscore"), "features[0] (user_id).preprocessing: an id feature takes hash_buckets or vocab"),
+    (lambda d: d["features"].append(dict(d["features"][0])), "features[5] (user_id).name: duplicate feature name, first used by features[0]"),
+    (lambda d: d["features"][2].update(preprocessing={"hash_buckets": 1000}), "shared_embedding 'item': hist_items and item_id use different preprocessing"),
+    (lambda d: d["features"][2].update(embedding_dim=8), "shared_embedding 'item': hist_items and item_id have different embedding_dim"),
+    (lambda d: d["features"][0].update(hash_buckets=3), "features[0].hash_buckets: unknown key"),
+    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": "many"}), "features[0].preprocessing.hash_buckets: expected an integer"),
+    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": 0}), "features[0] (user_id).preprocessing.hash_buckets: must be positive"),
+    (lambda d: d["features"][1].update(preprocessing={"vocab": {"top_k": -1}}), "features[1] (hist_items).preprocessing.vocab.top_k: must be positive"),
+    (lambda d: d["features"][4].update(preprocessing={"buckets": [3, 1]}), "features[4] (hour).preprocessing.buckets: boundaries must be strictly increasing"),
+    (lambda d: d["features"][0].update(name="click"), "features[0] (click).name: 'click' is reserved"),
+    (lambda d: d["features"][0].update(combiner="mean"), "features[0] (user_id).combiner: only weighted_ids features are pooled"),
+    (lambda d: d["features"][0].update(side="merchant"), "features[0].side: 'merchant' is not one of user, context, item"),
+    (lambda d: d.update(input={"train_fraction": 1.5}), "input.train_fraction: must lie strictly between 0 and 1"),
+    (lambda d: d.update(input={"format": "csv", "order_by": "ts", "train_fraction": 0.5}) or d["features"][0].update(name="ts"), "features[0] (ts).name: 'ts' is reserved"),
+    (lambda d: d.update(input={"order_by": "ts"}), "input.order_by: Ali-CCP raw logs are ordered by sample_id"),
+    (lambda d: d.update(model={"tower_units": []}), "model.tower_units: give one or more positive layer widths"),
+    (lambda d: d.update(model={"variant": "mmoe"}), "model.variant: 'mmoe' is not one of esmm"),
+    (lambda d: d.update(training={"batch_size": 0}), "training.batch_size: must be positive"),
+    (lambda d: d.update(trainer={}), "trainer: unknown key; known keys are"),
+    (lambda d: d.update(features=[]), "features: at least one feature is required"),
+])
+def test_errors_name_the_offending_key(change, expected):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(mutate(change))
+    assert expected in str(err.value)
+
+
+def test_load_names_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml' does not exist"):
+        load_config(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("features: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml' is not valid YAML"):
+        load_config(broken)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutate(lambda d: d["features"][0].update(kind="x"))))
+    with pytest.raises(ConfigError, match=r"bad.yaml: features\[0\].kind"):
+        load_config(bad)
