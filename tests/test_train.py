@@ -1,0 +1,118 @@
+"""The trainer end to end on tiny transformed data: every variant, export, resume, NaN stop."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
+from components.train import NonFiniteLossError, train
+from components.transform import transform
+from esmm_model.config import config_from_dict, load_config
+from esmm_model.model import EsmmModel, model_inputs
+from esmm_model.preprocessing import table_sizes
+from esmm_model.schema import feature_spec
+from raw_examples import make_example, random_rows, write_ingest_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_ROWS, BATCH = 160, 32
+STEPS_PER_EPOCH = TRAIN_ROWS // BATCH
+VARIANTS = ("esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias")
+
+
+def tiny_config(variant: str = "esmm", **training):
+    data = load_config(REPO / "configs" / "simulator.yaml").to_dict()
+    data["model"].update(variant=variant, tower_units=[16, 8], embedding_dim=4)
+    data["training"].update({"batch_size": BATCH, "epochs": 1, **training})
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[str, str, list[dict]]:
+    root = tmp_path_factory.mktemp("train")
+    config = tiny_config()
+    eval_rows = random_rows(config, 64, seed=2)
+    ingest = write_ingest_dir(config, root / "ingest", random_rows(config, TRAIN_ROWS, seed=1), eval_rows)
+    outputs = transform(config, ingest, root / "transform", ["--runner=DirectRunner"])
+    return outputs.transform_dir, outputs.transformed_dir, eval_rows
+
+
+@pytest.fixture(scope="module")
+def esmm_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("esmm")
+    return out, train(tiny_config(), data[0], data[1], out, version=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_one_epoch(variant, data, tmp_path):
+    result = train(tiny_config(variant), data[0], data[1], tmp_path, version=1)
+    assert result.step == STEPS_PER_EPOCH
+    final = result.metrics["final"]
+    assert final["examples"] == 64 and 0.0 <= final["ctr_auc"] <= 1.0 and np.isfinite(final["train_loss"])
+    assert Path(result.export_dir) == tmp_path / "model" / "1"
+    assert (tmp_path / "model" / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_export_layout_and_side_files(esmm_run):
+    out, result = esmm_run
+    export = out / "model" / "7"
+    assert result.export_dir == str(export)
+    extra = export / "assets.extra"
+    assert json.loads((extra / "metrics.json").read_text())["final"]["step"] == STEPS_PER_EPOCH
+    assert "features" in (extra / "config.yaml").read_text()
+    assert list((out / "tensorboard" / "eval").iterdir())
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1]
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
+    again = train(tiny_config(), data[0], data[1], tmp_path, version=1)
+    assert again.metrics["history"] == esmm_run[1].metrics["history"]
+
+
+@pytest.mark.slow
+def test_exported_signature_matches_the_in_process_model(data, esmm_run):
+    transform_dir, _, eval_rows = data
+    out, result = esmm_run
+    config = tiny_config()
+    tft_output = tft.TFTransformOutput(transform_dir)
+    model = EsmmModel(config, table_sizes(config, tft_output))
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(out / "checkpoints")).expect_partial()
+    raw = tf.io.parse_example([make_example(config, r) for r in eval_rows], feature_spec(config))
+    expected = model(model_inputs(config, tft_output.transform_raw_features(raw))[0])
+
+    serve = tf.saved_model.load(result.export_dir).signatures["serving_default"]
+    served = serve(examples=tf.constant([make_example(config, r, labels=False) for r in eval_rows]))
+    for name in ("ctr", "cvr", "ctcvr"):
+        assert served[name].dtype == tf.float32 and served[name].shape == [len(eval_rows)]
+        np.testing.assert_allclose(served[name], expected[name], rtol=1e-5, atol=1e-7)
+
+    # A feature left out of a request takes its default instead of failing the batch.
+    row = {k: v for k, v in eval_rows[0].items() if k not in ("price", "user_id", "hist_items")}
+    with_defaults = {**row, "price": 0.0, "user_id": "", "hist_items": []}
+    missing, explicit = (serve(examples=tf.constant([make_example(config, r, labels=False)]))["ctr"]
+                         for r in (row, with_defaults))
+    np.testing.assert_allclose(missing, explicit)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
+    out, first = esmm_run
+    resumed = train(tiny_config(epochs=2), data[0], data[1], out, version=8)
+    assert resumed.step == 2 * STEPS_PER_EPOCH
+    history = resumed.metrics["history"]
+    assert [h["step"] for h in history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert history[0] == first.metrics["history"][0]
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step \d+ .*learning_rate"):
+        train(tiny_config(learning_rate=1e35), data[0], data[1], tmp_path, version=1)
