@@ -62,10 +62,11 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.train import train
+    from components.transform import TRANSFORM_GRAPH, TRANSFORMED
     from esmm_model.config import load_config
 
     config = load_config(args.config)
-    result = train(config, Path(args.transform_dir) / "transform_graph", Path(args.transform_dir) / "transformed", args.out)
+    result = train(config, Path(args.transform_dir) / TRANSFORM_GRAPH, Path(args.transform_dir) / TRANSFORMED, args.out)
     print(f"exported {result.export_dir} after {result.step} steps; final eval: {result.metrics['final']}")
 
 
