@@ -18,11 +18,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import tensorflow_transform.beam as tft_beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx_bsl.coders import example_coder
 from tfx_bsl.public import tfxio
 
+from components.beam_runner import make_pipeline
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.preprocessing import make_preprocessing_fn
@@ -66,7 +66,8 @@ def _write(examples: beam.PCollection, out_dir: Path, split: str) -> beam.pvalue
 def transform(config: Config, ingest_dir: str | Path, out_dir: str | Path, beam_args: list[str]) -> TransformOutputs:
     """Analyzes ``<ingest_dir>/train``, transforms train and eval, writes graph and TFRecords.
 
-    beam_args: the Beam runner and its options (the same plumbing as ingestion).
+    beam_args: the Beam runner and its options, built by ``components.beam_runner`` as for
+    ingestion (the DirectRunner never falls into the network-dependent PrismRunner).
     """
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     patterns = {split: _raw_pattern(ingest_dir, split) for split in SPLITS}
@@ -79,7 +80,7 @@ def transform(config: Config, ingest_dir: str | Path, out_dir: str | Path, beam_
     preprocessing_fn = make_preprocessing_fn(config)
     log.info("transform: analyzing %s, transforming train and eval into %s", patterns["train"], out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix="tft-tmp-") as temp_dir:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as p, tft_beam.Context(temp_dir=temp_dir):
+        with make_pipeline(beam_args) as p, tft_beam.Context(temp_dir=temp_dir):
             raw = {split: tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
                                                 telemetry_descriptors=["esmm", "transform"])
                    for split, pattern in patterns.items()}
