@@ -8,7 +8,8 @@ Layout under ``out_dir``:
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
   ``ctcvr_auc``, ``cvr_auc_clicked`` (exact AUCs), ``ctr_logloss``, ``ctcvr_logloss``,
   ``cvr_logloss_clicked``, by global step;
-- ``metrics.json``: ``{"history": [per epoch: epoch, step, train_loss, eval metrics], "final": ...}``;
+- ``metrics.json``: ``{"variant", "history": [per epoch: epoch, step, train_loss,
+  examples_per_second, eval metrics], "final": the last epoch's entry}``;
 - ``model/<version>/``: the SavedModel (see ``esmm_model.export``), with ``assets.extra/``
   holding ``config.yaml`` and ``metrics.json``.
 """
@@ -163,10 +164,12 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
                 window = {}
             if int(step) % checkpoint_every == 0:
                 manager.save(checkpoint_number=int(step))
+        seconds = time.perf_counter() - started
         eval_metrics = evaluate(model, eval_data)
         _write_scalars(eval_writer, {k: v for k, v in eval_metrics.items() if isinstance(v, float)}, int(step))
         history.append({"epoch": e + 1, "step": int(step),
-                        "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None, **eval_metrics})
+                        "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+                        "examples_per_second": examples / seconds, **eval_metrics})
         log.info("train: epoch %d: %s", e + 1, json.dumps(history[-1]))
         epoch.assign_add(1)
         step_in_epoch.assign(0)
