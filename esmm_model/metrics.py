@@ -21,6 +21,21 @@ def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as average precision (tied scores grouped); NaN without positives."""
+    positive = np.asarray(labels).astype(bool)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    sorted_scores, y = np.asarray(scores)[order], positive[order]
+    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    tps = np.cumsum(y)[last_of_tie]
+    seen = (np.arange(1, y.size + 1))[last_of_tie]
+    recall_gain = np.diff(np.r_[0, tps]) / n_pos
+    return float(np.sum(recall_gain * tps / seen))
+
+
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy; probabilities clipped to [eps, 1 - eps]."""
     p = np.clip(np.asarray(probabilities, np.float64), eps, 1.0 - eps)
