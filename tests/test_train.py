@@ -74,7 +74,10 @@ def test_export_layout_and_side_files(esmm_run):
 @pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
     again = train(tiny_config(), data[0], data[1], tmp_path, version=1)
-    assert again.metrics["history"] == esmm_run[1].metrics["history"]
+    def learned(history: list[dict]) -> list[dict]:  # all but the timing
+        return [{k: v for k, v in h.items() if k != "examples_per_second"} for h in history]
+
+    assert learned(again.metrics["history"]) == learned(esmm_run[1].metrics["history"])
 
 
 @pytest.mark.slow
@@ -109,7 +112,7 @@ def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
     assert resumed.step == 2 * STEPS_PER_EPOCH
     history = resumed.metrics["history"]
     assert [h["step"] for h in history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    assert history[0] == first.metrics["history"][0]
+    assert history[0] == first.metrics["history"][0]  # the first epoch is kept, not rerun
 
 
 @pytest.mark.slow
