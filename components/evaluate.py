@@ -53,6 +53,12 @@ class EvaluationResult:
     def table(self) -> str:
         return markdown_tables(self.metrics)
 
+    def headline(self) -> dict[str, float]:
+        """The paper's figures and, with ground truth, the entire-space and oracle AUCs; finite values only."""
+        figures = {k: v for k, v in self.metrics["exact"].items() if k.endswith("auc_all") or k.endswith("clicked")}
+        figures.update({f"entire_space_{k}": v for k, v in self.metrics.get("entire_space", {}).items()})
+        return {k: float(v) for k, v in figures.items() if isinstance(v, float) and math.isfinite(v)}
+
 
 def eval_config(config: Config):
     """The TFMA EvalConfig: three outputs with their labels, three slices, the metrics."""

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Optional
 
 import tensorflow as tf
 
-from components.blessing import Blessing, read_json, write_blessing, write_json
+from components.blessing import Blessing, bless, read_json, write_blessing, write_json
+from esmm_model.config import Config
 from esmm_model.errors import EsmmError, InputError
 
 RECORD_DIR = "assets.extra"
@@ -173,3 +174,15 @@ def _remove_if_present(path: str) -> None:
             tf.io.gfile.rmtree(path)
     except tf.errors.OpError:
         pass
+
+
+def validate_and_push(config: Config, model_dir: str, metrics: Mapping[str, Any], serving_base: str,
+                      blessing_path: str) -> tuple[Blessing, PushResult]:
+    """Blesses ``metrics`` against the config's thresholds and the latest pushed model, writes the
+    blessing to ``blessing_path``, and pushes ``model_dir`` only if it is blessed."""
+    baseline = latest_pushed(serving_base, config.push.model_name)
+    blessing = bless(metrics, baseline.metrics if baseline else None, config.evaluation,
+                     baseline_version=baseline.version if baseline else None)
+    write_blessing(blessing, blessing_path)
+    result = push(model_dir, blessing, serving_base, config.push.model_name, config.push.keep_versions, dict(metrics))
+    return blessing, result

@@ -483,3 +483,14 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
     return value
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new Config with ``overrides`` (a nested mapping, e.g. {"model": {"variant": "base"}}) deep-merged and re-validated."""
+    def merge(base: dict, extra: dict) -> dict:
+        merged = dict(base)
+        for key, value in extra.items():
+            merged[key] = merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
+        return merged
+
+    return config_from_dict(merge(config.to_dict(), overrides))

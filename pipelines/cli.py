@@ -71,18 +71,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
-    from components.blessing import bless, read_json, write_blessing
-    from components.push import latest_pushed, push
+    from components.blessing import read_json
+    from components.push import validate_and_push
     from esmm_model.config import load_config
 
     config = load_config(args.config)
     metrics = read_json(args.metrics, "metrics")
-    baseline = latest_pushed(args.serving_base, config.push.model_name)
-    blessing = bless(metrics, baseline.metrics if baseline else None, config.evaluation,
-                     baseline_version=baseline.version if baseline else None)
-    write_blessing(blessing, args.blessing_out or os.path.join(os.path.dirname(args.metrics), "blessing.json"))
+    blessing_path = args.blessing_out or os.path.join(os.path.dirname(args.metrics), "blessing.json")
+    blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path)
     print(blessing.describe())
-    result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions, metrics)
     print(result.describe())
 
 

@@ -1,0 +1,66 @@
+"""Runs the pipeline locally: kfp.local's SubprocessRunner in this environment, Beam's DirectRunner.
+
+What runs here is what runs on Kubernetes: the same pipeline function, the same components.
+Task results are cached under ``<out_dir>/kfp_cache``, so a re-run with identical inputs
+reuses them (the push step is never cached).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from esmm_model.errors import EsmmError
+from pipelines.pipeline import DEFAULT_BEAM_ARGS, create_pipeline
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """Where a local run left its artifacts."""
+
+    run_dir: str
+    evaluation_dir: str
+    blessing: dict[str, Any]
+    pushed: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return json.loads(Path(self.evaluation_dir, "metrics.json").read_text())
+
+
+def _task_dir(run_dir: Path, task: str) -> Path:
+    matches = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(task))
+    if not matches:
+        raise EsmmError(f"the local run in {run_dir} has no output of task {task!r}")
+    return matches[0]
+
+
+def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str, *,
+              beam_args: Optional[list[str]] = None, variant: str = "", epochs: int = 0,
+              thresholds: Optional[list[dict]] = None, ground_truth: str = "", caching: bool = True) -> LocalRun:
+    """Runs ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts."""
+    from kfp import local
+
+    root = Path(out_dir).resolve() / "kfp_root"
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=caching, cache_root=str(Path(out_dir).resolve() / "kfp_cache"))
+    before = set(root.iterdir())
+    pipeline = create_pipeline()
+    try:
+        pipeline(config_path=str(Path(config_path).resolve()), input_path=str(Path(input_path).resolve()),
+                 serving_base=str(Path(serving_base).resolve()), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
+                 variant=variant, epochs=epochs, thresholds=list(thresholds or []),
+                 ground_truth=str(Path(ground_truth).resolve()) if ground_truth else "")
+    except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
+        raise EsmmError(f"the local pipeline run failed: {exc}") from None
+    (run_dir,) = set(root.iterdir()) - before
+    push_dir = _task_dir(run_dir, "push")
+    blessing = json.loads((push_dir / "blessing").read_text())
+    pushed = json.loads((push_dir / "pushed").read_text())
+    return LocalRun(str(run_dir), str(_task_dir(run_dir, "evaluate") / "evaluation"), blessing, pushed)
