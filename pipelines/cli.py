@@ -111,6 +111,59 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                           shared_path=args.shared, version=args.version, timeout_s=args.timeout, fallback=args.fallback))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from components.evaluate import evaluate
+    from esmm_model.config import load_config
+
+    config = load_config(args.config)
+    result = evaluate(config, args.model_dir, args.ingest_dir, args.out, beam_args(config, args), ground_truth=args.ground_truth)
+    print(result.table())
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def _thresholds(text: str | None) -> list[dict]:
+    import json
+
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EsmmError(f"--thresholds is not valid JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise EsmmError("--thresholds must be a JSON list like [{\"metric\": \"cvr/clicked/auc\", \"min\": 0.6}]")
+    return value
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from esmm_model.config import load_config
+    from pipelines.local_run import run_local
+
+    config = load_config(args.config)
+    run = run_local(args.config, args.input, args.serving_base, args.out, beam_args=beam_args(config, args),
+                    variant=args.variant or "", epochs=args.epochs or 0, thresholds=_thresholds(args.thresholds),
+                    ground_truth=args.ground_truth or "", caching=not args.no_cache)
+    print(run.describe())
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from pipelines.compile import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.out, args.image)} (steps run in {args.image})")
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    import json
+
+    from pipelines.compile import submit_pipeline
+
+    try:
+        arguments = json.loads(args.arguments)
+    except json.JSONDecodeError as exc:
+        raise EsmmError(f"--arguments is not valid JSON: {exc}") from None
+    print(f"started run {submit_pipeline(args.package, args.host, arguments, experiment=args.experiment)} on {args.host}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -182,6 +235,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="deadline of each attempt in seconds (default: %(default)s)")
     p.add_argument("--fallback", action="store_true", help="print 0.0 scores instead of failing when serving is down")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="TFMA on the raw eval split, sliced all/clicked/unclicked, with report and plots")
+    _add_config(p)
+    _add_beam(p)
+    p.add_argument("--model-dir", required=True, help="the exported SavedModel directory (holds saved_model.pb)")
+    p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (its eval/ split is evaluated)")
+    p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space and oracle AUCs")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, report.md/html, plots/, tfma/)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("run", help="run the whole pipeline locally under kfp.local (DirectRunner), as it runs on Kubernetes")
+    _add_config(p)
+    _add_beam(p)
+    p.add_argument("--input", required=True, help="raw input, as for `esmm ingest`")
+    p.add_argument("--serving-base", required=True, help="where blessed models are pushed (<base>/<model>/<version>)")
+    p.add_argument("--out", required=True, help="directory for the kfp pipeline root and cache")
+    p.add_argument("--variant", help="override model.variant")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--thresholds", help="override evaluation.thresholds, as a JSON list")
+    p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space and oracle AUCs")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if kfp has a cached result")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
+    p.add_argument("--image", required=True, help="container image the steps run in (the project installed)")
+    p.add_argument("--out", default="esmm_pipeline.yaml", help="YAML path (default: %(default)s)")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint")
+    p.add_argument("--package", required=True, help="the YAML from `esmm compile`")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")
+    p.add_argument("--arguments", default="{}", help="pipeline arguments as JSON (config_path, input_path, serving_base, ...)")
+    p.add_argument("--experiment", help="KFP experiment name")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")
     _add_config(p)

@@ -7,17 +7,12 @@ reuses them (the push step is never cached).
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import DEFAULT_BEAM_ARGS, create_pipeline
-
-_LOG = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class LocalRun:
@@ -31,6 +26,15 @@ class LocalRun:
     @property
     def metrics(self) -> dict[str, Any]:
         return json.loads(Path(self.evaluation_dir, "metrics.json").read_text())
+
+    def describe(self) -> str:
+        from components.evaluation_report import markdown_tables
+
+        push = (f"pushed version {self.pushed['version']} to {self.pushed['path']}" if self.pushed["pushed"]
+                else f"not pushed: {self.pushed['reason']}")
+        return "\n".join([markdown_tables(self.metrics), "", f"blessing: {self.blessing['status']}",
+                          *(f"  {reason}" for reason in self.blessing["reasons"]), push,
+                          f"report: {Path(self.evaluation_dir) / 'report.html'}", f"run: {self.run_dir}"])
 
 
 def _task_dir(run_dir: Path, task: str) -> Path:
