@@ -1,6 +1,7 @@
 """The evaluation report a person reads: metric tables (Markdown, HTML) and plots (PNG)."""
 from __future__ import annotations
 
+import base64
 import html
 import math
 import os
@@ -118,6 +119,12 @@ def write_plots(pred, plot_dir: str) -> list[str]:
     return written
 
 
+def _base64(path: str) -> str:
+    """The PNG inline, so report.html stands alone (the kfp UI shows it as one file)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return base64.b64encode(f.read()).decode("ascii")
+
+
 def write_report(metrics: dict[str, Any], pred, out_dir: str) -> None:
     """report.md, report.html and plots/<output>.png under out_dir."""
     plots = write_plots(pred, os.path.join(out_dir, "plots"))
@@ -131,7 +138,7 @@ def write_report(metrics: dict[str, Any], pred, out_dir: str) -> None:
             + _html_table(["metric", "model", "oracle"], headline_rows(metrics))
             + "<h2>Per output and slice (TFMA)</h2>"
             + _html_table(["output", "slice", *COLUMNS], metric_rows(metrics))
-            + "".join(f"<h2>{os.path.basename(p)[:-4]}</h2><img src='plots/{os.path.basename(p)}'>" for p in plots)
+            + "".join(f"<h2>{os.path.basename(p)[:-4]}</h2><img src='data:image/png;base64,{_base64(p)}'>" for p in plots)
             + "</body></html>")
     with tf.io.gfile.GFile(os.path.join(out_dir, "report.html"), "w") as f:
         f.write(page)
