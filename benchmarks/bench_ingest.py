@@ -1,0 +1,206 @@
+"""Ingestion throughput: ``components.ingest.ingest`` end to end on the DirectRunner.
+
+Data: the simulator's default preset and spec (10k users, 20k items) at each --rows size,
+simulated once into --work-dir/raw_<rows>_seed<seed> (reused when its simulation.json
+matches the spec). For each size and each --modes entry, ``ingest`` runs into a fresh
+output directory and is timed by wall clock from the call to its return, Beam start-up,
+both passes, worker processes and the final counts.json read included:
+
+- multi_processing: ``--direct_running_mode=multi_processing --direct_num_workers=2``
+  (the project's configured setting);
+- in_memory: ``--direct_running_mode=in_memory`` (one process).
+
+A --startup-rows run (default 1,000 rows) per mode estimates the fixed cost, so the
+table shows how time grows with size. The counts check is train + eval + rejected ==
+rows read == simulated rows. Target (issue): >= 20k rows/s end to end at 1M rows.
+
+--profile N instead runs cProfile over an in_memory ingest of N rows and times the
+per-row stages outside Beam (read, order key, parse, encode, gzip write).
+
+    .venv/bin/python benchmarks/bench_ingest.py [--rows 100000 1000000] [--modes multi_processing in_memory]
+        [--work-dir /tmp/esmm_bench_ingest] [--seed 7] [--startup-rows 1000] [--profile 50000]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gzip
+import io
+import json
+import logging
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import components  # noqa: E402,F401
+from components.aliccp_reader import AliccpReader  # noqa: E402
+from components.example_batch import encode_rows  # noqa: E402
+from components.ingest import BATCH_SIZE, EVAL, TRAIN, IngestCounts, ingest  # noqa: E402
+from components.rows import RowError  # noqa: E402
+from components.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
+from esmm_model.config import Config, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = {
+    "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    "in_memory": ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
+}
+TARGET_ROWS_PER_S = 20_000
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def simulated(config: Config, rows: int, seed: int, work_dir: Path) -> Path:
+    """The raw Ali-CCP log for this size and seed, simulated unless already there."""
+    spec = SimulationSpec.preset("default", rows=rows, seed=seed)
+    raw = work_dir / f"raw_{rows}_seed{seed}"
+    meta = raw / "simulation.json"
+    if meta.is_file() and (raw / SKELETON_FILE).is_file() and (raw / COMMON_FILE).is_file():
+        if json.loads(meta.read_text()).get("spec") == asdict(spec):
+            print(f"reusing simulation {raw}", flush=True)
+            return raw
+    shutil.rmtree(raw, ignore_errors=True)
+    started = time.perf_counter()
+    simulate(spec, config, raw)
+    print(f"simulated {rows:,} rows into {raw} in {time.perf_counter() - started:.1f} s", flush=True)
+    return raw
+
+
+def timed_ingest(config: Config, raw: Path, out: Path, mode: str) -> tuple[float, IngestCounts]:
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    counts = ingest(config, str(raw), str(out), MODES[mode])
+    return time.perf_counter() - started, counts
+
+
+def check(counts: IngestCounts, rows: int) -> str:
+    written = counts.split(TRAIN)["rows"] + counts.split(EVAL)["rows"]
+    rejected = sum(counts.rejected.values())
+    ok = written + rejected == counts.rows_read == rows
+    return (f"{'ok' if ok else 'MISMATCH'} ({counts.split(TRAIN)['rows']:,}+{counts.split(EVAL)['rows']:,}"
+            f"+{rejected:,}={written + rejected:,} / read {counts.rows_read:,})")
+
+
+def benchmark(args: argparse.Namespace, config: Config) -> None:
+    work_dir = Path(args.work_dir)
+    sizes = sorted(set(args.rows))
+    raws = {n: simulated(config, n, args.seed, work_dir) for n in sorted({args.startup_rows, *sizes})}
+    results = []
+    for rows in [args.startup_rows, *sizes]:
+        for mode in args.modes:
+            before = load_avg()
+            seconds, counts = timed_ingest(config, raws[rows], work_dir / f"ingest_{mode}", mode)
+            after = load_avg()
+            label = "startup" if rows == args.startup_rows and rows not in sizes else ""
+            results.append((rows, mode, seconds, counts, before, after, label))
+            print(f"{rows:>9,} {mode:<16} {seconds:8.1f} s  {rows / seconds:>9,.0f} rows/s  "
+                  f"{check(counts, rows)}  load {before} -> {after}", flush=True)
+
+    startup = {mode: s for rows, mode, s, *_ in results if rows == args.startup_rows}
+    print("\nIngestion, DirectRunner, wall clock from the ingest() call to its return "
+          f"(default simulator preset, seed {args.seed}, {os.cpu_count()} CPUs)")
+    header = f"{'rows':>9}  {'mode':<16} {'seconds':>8} {'rows/s':>9} {'rows/s excl. startup':>21}  {'load before -> after':<32} counts check"
+    print(header)
+    print("-" * len(header))
+    for rows, mode, seconds, counts, before, after, label in results:
+        marginal = seconds - startup[mode]
+        net = f"{rows / marginal:,.0f}" if not label and marginal > 0 else "-"
+        print(f"{rows:>9,}  {mode:<16} {seconds:8.1f} {rows / seconds:>9,.0f} {net:>21}  {before + ' -> ' + after:<32} "
+              f"{check(counts, rows)}{'  (start-up estimate)' if label else ''}")
+    for mode, s in startup.items():
+        print(f"fixed start-up estimate ({mode}): {s:.1f} s (the {args.startup_rows:,}-row run)")
+    big = max(sizes)
+    for rows, mode, seconds, *_ in results:
+        if rows == big:
+            verdict = "meets" if rows / seconds >= TARGET_ROWS_PER_S else "misses"
+            print(f"target >= {TARGET_ROWS_PER_S:,} rows/s at {big:,} rows, {mode}: {rows / seconds:,.0f} rows/s ({verdict})")
+
+
+def profile(args: argparse.Namespace, config: Config) -> None:
+    """cProfile of an in_memory ingest, then the per-row stages timed outside Beam."""
+    work_dir = Path(args.work_dir)
+    raw = simulated(config, args.profile, args.seed, work_dir)
+    out = work_dir / "ingest_profile"
+    shutil.rmtree(out, ignore_errors=True)
+    prof = cProfile.Profile()
+    started = time.perf_counter()
+    prof.enable()
+    ingest(config, str(raw), str(out), MODES["in_memory"])
+    prof.disable()
+    total = time.perf_counter() - started
+    print(f"in_memory ingest of {args.profile:,} rows under cProfile: {total:.1f} s")
+    for key in ("cumulative", "tottime"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(30)
+        print(f"\n--- top 30 by {key} ---\n" + buf.getvalue().split("\n", 8)[-1])
+
+    # Stages outside Beam, on the same file, one process.
+    stages: dict[str, float] = {}
+
+    def stage(name, fn):
+        t = time.perf_counter()
+        result = fn()
+        stages[name] = time.perf_counter() - t
+        return result
+
+    reader = AliccpReader(config)
+    lines = stage("read lines", lambda: (raw / SKELETON_FILE).read_text().splitlines())
+    common_lines = stage("read common lines", lambda: (raw / COMMON_FILE).read_text().splitlines())
+    common = stage("parse common (dict)", lambda: dict(reader.parse_common(line) for line in common_lines))
+    stage("order keys (pass 1)", lambda: [reader.order_key(line) for line in lines])
+
+    def parse_all():
+        rows = []
+        for line in lines:
+            try:
+                rows.append(reader.parse(line, common))
+            except RowError:
+                pass
+        return rows
+    rows = stage("parse rows (pass 2)", parse_all)
+    examples = stage("encode_rows (batches of %d)" % BATCH_SIZE,
+                     lambda: [e for i in range(0, len(rows), BATCH_SIZE) for e in encode_rows(config, rows[i:i + BATCH_SIZE])])
+    with tempfile.TemporaryDirectory() as tmp:
+        def write():
+            with gzip.open(os.path.join(tmp, "x.gz"), "wb", compresslevel=6) as f:  # TFRecord framing omitted; GZIP dominates
+                for e in examples:
+                    f.write(e)
+        stage("gzip write (level 6, as Beam)", write)
+    print(f"\nstages outside Beam, {len(lines):,} lines, {len(common_lines):,} common lines, "
+          f"{sum(map(len, examples)) / max(len(examples), 1):,.0f} bytes/example:")
+    for name, s in stages.items():
+        print(f"  {name:<40} {s:7.2f} s  {len(lines) / s:>10,.0f} rows/s")
+    print(f"  {'sum':<40} {sum(stages.values()):7.2f} s  (whole ingest under cProfile: {total:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["multi_processing", "in_memory"])
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "esmm_bench_ingest"))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--startup-rows", type=int, default=1_000, help="tiny run estimating the fixed cost")
+    parser.add_argument("--config", default=str(REPO / "configs" / "simulator.yaml"))
+    parser.add_argument("--profile", type=int, metavar="ROWS", help="profile an in_memory ingest of ROWS rows instead")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    config = load_config(args.config)
+    print(f"load average at start: {load_avg()}", flush=True)
+    if args.profile:
+        profile(args, config)
+    else:
+        benchmark(args, config)
+    print(f"load average at end: {load_avg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
