@@ -142,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     run = run_local(args.config, args.input, args.serving_base, args.out, beam_args=beam_args(config, args),
                     variant=args.variant or "", epochs=args.epochs or 0, thresholds=_thresholds(args.thresholds),
-                    ground_truth=args.ground_truth or "", caching=not args.no_cache)
+                    ground_truth=args.ground_truth or "")
     print(run.describe())
 
 
@@ -255,7 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--thresholds", help="override evaluation.thresholds, as a JSON list")
     p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space and oracle AUCs")
-    p.add_argument("--no-cache", action="store_true", help="run every step even if kfp has a cached result")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")

@@ -1,8 +1,9 @@
 """Runs the pipeline locally: kfp.local's SubprocessRunner in this environment, Beam's DirectRunner.
 
 What runs here is what runs on Kubernetes: the same pipeline function, the same components.
-Task results are cached under ``<out_dir>/kfp_cache``, so a re-run with identical inputs
-reuses them (the push step is never cached).
+Task caching is KFP's backend feature: the compiled pipeline caches every step but the push.
+kfp 2.17.0's local runner ships a cache module but its task dispatcher never consults it,
+so every local run executes all five steps.
 """
 from __future__ import annotations
 
@@ -46,14 +47,13 @@ def _task_dir(run_dir: Path, task: str) -> Path:
 
 def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str, *,
               beam_args: Optional[list[str]] = None, variant: str = "", epochs: int = 0,
-              thresholds: Optional[list[dict]] = None, ground_truth: str = "", caching: bool = True) -> LocalRun:
+              thresholds: Optional[list[dict]] = None, ground_truth: str = "") -> LocalRun:
     """Runs ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts."""
     from kfp import local
 
     root = Path(out_dir).resolve() / "kfp_root"
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               enable_caching=caching, cache_root=str(Path(out_dir).resolve() / "kfp_cache"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(root.iterdir())
     pipeline = create_pipeline()
     try:
