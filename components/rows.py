@@ -76,22 +76,17 @@ def check_labels(click: int, conversion: int, config: Config) -> None:
 
 
 def parse_order_key(text: str, column: str) -> float:
-    try:
-        key = float(text)
-    except ValueError:
-        raise RowError("bad_order_key", f"ordering column {column!r} must be numeric, got {text!r}") from None
-    if not math.isfinite(key):
-        raise RowError("bad_order_key", f"ordering column {column!r} must be finite, got {text!r}")
-    return key
+    return parse_float(text, f"ordering column {column!r}", code="bad_order_key")
 
 
-def parse_float(text: str, what: str) -> float:
+def parse_float(text: str, what: str, *, code: str = "bad_value") -> float:
+    """A finite float, or a RowError with ``code`` naming ``what``."""
     try:
         value = float(text)
     except ValueError:
-        raise RowError("bad_value", f"{what}: {text!r} is not a number") from None
+        raise RowError(code, f"{what}: {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise RowError("bad_value", f"{what}: {text!r} is not finite")
+        raise RowError(code, f"{what}: {text!r} is not finite")
     return value
 
 
