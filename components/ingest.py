@@ -25,7 +25,6 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 
@@ -34,6 +33,7 @@ from components.beam_runner import make_pipeline
 from components.csv_reader import CsvReader
 from components.example_batch import encode_rows
 from components.rows import ParsedRow, Rejected, RowError
+from components.tfrecord_sink import GzipTFRecordSink
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.schema import schema_proto
@@ -43,6 +43,7 @@ SKELETON_PATTERN = "sample_skeleton_*.csv*"
 COMMON_PATTERN = "common_features_*.csv*"
 QUANTILES = 1001
 BATCH_SIZE = 2048
+GZIP_LEVEL = 1
 _LOG = logging.getLogger(__name__)
 
 
@@ -278,9 +279,8 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
                    | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files), beam.pvalue.AsSingleton(threshold), **side)
                    .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
-            _ = outputs[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-                os.path.join(out_dir, split, "data"), file_name_suffix=".tfrecord.gz",
-                compression_type=CompressionTypes.GZIP)
+            _ = outputs[split] | f"Write{split.title()}" >> beam.io.Write(
+                GzipTFRecordSink(os.path.join(out_dir, split, "data"), level=GZIP_LEVEL))
         rejected = (outputs.rejected, *rejected_common) | "AllRejected" >> beam.Flatten()
         _ = (rejected | "RejectedJson" >> beam.Map(lambda r: json.dumps(r.to_json()))
              | "WriteRejected" >> beam.io.WriteToText(os.path.join(out_dir, "rejected", "rejected"), file_name_suffix=".jsonl"))
