@@ -10,6 +10,9 @@ from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config
 from pipelines.compile import compile_pipeline
 from pipelines.local_run import run_local
+from serving_client.client import PredictionClient
+from serving_client.packing import ExamplePacker
+from serving_client.server import ModelServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -53,6 +56,23 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
     outputs = served(examples=tf.constant(records))
     assert set(outputs) == {"ctr", "cvr", "ctcvr"}
     np.testing.assert_allclose(outputs["ctcvr"].numpy(), outputs["ctr"].numpy() * outputs["cvr"].numpy(), rtol=1e-5)
+
+    # The pushed export, served over gRPC and scored from raw feature dicts, matches in-process.
+    config = load_config(tiny / "config.yaml")
+    shared = {"user_id": "12", "gender": "1", "age": "3", "hist_items": (["5", "9"], [2.0, 1.0]), "position": 2, "hour": 9.0}
+    candidates = [{"item_id": str(i), "category": "3", "price": 10.0 + i} for i in range(8)]
+    examples = ExamplePacker(config).pack(shared, candidates)
+    server = ModelServer(tiny / "serving" / "esmm", "esmm")
+    port = server.start()
+    try:
+        with PredictionClient(f"127.0.0.1:{port}", "esmm", timeout_s=10.0) as client:
+            remote = client.predict(examples)
+    finally:
+        server.stop()
+    local = served(examples=tf.constant(examples))
+    assert remote.model_version == 1 and not remote.fallback
+    for name in ("ctr", "cvr", "ctcvr"):
+        np.testing.assert_allclose(getattr(remote, name), local[name].numpy(), rtol=1e-6)
 
     # The same inputs again retrain the same model (deterministic per seed); an impossible
     # threshold keeps it out of serving, and the first version stays.
