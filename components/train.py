@@ -71,9 +71,18 @@ def make_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 22),
         cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(SHUFFLE_BATCHES * batch_size, seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.batch(batch_size).map(lambda serialized: model_inputs(config, tf.io.parse_example(serialized, spec)),
+    if shuffle_seed is None:
+        ds = ds.batch(batch_size)
+    else:
+        # Shuffled a window of SHUFFLE_BATCHES batches at a time, vectorised: a per-example
+        # shuffle buffer cost more CPU than parsing, and the input pipeline shares the cores
+        # with the train step. Window i's order is a pure function of (shuffle_seed, i).
+        ds = (ds.batch(SHUFFLE_BATCHES * batch_size).enumerate()
+              .map(lambda i, records: tf.random.experimental.stateless_shuffle(
+                  records, seed=tf.stack([tf.constant(shuffle_seed, tf.int64), i])),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .rebatch(batch_size))
+    ds = ds.map(lambda serialized: model_inputs(config, tf.io.parse_example(serialized, spec)),
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
