@@ -5,7 +5,8 @@ eval split, exactly as TF Serving will call it. Outputs under ``out_dir``:
 - ``tfma/``: the TFMA result (``tfma.load_eval_result`` reads it);
 - ``metrics.json``: ``{output: {slice: {auc, pr_auc, bce, mean_prediction, mean_label,
   example_count}}}`` for outputs ctr, cvr, ctcvr and slices all, clicked, unclicked, plus
-  ``exact`` (rank AUCs over the whole split by the paper's protocol) and, when the
+  ``exact`` (rank AUCs and log losses over the whole split by the paper's protocol, as
+  the trainer reports them) and, when the
   simulator's ground truth is given, ``entire_space`` (CVR AUC against ``would_convert``
   over all impressions, the quantity selection bias hurts, and the oracle AUCs of the
   true probabilities, the ceiling);
@@ -28,13 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from components.beam_runner import make_pipeline
-from components.evaluation_report import OUTPUTS, markdown_tables, write_report
-from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, Config
+from components.evaluation_report import LABEL_OF, OUTPUTS, markdown_tables, write_report
+from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
 from esmm_model.errors import InputError
-from esmm_model.metrics import average_precision, exact_auc, log_loss
+from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss
 from esmm_model.schema import SAMPLE_ID, feature_spec
 
-LABEL_OF = {"ctr": LABEL_CLICK, "cvr": LABEL_CONVERSION, "ctcvr": LABEL_CTCVR}
 TFMA_METRICS = {"bce": ("BinaryCrossentropy", "binary_crossentropy"),
                 "mean_prediction": ("MeanPrediction", "mean_prediction"),
                 "mean_label": ("MeanLabel", "mean_label"),
@@ -55,7 +55,7 @@ class EvaluationResult:
 
     def headline(self) -> dict[str, float]:
         """The paper's figures and, with ground truth, the entire-space and oracle AUCs; finite values only."""
-        figures = {k: v for k, v in self.metrics["exact"].items() if k.endswith("auc_all") or k.endswith("clicked")}
+        figures = {k: v for k, v in self.metrics["exact"].items() if "_auc" in k}
         figures.update({f"entire_space_{k}": v for k, v in self.metrics.get("entire_space", {}).items()})
         return {k: float(v) for k, v in figures.items() if isinstance(v, float) and math.isfinite(v)}
 
@@ -115,12 +115,24 @@ def _value(entry: Optional[dict]) -> float:
 
 @dataclass
 class Predictions:
+    """Every eval example's labels and the model's three outputs, in file order."""
+
     sample_id: np.ndarray
     click: np.ndarray
     conversion: np.ndarray
     ctr: np.ndarray
     cvr: np.ndarray
     ctcvr: np.ndarray
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """Each output's label, as booleans."""
+        click, conversion = self.click.astype(bool), self.conversion.astype(bool)
+        return {"ctr": click, "cvr": conversion, "ctcvr": click & conversion}
+
+    def slices(self) -> dict[str, np.ndarray]:
+        """The evaluation slices as masks: all, clicked, unclicked."""
+        click = self.click.astype(bool)
+        return {"all": np.ones_like(click), "clicked": click, "unclicked": ~click}
 
 
 def predict_split(config: Config, model_dir: str, pattern: str, batch_size: int = 4096) -> Predictions:
@@ -148,24 +160,13 @@ def add_exact_aucs(metrics: dict[str, Any], pred: Predictions) -> None:
     several points; a log-spaced grid fixes that but made TFMA ~30x slower here. One
     scoring pass gives exact rank statistics instead, over the whole split.
     """
-    click = pred.click.astype(bool)
-    labels = {"ctr": click, "cvr": pred.conversion.astype(bool), "ctcvr": click & pred.conversion.astype(bool)}
-    masks = {"all": np.ones_like(click), "clicked": click, "unclicked": ~click}
+    labels = pred.labels()
     for output in OUTPUTS:
         scores = getattr(pred, output)
-        for slice_name, mask in masks.items():
+        for slice_name, mask in pred.slices().items():
             entry = metrics[output].setdefault(slice_name, {})
             entry["auc"] = exact_auc(labels[output][mask], scores[mask])
             entry["pr_auc"] = average_precision(labels[output][mask], scores[mask])
-
-
-def exact_metrics(pred: Predictions) -> dict[str, float]:
-    """Rank AUCs over the whole split by the paper's protocol."""
-    click = pred.click.astype(bool)
-    ctcvr = click & pred.conversion.astype(bool)
-    return {"ctr_auc_all": exact_auc(click, pred.ctr), "ctcvr_auc_all": exact_auc(ctcvr, pred.ctcvr),
-            "cvr_auc_clicked": exact_auc(ctcvr[click], pred.cvr[click]), "examples": int(click.size),
-            "clicks": int(click.sum()), "conversions": int(ctcvr.sum())}
 
 
 def load_ground_truth(path: str) -> dict[bytes, tuple[float, float, int]]:
@@ -214,7 +215,7 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     _LOG.info("evaluate: exact AUCs and plots")
     pred = predict_split(config, model_dir, pattern)
     add_exact_aucs(metrics, pred)
-    metrics["exact"] = exact_metrics(pred)
+    metrics["exact"] = esmm_metrics(pred.click, pred.conversion, pred.ctr, pred.cvr, pred.ctcvr)
     if ground_truth:
         metrics["entire_space"] = entire_space_metrics(pred, load_ground_truth(ground_truth))
     write_report(metrics, pred, out_dir)

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR
+
 OUTPUTS = ("ctr", "cvr", "ctcvr")
 SLICES = ("all", "clicked", "unclicked")
 COLUMNS = ("auc", "pr_auc", "bce", "mean_prediction", "mean_label", "example_count")
-LABEL_OF = {"ctr": "click", "cvr": "conversion", "ctcvr": "ctcvr"}
+LABEL_OF = {"ctr": LABEL_CLICK, "cvr": LABEL_CONVERSION, "ctcvr": LABEL_CTCVR}
 
 
 def _fmt(value: Any) -> str:
@@ -38,8 +40,8 @@ def headline_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """The paper's figures: exact AUCs, entire-space CVR AUC, and the oracle ceilings."""
     exact = metrics.get("exact", {})
     space = metrics.get("entire_space", {})
-    rows = [["CTR AUC, all impressions", _fmt(exact.get("ctr_auc_all")), _fmt(space.get("oracle_ctr_auc_all"))],
-            ["CTCVR AUC, all impressions", _fmt(exact.get("ctcvr_auc_all")), _fmt(space.get("oracle_ctcvr_auc_all"))],
+    rows = [["CTR AUC, all impressions", _fmt(exact.get("ctr_auc")), _fmt(space.get("oracle_ctr_auc_all"))],
+            ["CTCVR AUC, all impressions", _fmt(exact.get("ctcvr_auc")), _fmt(space.get("oracle_ctcvr_auc_all"))],
             ["CVR AUC, clicked impressions", _fmt(exact.get("cvr_auc_clicked")), _fmt(space.get("oracle_cvr_auc_clicked"))]]
     if space:
         rows.append(["CVR AUC, entire space (vs would_convert)", _fmt(space.get("cvr_auc")), _fmt(space.get("oracle_cvr_auc"))])
@@ -76,10 +78,6 @@ def calibration_curve(labels: np.ndarray, scores: np.ndarray, bins: int = 15) ->
     return np.array([scores[c].mean() for c in chunks]), np.array([labels[c].mean() for c in chunks])
 
 
-def _slice_masks(click: np.ndarray) -> dict[str, np.ndarray]:
-    return {"all": np.ones_like(click, dtype=bool), "clicked": click == 1, "unclicked": click == 0}
-
-
 def write_plots(pred, plot_dir: str) -> list[str]:
     """One ROC and one calibration PNG per output, a line per slice where both classes occur."""
     import matplotlib
@@ -88,12 +86,12 @@ def write_plots(pred, plot_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     tf.io.gfile.makedirs(plot_dir)
-    labels = {"ctr": pred.click, "cvr": pred.conversion, "ctcvr": pred.click & pred.conversion}
+    labels = pred.labels()
     written = []
     for output in OUTPUTS:
         y, scores = labels[output].astype(np.float64), getattr(pred, output).astype(np.float64)
         fig, (roc_ax, cal_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
-        for slice_name, mask in _slice_masks(pred.click).items():
+        for slice_name, mask in pred.slices().items():
             ys, ss = y[mask], scores[mask]
             if ys.size == 0:
                 continue
