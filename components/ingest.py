@@ -157,14 +157,18 @@ def _reader(config: Config, files: InputFiles):
     return CsvReader(config, list(files.header), files.impressions)
 
 
-class ExtractOrderKeys(beam.DoFn):
-    """A batch of lines -> the ordering keys that parse (the first pass)."""
+class _ReadingDoFn(beam.DoFn):
+    """A DoFn that builds its line reader once per worker."""
 
     def __init__(self, config: Config, files: InputFiles):
         self._config, self._files = config, files
 
     def setup(self) -> None:
         self._reader = _reader(self._config, self._files)
+
+
+class ExtractOrderKeys(_ReadingDoFn):
+    """A batch of lines -> the ordering keys that parse (the first pass)."""
 
     def process(self, lines: list[str]) -> Iterator[np.ndarray]:
         keys = []
@@ -177,14 +181,8 @@ class ExtractOrderKeys(beam.DoFn):
             yield np.asarray(keys, dtype=np.float64)
 
 
-class ParseEncodeSplit(beam.DoFn):
+class ParseEncodeSplit(_ReadingDoFn):
     """A batch of lines -> serialized examples tagged by split, rejected lines, counts."""
-
-    def __init__(self, config: Config, files: InputFiles):
-        self._config, self._files = config, files
-
-    def setup(self) -> None:
-        self._reader = _reader(self._config, self._files)
 
     def process(self, lines: list[str], threshold: float | None, common=None) -> Iterator:
         rows: dict[str, list[ParsedRow]] = {TRAIN: [], EVAL: []}

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from components.aliccp_reader import FIELD_SEP, KEY_SEP, VALUE_SEP
 from esmm_model.config import Config
 
-FIELD_SEP, KEY_SEP, VALUE_SEP = "\x01", "\x02", "\x03"
 SKELETON_FILE = "sample_skeleton_sim.csv"
 COMMON_FILE = "common_features_sim.csv"
 CSV_FILE = "impressions.csv"
