@@ -47,7 +47,6 @@ from components.rows import RowError  # noqa: E402
 from components.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
 from esmm_model.config import Config, load_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = {
     "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "in_memory": ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
@@ -189,7 +188,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "esmm_bench_ingest"))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--startup-rows", type=int, default=1_000, help="tiny run estimating the fixed cost")
-    parser.add_argument("--config", default=str(REPO / "configs" / "simulator.yaml"))
+    parser.add_argument("--config", default="simulator")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="profile an in_memory ingest of ROWS rows instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

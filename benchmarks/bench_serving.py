@@ -1,6 +1,6 @@
 """Serving benchmark: client-side packing cost, and end-to-end latency against `esmm serve`.
 
-Requests hold 100 candidates with the seed's 34 features (configs/seed_layout.yaml: 24 user,
+Requests hold 100 candidates with the seed's 34 features (esmm_model/configs/seed_layout.yaml: 24 user,
 2 context, 8 item), read from pipe-delimited key-value rows. The model server runs in its
 own process, as in production. Without ``--serving-base`` it serves a stand-in SavedModel
 with the trainer's signature (tests/stub_models.py) that parses every feature.
@@ -155,7 +155,7 @@ def bench_latency(config: Config, target: str, model_name: str, clients: int, re
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "seed_layout.yaml"))
+    parser.add_argument("--config", default="seed_layout")
     parser.add_argument("--serving-base", help="serve a real export from <serving-base>/<model-name>/<version>")
     parser.add_argument("--model-name", default="esmm")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per latency run")

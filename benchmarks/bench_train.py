@@ -37,7 +37,6 @@ from esmm_model.model import EsmmModel  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.training import build_optimizer_state, build_optimizers, make_train_step  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = (  # (batch size, jit_compile, embedding optimizer)
     (4096, False, "same"),
     (4096, True, "same"),
@@ -100,7 +99,7 @@ def main() -> None:
     work_dir = Path(args.work_dir)
     if args.fresh:
         shutil.rmtree(work_dir, ignore_errors=True)
-    config = load_config(REPO / "configs" / "simulator.yaml")
+    config = load_config("simulator")
     transform_dir, transformed_dir = prepare(config, args.rows, work_dir)
     print(f"model: {config.model.variant}, towers {list(config.model.tower_units)}, emb {config.model.embedding_dim}, "
           f"Adam lr {config.training.learning_rate}; {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} "

@@ -40,7 +40,7 @@ CSV_FILE = "impressions.csv"
 GROUND_TRUTH_FILE = "ground_truth.csv"
 PRESETS = {"default": (0.04, 0.05), "aliccp": (0.04, 0.005)}
 
-# Ali-CCP field ids the simulator writes (see configs/simulator.yaml).
+# Ali-CCP field ids the simulator writes (see esmm_model/configs/simulator.yaml).
 USER_FIELDS = {"user_id": "101", "gender": "124", "age": "125", "consumption_level": "126", "geo": "129"}
 HISTORY_FIELDS = {"categories": "109_14", "shops": "110_14", "brands": "127_14", "items": "205_14"}
 ITEM_FIELDS = {"item_id": "205", "category": "206", "shop": "207", "brand": "216", "price_bucket": "220"}

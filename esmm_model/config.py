@@ -7,13 +7,13 @@ path (for example ``features[3].preprocessing.vocab.top_k``) and says how to fix
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -241,19 +241,62 @@ class Config:
         return _to_plain(self)
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Reads and validates a config YAML; raises ConfigError naming the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+SHIPPED_CONFIGS = "esmm_model.configs"
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_config_names() -> list[str]:
+    """The configs shipped inside the package (``simulator``, ``aliccp``, ...), read through importlib.resources."""
+    return sorted(entry.name.rsplit(".", 1)[0] for entry in importlib.resources.files(SHIPPED_CONFIGS).iterdir()
+                  if entry.name.endswith(_YAML_SUFFIXES))
+
+
+def is_shipped_name(ref: str | os.PathLike) -> bool:
+    """True when ``ref`` names a shipped config rather than a file: no directory, no scheme, no YAML suffix."""
+    ref = os.fspath(ref)
+    return bool(ref) and "/" not in ref and os.sep not in ref and not ref.endswith(_YAML_SUFFIXES)
+
+
+def portable_config_ref(ref: str | os.PathLike) -> str:
+    """``ref`` as another process can read it: shipped names and URIs unchanged, local paths made absolute."""
+    ref = os.fspath(ref)
+    if is_shipped_name(ref) or "://" in ref:
+        return ref
+    return os.path.abspath(ref)
+
+
+def read_config_text(ref: str | os.PathLike) -> str:
+    """The YAML text of a shipped config name, or of a local path or URI (``gs://...``) read with tf.io.gfile."""
+    ref = os.fspath(ref)
+    if is_shipped_name(ref):
+        resource = importlib.resources.files(SHIPPED_CONFIGS) / f"{ref}.yaml"
+        if not resource.is_file():
+            raise ConfigError(f"config {ref!r} is neither a shipped config ({', '.join(shipped_config_names())}) "
+                              f"nor a path to a .yaml file")
+        return resource.read_text(encoding="utf-8")
+    import tensorflow as tf  # only a file or URI needs TensorFlow's filesystems
+
     try:
-        data = yaml.safe_load(path.read_text())
+        if not tf.io.gfile.exists(ref) or tf.io.gfile.isdir(ref):
+            raise ConfigError(f"config file {ref!r} does not exist")
+        with tf.io.gfile.GFile(ref, "r") as handle:
+            return handle.read()
+    except tf.errors.OpError as exc:
+        raise ConfigError(f"config file {ref!r} cannot be read: {' '.join(exc.message.split())}") from None
+
+
+def load_config(ref: str | os.PathLike) -> Config:
+    """Reads and validates a config: a shipped name (``aliccp``) or a YAML path or URI; errors name the file and key."""
+    ref = os.fspath(ref)
+    text = read_config_text(ref)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {ref!r} is not valid YAML: {exc}") from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{ref}: {exc}") from None
 
 
 def config_from_dict(data: Any) -> Config:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from esmm_model.errors import EsmmError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "simulator.yaml"
+DEFAULT_CONFIG = "simulator"
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="feature and pipeline config YAML (default: %(default)s)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="a shipped config name (simulator, aliccp, seed_layout) or a YAML path or gs:// URI (default: %(default)s)")
 
 
 def _add_beam(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from esmm_model.config import portable_config_ref
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import DEFAULT_BEAM_ARGS, create_pipeline
 
@@ -57,7 +58,7 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     before = set(root.iterdir())
     pipeline = create_pipeline()
     try:
-        pipeline(config_path=str(Path(config_path).resolve()), input_path=str(Path(input_path).resolve()),
+        pipeline(config_path=portable_config_ref(config_path), input_path=str(Path(input_path).resolve()),
                  serving_base=str(Path(serving_base).resolve()), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
                  variant=variant, epochs=epochs, thresholds=list(thresholds or []),
                  ground_truth=str(Path(ground_truth).resolve()) if ground_truth else "")

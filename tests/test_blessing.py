@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from components.blessing import BLESSED, NOT_BLESSED, bless, metric_value, read_blessing, write_blessing
-from esmm_model.config import EvaluationConfig, Threshold, config_from_dict, load_config
+from esmm_model.config import EvaluationConfig, Threshold, config_from_dict, load_config, read_config_text
 from esmm_model.errors import ConfigError, InputError
 
 GATE = EvaluationConfig(thresholds=(
@@ -31,7 +30,6 @@ def metrics(ctr_auc: float, ctcvr_auc: float, cvr_clicked_auc: float, ctr_bce: f
 
 
 PUSHED = metrics(0.70, 0.68, 0.62)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_better_candidate_is_blessed_against_the_baseline():
@@ -160,9 +158,9 @@ def _config(**sections) -> dict:
 
 
 def test_shipped_configs_gate_the_three_paper_aucs():
-    for path in (CONFIGS / "simulator.yaml", CONFIGS / "aliccp.yaml"):
-        assert {"evaluation", "push"} <= set(yaml.safe_load(path.read_text()))  # stated, not left to code defaults
-        config = load_config(path)
+    for name in ("simulator", "aliccp"):
+        assert {"evaluation", "push"} <= set(yaml.safe_load(read_config_text(name)))  # stated, not left to code defaults
+        config = load_config(name)
         assert {t.metric: (t.min, t.max_regression) for t in config.evaluation.thresholds} == {
             "ctr/all/auc": (0.55, 0.01), "ctcvr/all/auc": (0.55, 0.01), "cvr/clicked/auc": (0.52, 0.01)}
         assert (config.push.model_name, config.push.keep_versions) == ("esmm", 5)

@@ -24,7 +24,7 @@ from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer
 from stub_models import save_stub_model
 
-CONFIG = load_config(Path(__file__).resolve().parents[1] / "configs" / "simulator.yaml")
+CONFIG = load_config("simulator")
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
 SHARED = {"user_id": "u-1", "age": "3", "hist_categories": (["c1", "c2"], [2.0, 1.0]), "position": 0, "hour": 9.0}
 

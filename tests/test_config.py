@@ -1,14 +1,12 @@
 """The feature config: the shipped files load, and every mistake names its key."""
 import copy
-from pathlib import Path
+import re
 
 import pytest
 import yaml
 
-from esmm_model.config import config_from_dict, load_config
+from esmm_model.config import config_from_dict, load_config, portable_config_ref, read_config_text, shipped_config_names
 from esmm_model.errors import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def base() -> dict:
@@ -26,11 +24,44 @@ def base() -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ["simulator.yaml", "aliccp.yaml"])
-def test_shipped_configs_load_and_round_trip(name):
-    config = load_config(CONFIGS / name)
+@pytest.mark.parametrize("name", ["simulator", "aliccp", "seed_layout"])
+def test_shipped_configs_load_by_name_and_round_trip(name):
+    config = load_config(name)
     assert config_from_dict(config.to_dict()) == config
     assert {f.side for f in config.features} == {"user", "item", "context"}
+
+
+def test_shipped_names_are_the_package_yaml_files():
+    assert shipped_config_names() == ["aliccp", "seed_layout", "simulator"]
+
+
+def test_a_path_or_a_uri_loads_the_same_config_as_the_name(tmp_path):
+    import tensorflow as tf
+
+    text = read_config_text("aliccp")
+    (tmp_path / "mine.yaml").write_text(text)
+    uri = "ram://configs/mine.yaml"
+    tf.io.gfile.makedirs("ram://configs")
+    with tf.io.gfile.GFile(uri, "w") as handle:
+        handle.write(text)
+    assert load_config(tmp_path / "mine.yaml") == load_config(uri) == load_config("aliccp")
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("aliccp_v2", "config 'aliccp_v2' is neither a shipped config (aliccp, seed_layout, simulator) nor a path"),
+    ("missing.yaml", "config file 'missing.yaml' does not exist"),
+    ("ram://nowhere/missing.yaml", "config file 'ram://nowhere/missing.yaml' does not exist"),
+])
+def test_an_unknown_config_is_named(ref, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(ref)
+
+
+def test_portable_refs_keep_names_and_uris_and_absolutise_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert portable_config_ref("aliccp") == "aliccp"
+    assert portable_config_ref("gs://bucket/c.yaml") == "gs://bucket/c.yaml"
+    assert portable_config_ref("c.yaml") == str(tmp_path / "c.yaml")
 
 
 def test_shared_groups_and_defaults():

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def sim_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     spec = SimulationSpec(rows=ROWS, users=300, items=800, categories=40, brands=100, shops=150, seed=9)
-    simulate(spec, load_config(ROOT / "configs" / "simulator.yaml"), out, write_csv=True)
+    simulate(spec, load_config("simulator"), out, write_csv=True)
     # Bad lines appended to the simulated log: each must be rejected with its reason.
     bad = [line for line in (FIXTURES / "sample_skeleton_fixture.csv").read_text().splitlines()
            if line.split(",", 1)[0] in {"4", "5", "6", "7", "8"}]
@@ -42,7 +42,7 @@ def read_split(out: Path, split: str, config) -> dict:
 
 @pytest.fixture(scope="module")
 def ingested(sim_dir, tmp_path_factory):
-    config = load_config(ROOT / "configs" / "simulator.yaml")
+    config = load_config("simulator")
     out = tmp_path_factory.mktemp("ingest")
     counts = ingest(config, str(sim_dir), str(out), BEAM_ARGS)
     return config, out, counts

@@ -1,7 +1,6 @@
 """Packing: the direct wire encoder and the shared-part trick parse exactly like message-class Examples."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from serving_client.errors import PackingError
 from serving_client.packing import ExamplePacker, ItemCache
 from stub_models import reference_example, reference_pack
 
-CONFIG = load_config(Path(__file__).resolve().parents[1] / "configs" / "simulator.yaml")
+CONFIG = load_config("simulator")
 
 SHARED = {
     "user_id": "u-17", "gender": b"2", "age": "3", "consumption_level": "1", "geo": "北京",

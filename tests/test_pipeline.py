@@ -7,14 +7,13 @@ import tensorflow as tf
 import yaml
 
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
-from esmm_model.config import load_config
+from esmm_model.config import load_config, read_config_text
 from pipelines.compile import compile_pipeline
 from pipelines.local_run import run_local
 from serving_client.client import PredictionClient
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer
 
-ROOT = Path(__file__).resolve().parents[1]
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 TASKS = {"ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"}
 
@@ -22,7 +21,7 @@ TASKS = {"ingest-step", "transform-step", "train-step", "evaluate-step", "push-s
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    text = (ROOT / "configs" / "simulator.yaml").read_text().replace("batch_size: 4096", "batch_size: 512")
+    text = read_config_text("simulator").replace("batch_size: 4096", "batch_size: 512")
     (root / "config.yaml").write_text(text)
     spec = SimulationSpec(rows=4_000, users=400, items=1_000, categories=40, brands=100, shops=150, seed=4)
     simulate(spec, load_config(root / "config.yaml"), root / "sim")

@@ -174,7 +174,7 @@ def test_cli_push_blesses_writes_the_artifact_and_pushes(model_dir, serving_base
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps({"ctr": {"all": {"auc": 0.70}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
     bad.write_text(json.dumps({"ctr": {"all": {"auc": 0.50}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
-    args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]  # the default config: configs/simulator.yaml
+    args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]  # the default config: the shipped simulator
     assert main([*args, "--metrics", str(good)]) == 0
     assert read_blessing(str(tmp_path / "blessing.json")).blessed
     assert latest_pushed(serving_base, "esmm").metrics["ctcvr"]["all"]["auc"] == 0.66

@@ -28,7 +28,7 @@ EXPECTED_REJECTS = {4: "conversion_without_click", 5: "unknown_common_feature_in
 
 @pytest.fixture(scope="module")
 def aliccp():
-    return load_config(ROOT / "configs" / "aliccp.yaml")
+    return load_config("aliccp")
 
 
 def parse_fixture(config):
@@ -92,7 +92,7 @@ def test_conversion_without_click_can_be_kept(aliccp):
 
 
 def sim_csv_config():
-    data = load_config(ROOT / "configs" / "simulator.yaml").to_dict()
+    data = load_config("simulator").to_dict()
     data["input"]["format"] = "csv"
     return config_from_dict(data)
 

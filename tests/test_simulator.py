@@ -1,5 +1,4 @@
 """The simulator: rates near target, the funnel's logic, determinism, time order."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ from components.simulator import (COMMON_FILE, CSV_FILE, GROUND_TRUTH_FILE, SKEL
                                   build_world, draw_impressions, simulate)
 from esmm_model.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(users=2_000, items=4_000, categories=50, brands=200, shops=300)
 
 
@@ -45,7 +43,7 @@ def test_deterministic_per_seed():
 
 
 def test_writes_aliccp_raw_csv_and_ground_truth(tmp_path):
-    config = load_config(ROOT / "configs" / "simulator.yaml")
+    config = load_config("simulator")
     spec = SimulationSpec.preset("default", rows=3_000, seed=5, **SMALL)
     summary = simulate(spec, config, tmp_path, write_csv=True)
     skeleton = (tmp_path / SKELETON_FILE).read_text().splitlines()

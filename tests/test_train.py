@@ -18,14 +18,13 @@ from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import feature_spec
 from raw_examples import make_example, random_rows, write_ingest_dir
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_ROWS, BATCH = 160, 32
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH
 VARIANTS = ("esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias")
 
 
 def tiny_config(variant: str = "esmm", **training):
-    data = load_config(REPO / "configs" / "simulator.yaml").to_dict()
+    data = load_config("simulator").to_dict()
     data["model"].update(variant=variant, tower_units=[16, 8], embedding_dim=4)
     data["training"].update({"batch_size": BATCH, "epochs": 1, **training})
     return config_from_dict(data)
