@@ -4,7 +4,9 @@ Versions are integers, each one more than the highest present. Every pushed vers
 its evaluation record in ``<version>/assets.extra/`` (TF Serving ignores that folder):
 ``metrics.json`` (the evaluator's nested metrics) and ``blessing.json`` (the verdict that let
 it through). The next blessing reads the baseline from there (``latest_pushed``), and the
-record moves, and is deleted, together with its model.
+record moves, and is deleted, together with its model. Given eval examples, the version also
+carries ``assets.extra/tf_serving_warmup_requests`` (``serving_client.warmup``), which TF
+Serving replays before the version takes traffic.
 
 Atomicity. The model is copied into a sibling named ``.tmp-<version>-<uuid>``, which TF
 Serving skips because the name is not an integer, and only the finished copy is renamed to
@@ -23,13 +25,14 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
 from components.blessing import Blessing, bless, read_json, write_blessing, write_json
 from esmm_model.config import Config
 from esmm_model.errors import EsmmError, InputError
+from serving_client.warmup import BATCH_SIZES, read_examples, warmup_requests, write_warmup_file
 
 RECORD_DIR = "assets.extra"
 METRICS_FILE = "metrics.json"
@@ -67,11 +70,12 @@ class PushResult:
 
 
 def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str, keep_versions: int,
-         metrics: Optional[Mapping[str, Any]] = None) -> PushResult:
+         metrics: Optional[Mapping[str, Any]] = None, warmup_examples: Sequence[bytes] = ()) -> PushResult:
     """Publishes ``model_dir`` as the next version if ``blessing`` allows it, then keeps the last ``keep_versions``.
 
     ``metrics`` (the evaluator's) are recorded with the version so that the next blessing can
-    compare against them. An unblessed model, or a blessing judged against a baseline that is no
+    compare against them. ``warmup_examples`` (serialized raw tf.Examples) become the
+    version's warmup requests, written before the version appears. An unblessed model, or a blessing judged against a baseline that is no
     longer the latest pushed version, is not pushed; the result says why.
     """
     if keep_versions < 1:
@@ -98,6 +102,8 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
         if metrics is not None:
             write_json(metrics, os.path.join(tmp, RECORD_DIR, METRICS_FILE))
         write_blessing(blessing, os.path.join(tmp, RECORD_DIR, BLESSING_FILE))
+        if warmup_examples:
+            write_warmup_file(tmp, warmup_requests(warmup_examples, model_name))
         _promote(tmp, final)
     except BaseException:
         _remove_if_present(tmp)
@@ -177,12 +183,15 @@ def _remove_if_present(path: str) -> None:
 
 
 def validate_and_push(config: Config, model_dir: str, metrics: Mapping[str, Any], serving_base: str,
-                      blessing_path: str) -> tuple[Blessing, PushResult]:
+                      blessing_path: str, warmup_pattern: Optional[str] = None) -> tuple[Blessing, PushResult]:
     """Blesses ``metrics`` against the config's thresholds and the latest pushed model, writes the
-    blessing to ``blessing_path``, and pushes ``model_dir`` only if it is blessed."""
+    blessing to ``blessing_path``, and pushes ``model_dir`` only if it is blessed, with warmup
+    requests built from the eval examples matching ``warmup_pattern`` when given."""
     baseline = latest_pushed(serving_base, config.push.model_name)
     blessing = bless(metrics, baseline.metrics if baseline else None, config.evaluation,
                      baseline_version=baseline.version if baseline else None)
     write_blessing(blessing, blessing_path)
-    result = push(model_dir, blessing, serving_base, config.push.model_name, config.push.keep_versions, dict(metrics))
+    examples = read_examples(warmup_pattern, max(BATCH_SIZES)) if warmup_pattern and blessing.blessed else ()
+    result = push(model_dir, blessing, serving_base, config.push.model_name, config.push.keep_versions, dict(metrics),
+                  examples)
     return blessing, result

@@ -78,7 +78,8 @@ def _cmd_push(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     metrics = read_json(args.metrics, "metrics")
     blessing_path = args.blessing_out or os.path.join(os.path.dirname(args.metrics), "blessing.json")
-    blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path)
+    warmup = os.path.join(args.ingest_dir, "eval", "*.tfrecord.gz") if args.ingest_dir else None
+    blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path, warmup)
     print(blessing.describe())
     print(result.describe())
 
@@ -91,11 +92,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from serving_client.server import ModelServer
 
     model_name = args.model_name or load_config(args.config).push.model_name
-    server = ModelServer(Path(args.serving_base) / model_name, model_name, host=args.host, port=args.port,
-                         poll_interval_s=args.poll_interval, max_workers=args.workers)
+    model_base = Path(args.serving_base) / model_name if args.serving_base else None
+    server = ModelServer(model_base, model_name, model_config_file=args.model_config_file, host=args.host,
+                         port=args.port, poll_interval_s=args.poll_interval, max_workers=args.workers)
     port = server.start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())  # graceful, as on Kubernetes
-    print(f"serving {model_name} from {Path(args.serving_base) / model_name} on {args.host}:{port} (Ctrl-C stops)", flush=True)
+    labels = ", ".join(f"{label}={version}" for label, version in sorted(server.versions.labels.items()))
+    print(f"serving {model_name} from {server.versions.model_dir} on {args.host}:{port}"
+          f"{f' (labels {labels})' if labels else ''} (Ctrl-C stops)", flush=True)
     try:
         server.wait()
     finally:
@@ -108,7 +112,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     print(predict_command(config, args.target, args.model_name or config.push.model_name, args.candidates,
-                          shared_path=args.shared, version=args.version, timeout_s=args.timeout, fallback=args.fallback))
+                          shared_path=args.shared, version=args.version, version_label=args.version_label,
+                          timeout_s=args.timeout, fallback=args.fallback))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -213,11 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-base", required=True, help="TF Serving's base path (local, mounted volume or gs:// URI); "
                                                          "the model goes to <serving-base>/<push.model_name>/<version>/")
     p.add_argument("--blessing-out", help="where to write the blessing JSON (default: blessing.json beside --metrics)")
+    p.add_argument("--ingest-dir", help="output of `esmm ingest`: its eval examples become the version's TF Serving "
+                                        "warmup requests (assets.extra/tf_serving_warmup_requests)")
     p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("serve", help="local TF-Serving-compatible gRPC server for <serving-base>/<model>/<version> (development)")
     _add_config(p)
-    p.add_argument("--serving-base", required=True, help="base path the pusher writes to; serves its latest integer version")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serving-base", help="base path the pusher writes to; serves its latest integer version")
+    where.add_argument("--model-config-file", help="TF Serving's model config (ModelServerConfig text proto) with "
+                                                   "base_path, version policy and version labels, re-read every poll")
     p.add_argument("--model-name", help="model to serve (default: the config's push.model_name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port, 0 for any free one (default: %(default)s, as TF Serving)")
@@ -231,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", help="a JSON object of the user and context features shared by all candidates")
     p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port of the model server (default: %(default)s)")
     p.add_argument("--model-name", help="served model name (default: the config's push.model_name)")
-    p.add_argument("--version", type=int, help="pin a model version (default: the latest)")
+    pinned = p.add_mutually_exclusive_group()
+    pinned.add_argument("--version", type=int, help="pin a model version (default: the latest)")
+    pinned.add_argument("--version-label", help="ask for the version a label names in the server's model config (stable, canary)")
     p.add_argument("--timeout", type=float, default=2.0, help="deadline of each attempt in seconds (default: %(default)s)")
     p.add_argument("--fallback", action="store_true", help="print 0.0 scores instead of failing when serving is down")
     p.set_defaults(func=_cmd_predict)

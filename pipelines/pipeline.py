@@ -30,9 +30,10 @@ def create_pipeline(image: str = DEFAULT_IMAGE):
         # TFMA on the raw eval split, sliced all / clicked / unclicked, plus entire-space metrics.
         evaluate = steps.evaluate(config_path=config_path, beam_args=beam_args, ground_truth=ground_truth,
                                   examples=ingest.outputs["examples"], model=train.outputs["model"])
-        # Blessing against thresholds and the serving model; atomic push only if blessed.
+        # Blessing against thresholds and the serving model; atomic push, with warmup requests, only if blessed.
         push = steps.push(config_path=config_path, serving_base=serving_base, thresholds=thresholds,
-                          model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
+                          examples=ingest.outputs["examples"], model=train.outputs["model"],
+                          evaluation=evaluate.outputs["evaluation"])
         push.set_caching_options(False)  # it reads and writes the serving directory: never replayed from cache
 
     return esmm_pipeline

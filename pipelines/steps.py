@@ -76,9 +76,10 @@ def evaluate_step(config_path: str, beam_args: list, ground_truth: str, examples
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
 
 
-def push_step(config_path: str, serving_base: str, thresholds: list, model: Input[Model], evaluation: Input[Metrics],
-              blessing: Output[Blessing], pushed: Output[Model]):
-    """Blesses the model against the thresholds and the pushed baseline; pushes it atomically only if blessed."""
+def push_step(config_path: str, serving_base: str, thresholds: list, examples: Input[Dataset], model: Input[Model],
+              evaluation: Input[Metrics], blessing: Output[Blessing], pushed: Output[Model]):
+    """Blesses the model against the thresholds and the pushed baseline; pushes it atomically only if blessed,
+    with warmup requests from the eval examples."""
     import json
     import os
 
@@ -91,7 +92,7 @@ def push_step(config_path: str, serving_base: str, thresholds: list, model: Inpu
         config = with_overrides(config, {"evaluation": {"thresholds": thresholds}})
     metrics = read_json(os.path.join(evaluation.path, "metrics.json"), "evaluation metrics")
     verdict, result = validate_and_push(config, os.path.join(model.path, model.metadata["saved_model"]), metrics,
-                                        serving_base, blessing.path)
+                                        serving_base, blessing.path, os.path.join(examples.path, "eval", "*.tfrecord.gz"))
     blessing.metadata.update({"blessed": verdict.blessed, "status": verdict.status, "reasons": list(verdict.reasons)})
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason})
     with open(pushed.path, "w") as f:

@@ -95,7 +95,9 @@ class VersionStatus:
 class PredictionClient:
     """Scores serialized tf.Examples on TF Serving; thread-safe, one channel reused for every call.
 
-    ``version=None`` asks for the latest version. ``timeout_s`` is the deadline of each
+    ``version=None`` asks for the latest version; ``version_label`` (e.g. ``stable`` or
+    ``canary``) asks for the version that label names in the server's model config, so a
+    rollout moves a label on the server, not the clients. ``timeout_s`` is the deadline of each
     attempt, so a call takes at most about ``max_attempts * timeout_s`` plus the backoffs.
     ``credentials`` (e.g. ``grpc.ssl_channel_credentials()``) switch to TLS; ``metadata`` is
     sent with every call; ``keepalive_s`` pings an idle-looking connection so that load
@@ -103,14 +105,17 @@ class PredictionClient:
     """
 
     def __init__(self, target: str, model_name: str, signature: str = "serving_default", *,
-                 version: int | None = None, timeout_s: float = 0.5, retry: RetryPolicy = RetryPolicy(),
+                 version: int | None = None, version_label: str | None = None, timeout_s: float = 0.5, retry: RetryPolicy = RetryPolicy(),
                  fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (), keepalive_s: float | None = None,
                  max_message_bytes: int = 64 << 20, channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.model_name = model_name
         self.signature = signature
+        if version is not None and version_label is not None:
+            raise ValueError(f"pin version {version} or version label {version_label!r}, not both")
         self.version = version
+        self.version_label = version_label
         self.timeout_s = timeout_s
         self.retry = retry
         self.fallback = fallback
@@ -179,6 +184,8 @@ class PredictionClient:
         spec.name = self.model_name
         if self.version is not None:
             spec.version.value = self.version
+        elif self.version_label is not None:
+            spec.version_label = self.version_label
 
     def _call(self, method: str, stub_method: Callable[..., _Response], request: Any,
               timeout_s: float | None) -> _Response:

@@ -31,9 +31,10 @@ def format_ranking(ranked: list[RankedCandidate[dict[str, Any]]], id_feature: st
 
 
 def predict_command(config: Config, target: str, model_name: str, candidates_path: str, *,
-                    shared_path: str | None, version: int | None, timeout_s: float, fallback: bool) -> str:
+                    shared_path: str | None, version: int | None, timeout_s: float, fallback: bool,
+                    version_label: str | None = None) -> str:
     """Runs one ``esmm predict`` and returns what it prints."""
-    with PredictionClient(target, model_name, version=version, timeout_s=timeout_s,
+    with PredictionClient(target, model_name, version=version, version_label=version_label, timeout_s=timeout_s,
                           fallback=Fallback() if fallback else None) as client:
         ranked, used_fallback = score_file(config, client, candidates_path, shared_path)
     note = "\n(serving was down: fallback scores 0.0)" if used_fallback else ""

@@ -5,12 +5,17 @@ It implements the parts of TensorFlow Serving's API that the client uses, from
 ModelService.GetModelStatus, with TF Serving's status codes and messages. Like
 ``tensorflow_model_server --model_name=M --model_base_path=P`` it serves the latest
 integer-named version under P (other names, such as a push in progress, are ignored),
-polls for new versions, and swaps the served version atomically: a request holds the
-version it started with, so a swap never fails one in flight. On Kubernetes the real
-``tensorflow/serving`` image takes its place; clients cannot tell the difference.
+polls for new versions, and swaps the served versions atomically: a request holds the
+version it started with, so a swap never fails one in flight. Like ``--model_config_file``
+it also takes TF Serving's model config file, with its version policy and version labels
+(``stable``, ``canary``), re-read on every poll. A version's warmup requests
+(``assets.extra/tf_serving_warmup_requests``) are replayed before it takes traffic. On
+Kubernetes the real ``tensorflow/serving`` image takes its place; clients cannot tell the
+difference.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from concurrent import futures
@@ -24,6 +29,10 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+
+from esmm_model.errors import EsmmError, InputError
+from serving_client.model_config import VersionPolicy, read_model_config
+from serving_client.warmup import read_warmup_requests, warmup_file
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ class LoadedVersion:
     signatures: Mapping[str, Any]
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     model: Any  # the loaded object; keeps the signatures' variables alive
+    warmup_requests: int = 0  # requests replayed from the warmup file before the version took traffic
 
 
 def servable_versions(model_dir: Path) -> list[int]:
@@ -56,48 +66,102 @@ def load_version(model_dir: Path, version: int) -> LoadedVersion:
     model = tf.saved_model.load(str(path))
     saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
     defs = {k: v for k, v in saved_model.meta_graphs[0].signature_def.items() if not k.startswith("__")}
-    return LoadedVersion(version, dict(model.signatures), defs, model)
+    loaded = LoadedVersion(version, dict(model.signatures), defs, model)
+    return dataclasses.replace(loaded, warmup_requests=_warm_up(loaded, str(path)))
+
+
+def _warm_up(loaded: LoadedVersion, version_dir: str) -> int:
+    """Replays the version's warmup requests, as TF Serving does; a failing one fails the load."""
+    requests = read_warmup_requests(version_dir)
+    for i, request in enumerate(requests):
+        try:
+            _predict(loaded, request)
+        except _Abort as exc:
+            raise InputError(f"{warmup_file(version_dir)}: warmup request {i} failed: {exc.code.name}: {exc.details}") from None
+    return len(requests)
 
 
 class ModelVersions:
-    """The served version of one model, hot-swapped by ``refresh`` (latest version wins).
+    """The served versions of one model: those its version policy selects, addressed by number or label.
 
-    Readers take ``current`` once per request; the swap is a single reference assignment.
+    ``refresh`` loads what the policy selects (the latest version by default) and swaps the
+    whole set in one reference assignment; a request reads ``served`` once. A version that
+    fails to load is skipped and the versions already served stay. With a model config file,
+    ``refresh`` re-reads it first, so label and policy changes apply on the next poll.
     """
 
-    def __init__(self, model_name: str, model_dir: Path) -> None:
+    def __init__(self, model_name: str, model_dir: Path, policy: VersionPolicy = VersionPolicy(),
+                 labels: Mapping[str, int] | None = None, config_file: str | None = None) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
-        self.current: LoadedVersion | None = None
+        self.policy = policy
+        self.labels: dict[str, int] = dict(labels or {})
+        self.config_file = config_file
+        self.served: dict[int, LoadedVersion] = {}
         self._states: dict[int, int] = {}  # version -> ModelVersionStatus.State, for GetModelStatus
         self._failed: set[int] = set()
         self._refresh_lock = threading.Lock()
 
+    @classmethod
+    def from_config_file(cls, config_file: str, model_name: str) -> ModelVersions:
+        """The model ``model_name`` as TF Serving's ``--model_config_file`` describes it."""
+        entry = read_model_config(config_file, model_name)
+        return cls(model_name, Path(entry.base_path), entry.policy, entry.labels, config_file)
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        """The highest served version: what a request naming neither a version nor a label gets."""
+        served = self.served
+        return served[max(served)] if served else None
+
     def refresh(self) -> bool:
-        """Loads the latest version if it is not the one served; True when the served version changed."""
+        """Loads the versions the policy selects and stops serving the others; True when the served set changed."""
         with self._refresh_lock:
-            versions = [v for v in servable_versions(self.model_dir) if v not in self._failed]
-            if not versions or (self.current is not None and self.current.version == versions[-1]):
+            if self.config_file:
+                self._reread_config()
+            loaded = dict(self.served)
+            while True:  # a version that fails to load leaves the policy to select among the rest
+                wanted = self.policy.select([v for v in servable_versions(self.model_dir) if v not in self._failed])
+                missing = [v for v in wanted if v not in loaded]
+                if not missing:
+                    break
+                for version in missing:
+                    self._states[version] = _ModelVersionStatus.LOADING
+                    try:
+                        loaded[version] = load_version(self.model_dir, version)
+                    except Exception:  # a broken version must not take down the ones being served
+                        log.exception("could not load %s version %d; still serving %s", self.model_name, version,
+                                      sorted(self.served) or "nothing")
+                        self._failed.add(version)
+                        self._states[version] = _ModelVersionStatus.END
+            if not wanted or set(wanted) == set(self.served):
                 return False
-            latest = versions[-1]
-            self._states[latest] = _ModelVersionStatus.LOADING
-            try:
-                loaded = load_version(self.model_dir, latest)
-            except Exception:  # a broken version must not take down the one being served
-                log.exception("could not load %s version %d; still serving %s", self.model_name, latest,
-                              self.current.version if self.current else "nothing")
-                self._failed.add(latest)
-                self._states[latest] = _ModelVersionStatus.END
-                return False
-            previous, self.current = self.current, loaded
-            self._states[latest] = _ModelVersionStatus.AVAILABLE
-            if previous is not None:
-                self._states[previous.version] = _ModelVersionStatus.END
-            log.info("serving %s version %d from %s", self.model_name, latest, self.model_dir / str(latest))
+            previous, self.served = self.served, {v: loaded[v] for v in wanted}
+            for version in wanted:
+                self._states[version] = _ModelVersionStatus.AVAILABLE
+            for version in set(previous) - set(wanted):
+                self._states[version] = _ModelVersionStatus.END
+            for version in sorted(set(wanted) - set(previous)):
+                log.info("serving %s version %d from %s (%d warmup requests replayed)", self.model_name, version,
+                         self.model_dir / str(version), self.served[version].warmup_requests)
             return True
+
+    def resolve_label(self, label: str) -> int | None:
+        """The version a label names, or None when the config defines no such label."""
+        return self.labels.get(label)
 
     def states(self) -> dict[int, int]:
         return dict(self._states)
+
+    def _reread_config(self) -> None:
+        try:
+            entry = read_model_config(self.config_file, self.model_name)
+        except EsmmError as exc:  # a config caught mid-update: keep the last good one, as TF Serving does
+            log.warning("keeping the previous model config: %s", exc)
+            return
+        if Path(entry.base_path) != self.model_dir:
+            log.warning("%s: base_path changes need a restart; still serving from %s", self.config_file, self.model_dir)
+        self.policy, self.labels = entry.policy, dict(entry.labels)
 
 
 class _Abort(Exception):
@@ -110,19 +174,25 @@ class _Abort(Exception):
 
 
 def _resolve(versions: ModelVersions, spec: Any) -> LoadedVersion:
-    """The version a ModelSpec asks for, or NOT_FOUND as TF Serving words it."""
-    wanted = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+    """The version a ModelSpec asks for (latest, number or label), or TF Serving's error for it."""
+    served = versions.served
+    version = spec.version.value if spec.HasField("version") else None
     if spec.HasField("version_label"):
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
-    current = versions.current
-    if (spec.name != versions.model_name or current is None
-            or (spec.HasField("version") and spec.version.value != current.version)):
+        version = versions.resolve_label(spec.version_label)
+        if version is None:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+    if spec.name != versions.model_name or not served or (version is not None and version not in served):
+        wanted = f"Specific({spec.name}, {version})" if version is not None else f"Latest({spec.name})"
         raise _Abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
-    return current
+    return served[version if version is not None else max(served)]
 
 
 def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    loaded = _resolve(versions, request.model_spec)
+    return _predict(_resolve(versions, request.model_spec), request)
+
+
+def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    """Runs one PredictRequest on a loaded version, with TF Serving's checks and messages."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature_def = loaded.signature_defs.get(name)
     if signature_def is None:
@@ -158,7 +228,7 @@ def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -
     except (TypeError, ValueError) as exc:  # shapes or dtypes the signature's input spec rejects
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     response = predict_pb2.PredictResponse()
-    response.model_spec.name = versions.model_name
+    response.model_spec.name = request.model_spec.name
     response.model_spec.version.value = loaded.version
     response.model_spec.signature_name = name
     for alias in request.output_filter or outputs:
@@ -205,10 +275,15 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
                        context: grpc.ServicerContext) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
         states = self._versions.states()
-        if spec.HasField("version"):
-            states = {v: s for v, s in states.items() if v == spec.version.value}
+        version = spec.version.value if spec.HasField("version") else None
+        if spec.HasField("version_label"):
+            version = self._versions.resolve_label(spec.version_label)
+            if version is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+        if version is not None:
+            states = {v: s for v, s in states.items() if v == version}
         if spec.name != self._versions.model_name or not states:
-            wanted = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+            wanted = f"Specific({spec.name}, {version})" if version is not None else f"Latest({spec.name})"
             context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}: {wanted}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for version, state in sorted(states.items(), reverse=True):
@@ -219,12 +294,19 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
 class ModelServer:
     """Serves ``<model_base_path>/<int version>`` as ``model_name`` over gRPC on a thread pool.
 
-    ``port=0`` lets the OS choose a free port; ``start`` returns the bound port.
+    With ``model_config_file`` (TF Serving's ModelServerConfig text proto) instead of
+    ``model_base_path``, the file's entry for ``model_name`` gives the base path, the version
+    policy and the version labels. ``port=0`` lets the OS choose a free port; ``start``
+    returns the bound port.
     """
 
-    def __init__(self, model_base_path: str | Path, model_name: str, *, host: str = "127.0.0.1", port: int = 0,
-                 poll_interval_s: float = 1.0, max_workers: int = 8, max_message_bytes: int = 64 << 20) -> None:
-        self.versions = ModelVersions(model_name, Path(model_base_path))
+    def __init__(self, model_base_path: str | Path | None, model_name: str, *, model_config_file: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 1.0, max_workers: int = 8,
+                 max_message_bytes: int = 64 << 20) -> None:
+        if (model_base_path is None) == (model_config_file is None):
+            raise InputError("give the server either a model base path or a model config file, not both or neither")
+        self.versions = (ModelVersions.from_config_file(model_config_file, model_name) if model_config_file
+                         else ModelVersions(model_name, Path(model_base_path)))
         self.poll_interval_s = poll_interval_s
         self._address = f"{host}:{port}"
         self._stopping = threading.Event()
@@ -245,7 +327,7 @@ class ModelServer:
         self.stop()
 
     def start(self) -> int:
-        """Loads the latest version (if any), binds, starts polling; returns the port."""
+        """Loads the versions to serve (if any), binds, starts polling; returns the port."""
         if not self.versions.refresh() and self.versions.current is None:
             log.warning("no servable version under %s yet; requests get NOT_FOUND until one appears",
                         self.versions.model_dir)
