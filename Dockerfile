@@ -1,0 +1,38 @@
+# The component image: every pipeline step (esmm compile --image ...) runs in it.
+# Build stage: compilers for any dependency that ships no wheel, and a virtual environment
+# with the exact versions of constraints.txt. Final stage: that environment alone, non-root.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/esmm
+WORKDIR /src
+# Dependencies first, from pyproject.toml pinned by constraints.txt: this layer survives source edits.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && /opt/esmm/bin/pip install --upgrade pip wheel \
+    && /opt/esmm/bin/pip install --constraint constraints.txt --requirement requirements.txt
+COPY README.md ./
+COPY esmm_model ./esmm_model
+COPY components ./components
+COPY pipelines ./pipelines
+COPY serving_client ./serving_client
+RUN /opt/esmm/bin/pip install --constraint constraints.txt --no-deps . \
+    && /opt/esmm/bin/pip check
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --gid 1000 esmm \
+    && useradd --uid 1000 --gid esmm --create-home --home-dir /home/esmm --shell /usr/sbin/nologin esmm
+COPY --from=build /opt/esmm /opt/esmm
+ENV PATH=/opt/esmm/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+USER 1000:1000
+WORKDIR /home/esmm
+# Shipped configs are package data: `esmm --config aliccp`, or a mounted / gs:// YAML.
+CMD ["esmm", "--help"]

@@ -1,0 +1,90 @@
+"""The component image recipe, checked without a container engine: stages, pins, user, build context."""
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cc|make|gfortran)\b")
+
+
+def stages() -> list[tuple[str, list[str]]]:
+    """(FROM line, instructions) per stage, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    result: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            result.append((line, []))
+        elif result:
+            result[-1][1].append(line)
+    return result
+
+
+def packages() -> set[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+
+
+def test_two_stages_and_the_final_one_has_no_compilers_and_installs_nothing():
+    (build_from, build), (final_from, final) = stages()
+    assert build_from.endswith(" AS build") and final_from.endswith(" AS runtime")
+    assert any(COMPILERS.search(line) for line in build)  # sdists can compile in the build stage...
+    assert not any(COMPILERS.search(line) for line in final)  # ...and none of that reaches the image
+    assert not any(re.search(r"\b(apt-get|pip) install\b", line) for line in final)
+    assert "COPY --from=build /opt/esmm /opt/esmm" in final
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-\w+", base)  # slim images carry no compiler; Python as pyproject
+
+
+def test_dependencies_are_installed_with_the_constraints_and_the_project_without_resolving_again():
+    _, build = stages()[0]
+    installs = [line for line in build if "pip install" in line]
+    assert any("--constraint constraints.txt --requirement requirements.txt" in line for line in installs)
+    assert any("--constraint constraints.txt --no-deps ." in line for line in installs)
+    assert any("pip check" in line for line in installs)
+
+
+def test_the_final_stage_runs_as_a_numeric_non_root_user():
+    _, final = stages()[-1]
+    users = [line.split(None, 1)[1] for line in final if line.upper().startswith("USER ")]
+    assert users, "no USER in the final stage"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0  # numeric, so Kubernetes' runAsNonRoot can verify it
+
+
+def test_the_build_copies_every_package_and_the_context_holds_what_it_copies():
+    _, build = stages()[0]
+    copied = {src for line in build if line.startswith("COPY ") and "--from" not in line
+              for src in line.split()[1:-1]}
+    assert packages() <= copied
+    for src in copied:
+        assert (ROOT / src).exists(), src
+        assert in_context(src), f"{src} is copied but .dockerignore leaves it out of the build context"
+    for left_out in ("tests", "k8s", ".venv", "demo_out", ".git"):
+        assert not in_context(left_out), left_out
+
+
+def in_context(path: str) -> bool:
+    """Whether .dockerignore sends ``path`` to the build: the last matching pattern wins, ``!`` re-includes."""
+    included = True
+    for pattern in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = pattern.strip()
+        if pattern and not pattern.startswith("#") and fnmatch.fnmatch(path, pattern.lstrip("!").rstrip("/")):
+            included = pattern.startswith("!")
+    return included
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_image_builds_the_dockerfile_with_the_given_tag():
+    dry_run = subprocess.run(["make", "-n", "image", "IMAGE=registry.example/esmm:1.2.3"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert dry_run.strip().splitlines() == ["docker build --tag registry.example/esmm:1.2.3 ."]
