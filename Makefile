@@ -4,8 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+# The component image (make image IMAGE=registry.example/esmm:1.0 && docker push ...).
+IMAGE ?= esmm:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# TensorFlow of the pinned tensorflow/serving image (k8s/base/serving/deployment.yaml); make serving-compat loads our export with it.
+SERVING_TF_VERSION ?= 2.20.0
+COMPAT_VENV := .venv-serving-compat
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(SERVING_TF_VERSION)
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench clean image serving-compat
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +30,24 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Builds the component image every pipeline step runs in (needs a container engine).
+image:
+	docker build --tag $(IMAGE) .
+
+$(COMPAT_STAMP):
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/pip install --quiet tensorflow-cpu==$(SERVING_TF_VERSION)
+	touch $(COMPAT_STAMP)
+
+# Trains a tiny model with this project's TensorFlow and checks that TensorFlow $(SERVING_TF_VERSION), the one the
+# pinned tensorflow/serving image is built on, has every op of the export and gives the same scores.
+serving-compat: $(STAMP) $(COMPAT_STAMP)
+	rm -rf .serving_compat
+	$(BIN)/python scripts/serving_compat.py --work .serving_compat --serving-python $(COMPAT_VENV)/bin/python
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) .pytest_cache .serving_compat
