@@ -15,6 +15,7 @@ import yaml
 from components.blessing import bless
 from components.push import push
 from esmm_model.config import EvaluationConfig, load_config
+from pipelines import cluster
 from serving_client.model_config import parse_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +123,8 @@ def test_tf_serving_serves_what_the_pusher_writes(rendered, tmp_path):
 
     store = next(m for m in container["volumeMounts"] if m["name"] == "model-store")
     (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == "model-store"]
-    assert volume["persistentVolumeClaim"]["claimName"] == "esmm-model-store"
-    one(docs, "PersistentVolumeClaim", "esmm-model-store")
+    assert volume["persistentVolumeClaim"]["claimName"] == cluster.MODEL_STORE_PVC
+    assert store["mountPath"] == cluster.MODEL_STORE_MOUNT  # the pipeline's serving_base on the cluster
     # the pusher, given the mounted store as serving base, writes a version right under base_path
     serving_base = tmp_path / "store"
     model = tmp_path / "export"
@@ -183,7 +184,7 @@ def test_overlays_size_replicas_and_volumes(rendered):
     overlay, docs = rendered
     hpa = one(docs, "HorizontalPodAutoscaler", "esmm-serving")["spec"]
     claims = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
-    assert set(claims) == {"esmm-model-store", "esmm-pipeline-work"}
+    assert set(claims) == {cluster.MODEL_STORE_PVC, cluster.WORK_PVC}
     if overlay == "dev":
         assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 1)
         assert {c["resources"]["requests"]["storage"] for c in claims.values()} == {"1Gi", "5Gi"}
@@ -196,8 +197,8 @@ def test_pipeline_steps_have_their_own_service_account_bound_to_a_namespaced_rol
     _, docs = rendered
     binding = one(docs, "RoleBinding", "esmm-pipeline")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "esmm-pipeline"}
-    namespace = one(docs, "ServiceAccount", "esmm-pipeline")["metadata"]["namespace"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "esmm-pipeline", "namespace": namespace}]
+    namespace = one(docs, "ServiceAccount", cluster.SERVICE_ACCOUNT)["metadata"]["namespace"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT, "namespace": namespace}]
     role = one(docs, "Role", "esmm-pipeline")
     assert not any("*" in rule.get("verbs", []) + rule.get("resources", []) for rule in role["rules"])
     secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
