@@ -10,6 +10,7 @@ import tf_keras as keras
 from esmm_model.config import TrainingConfig
 from esmm_model.losses import variant_loss
 from esmm_model.model import EsmmModel
+from esmm_model.optimizers import LazyAdam
 
 TrainStep = Callable[[dict, dict, tf.Tensor], dict]
 
@@ -27,15 +28,17 @@ class Optimizers:
 
 
 def build_optimizers(training: TrainingConfig) -> Optimizers:
-    """Adam with the paper's β1, β2, ε (default) or Adagrad; optionally a sparse-friendly one
-    (Adagrad or SGD, which update only the looked-up rows) for the embedding tables."""
+    """Adam with the paper's β1, β2, ε (default) or Adagrad; optionally a sparse one for the
+    embedding tables, whose cost per step scales with the looked-up rows: ``lazy_adam``
+    (Adam's hyperparameters, moments of touched rows only), Adagrad or SGD."""
+    adam = dict(beta_1=training.adam_beta_1, beta_2=training.adam_beta_2, epsilon=training.adam_epsilon)
     if training.optimizer == "adam":
-        main = keras.optimizers.Adam(training.learning_rate, beta_1=training.adam_beta_1,
-                                     beta_2=training.adam_beta_2, epsilon=training.adam_epsilon)
+        main = keras.optimizers.Adam(training.learning_rate, **adam)
     else:
         main = keras.optimizers.Adagrad(training.learning_rate)
     rate = training.embedding_learning_rate or training.learning_rate
-    embedding = {"same": None, "adagrad": lambda: keras.optimizers.Adagrad(rate),
+    embedding = {"same": None, "lazy_adam": lambda: LazyAdam(rate, **adam),
+                 "adagrad": lambda: keras.optimizers.Adagrad(rate),
                  "sgd": lambda: keras.optimizers.SGD(rate)}[training.embedding_optimizer]
     return Optimizers(main, embedding() if embedding else None)
 
