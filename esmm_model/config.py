@@ -112,6 +112,7 @@ class ModelConfig:
 
     variant: Literal["esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias"] = "esmm"
     embedding_dim: int = 18
+    embedding_init_stddev: Optional[float] = None
     tower_units: tuple[int, ...] = (200, 80)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     dropout: float = 0.0
@@ -381,6 +382,7 @@ def _check_numbers(config: Config) -> None:
     if not 0.0 < config.input.train_fraction < 1.0:
         raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
     positive(config.model.embedding_dim, "model.embedding_dim")
+    positive(config.model.embedding_init_stddev, "model.embedding_init_stddev")
     if not config.model.tower_units or any(u <= 0 for u in config.model.tower_units):
         raise ConfigError("model.tower_units: give one or more positive layer widths")
     if not 0.0 <= config.model.dropout < 1.0:

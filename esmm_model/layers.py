@@ -18,7 +18,8 @@ from esmm_model.config import Config, ModelConfig
 class FeatureEmbeddings(keras.layers.Layer):
     """One embedding table per feature or shared group; looks up, pools and concatenates.
 
-    Members of a shared group read one table. A weighted_ids feature is pooled by its
+    Tables start truncated-normal with stddev ``model.embedding_init_stddev``, by default
+    1/√dim (unit-norm rows). Members of a shared group read one table. A weighted_ids feature is pooled by its
     combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
     sum. Z-scored dense features are appended as they are.
     """
@@ -31,9 +32,10 @@ class FeatureEmbeddings(keras.layers.Layer):
             if not feature.preprocessing.is_categorical or feature.table_name in self.tables:
                 continue
             dim = config.embedding_dim(feature)
+            stddev = config.model.embedding_init_stddev or 1.0 / math.sqrt(dim)
             self.tables[feature.table_name] = self.add_weight(
                 name=f"{feature.table_name}_embedding", shape=(table_sizes[feature.table_name], dim),
-                initializer=keras.initializers.TruncatedNormal(stddev=1.0 / math.sqrt(dim)), trainable=True)
+                initializer=keras.initializers.TruncatedNormal(stddev=stddev), trainable=True)
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         columns = []
