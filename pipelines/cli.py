@@ -169,6 +169,47 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     print(f"started run {submit_pipeline(args.package, args.host, arguments, experiment=args.experiment)} on {args.host}")
 
 
+def _names(text: str, what: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise EsmmError(f"{what}: give a comma-separated list")
+    return names
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(part) for part in _names(text, "--fractions"))
+    except ValueError:
+        raise EsmmError(f"--fractions: expected numbers like 0.1,0.25,0.5,1, got {text!r}") from None
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise EsmmError(f"--fractions: {bad[0]} is not a sampling rate in (0, 1]")
+    return fractions
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from components.experiment import load_data, run_experiment, table2_markdown, write_outputs
+    from components.transform import TRANSFORM_GRAPH, TRANSFORMED
+    from esmm_model.config import load_config, with_overrides
+
+    config = load_config(args.config)
+    if args.epochs:
+        config = with_overrides(config, {"training": {"epochs": args.epochs}})
+    if args.repeats < 1:
+        raise EsmmError(f"--repeats: give at least 1, got {args.repeats}")
+    rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")
+    fractions = _fractions(args.fractions)
+    data = load_data(config, str(Path(args.transform_dir) / TRANSFORM_GRAPH), str(Path(args.transform_dir) / TRANSFORMED),
+                     args.ingest_dir, args.ground_truth)
+    print(f"experiment: {len(data.train):,} train / {len(data.eval):,} eval rows, {args.repeats} repeats, "
+          f"{config.training.epochs} epochs", flush=True)
+    result = run_experiment(data, repeats=args.repeats, rows=rows, fractions=fractions, sweep_rows=sweep_rows,
+                            progress=lambda line: print(line, flush=True))
+    paths = write_outputs(result, args.out, rows, sweep_rows, fractions)
+    print(table2_markdown(result, rows))
+    print("wrote " + ", ".join(paths.values()))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pipelines.demo import run_demo
 
@@ -280,6 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arguments", default="{}", help="pipeline arguments as JSON (config_path, input_path, serving_base, ...)")
     p.add_argument("--experiment", help="KFP experiment name")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("experiment", help="the paper's comparison: seven variants x N seeds on one dataset, mean ± std "
+                                          "of four AUCs (Table 2), and a training-sparsity sweep (Figure 3)")
+    _add_config(p)
+    p.add_argument("--transform-dir", required=True, help="output of `esmm transform`")
+    p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (its eval/ split is scored)")
+    p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space CVR AUC and the oracle row")
+    p.add_argument("--out", required=True, help="output directory (table2.md/.csv/.png, runs.csv, sparsity.md/.png)")
+    p.add_argument("--repeats", type=int, default=5, help="seeds per variant (default: %(default)s; the paper used 10)")
+    p.add_argument("--variants", default="BASE,AMAN,OVERSAMPLING,UNBIAS,DIVISION,ESMM-NS,ESMM",
+                   help="Table 2 rows (default: all seven)")
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1", help="training sampling rates of the sparsity sweep "
+                                                                 "(default: %(default)s; 1 alone skips it)")
+    p.add_argument("--sweep-variants", default="BASE,ESMM-NS,ESMM", help="variants of the sweep (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")
     _add_config(p)
