@@ -11,7 +11,9 @@ SERVING_TF_VERSION ?= 2.20.0
 COMPAT_VENV := .venv-serving-compat
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(SERVING_TF_VERSION)
 
-.PHONY: demo test test-fast bench clean image serving-compat
+PEER_VENV := .peer-venv
+
+.PHONY: demo test test-fast bench clean image serving-compat peer-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,15 @@ serving-compat: $(STAMP) $(COMPAT_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
+
+# DeepCTR (the peer in benchmarks/bench_peer.py) needs Keras 2 and its own packages: a venv of its own.
+peer-venv: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --upgrade pip wheel
+	$(PEER_VENV)/bin/pip install --quiet -c constraints.txt 'tensorflow==2.21.0' 'tf_keras==2.21.0' 'deepctr==0.9.4'
+	touch $@
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .serving_compat

@@ -1,0 +1,232 @@
+"""Side by side on the same rows: DeepCTR 0.9.4's ESMM (the peer), our trainer, and the oracle.
+
+Data: the simulator's default preset, ingested and transformed once into --work-dir with
+configs/simulator.yaml (time split: the earlier half trains). Per seed:
+- ours: ``components.train.train`` (the production trainer, configs/simulator.yaml plus
+  --set overrides), scored through the exported ``serving_default`` on the raw eval split;
+- peer: ``deepctr.models.multitask.ESMM`` in .peer-venv (``make peer-venv``, run with
+  TF_USE_LEGACY_KERAS=1) on the same train and eval rows, decoded from the same ingested
+  TFRecords with exact per-field vocabularies of the train split (DeepCTR's usual setup:
+  one table per field, weighted lists as ``VarLenSparseFeat(combiner="sum")`` with their
+  weights, price z-scored as a ``DenseFeat``, the hour bucketed as ours is); same towers,
+  embedding size, Adam learning rate, batch size and epochs;
+- oracle: the simulator's true probabilities.
+Prints the four AUCs (CTR, CTCVR, CVR on clicked, entire-space CVR against would_convert)
+and train examples/s (mean over epochs after the first), mean ± std over seeds.
+
+    make peer-venv
+    .venv/bin/python benchmarks/bench_peer.py [--rows 400000] [--seeds 3] [--work-dir DIR] \\
+        [--set training.embedding_optimizer=lazy_adam ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
+from components.evaluate import load_ground_truth, predict_split  # noqa: E402
+from components.ingest import ingest  # noqa: E402
+from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.train import train  # noqa: E402
+from components.transform import TRANSFORM_GRAPH, TRANSFORMED, transform  # noqa: E402
+from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
+from esmm_model.metrics import exact_auc  # noqa: E402
+from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
+from overrides import apply_overrides  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_PYTHON = REPO / ".peer-venv" / "bin" / "python"
+BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+COLUMNS = (("ctr_auc", "CTR"), ("ctcvr_auc", "CTCVR"), ("cvr_auc_clicked", "CVR clicked"),
+           ("entire_space_cvr_auc", "CVR entire space"))
+
+
+def prepare(config: Config, rows: int, work_dir: Path) -> None:
+    """Simulate, ingest and transform once into work_dir; later runs reuse them."""
+    if not (work_dir / "ingest" / "counts.json").is_file():
+        simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
+        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
+    if not (work_dir / "transform" / TRANSFORM_GRAPH / "transform_fn").is_dir():
+        transform(config, work_dir / "ingest", work_dir / "transform", BEAM)
+
+
+def raw_split(config: Config, ingest_dir: Path, split: str) -> dict[str, np.ndarray | tuple]:
+    """The ingested split as columns: single values as arrays, weighted lists as (row lengths, ids, weights)."""
+    files = sorted(tf.io.gfile.glob(str(ingest_dir / split / "*.tfrecord.gz")))
+    spec = feature_spec(config)
+    parts: dict[str, list] = {}
+    for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(16384):
+        parsed = tf.io.parse_example(records, spec)
+        for name, value in parsed.items():
+            if isinstance(value, tf.SparseTensor):
+                lengths = np.bincount(value.indices[:, 0].numpy(), minlength=int(value.dense_shape[0]))
+                parts.setdefault(name, []).append((lengths, value.values.numpy()))
+            else:
+                parts.setdefault(name, []).append(value.numpy())
+    columns: dict[str, np.ndarray | tuple] = {}
+    for name, values in parts.items():
+        if isinstance(values[0], tuple):
+            columns[name] = (np.concatenate([v[0] for v in values]), np.concatenate([v[1] for v in values]))
+        else:
+            columns[name] = np.concatenate(values)
+    return columns
+
+
+def peer_arrays(config: Config, train_raw: dict, eval_raw: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """DeepCTR's inputs: exact train vocabularies per field (0 pads, n+1 is out-of-vocabulary)."""
+    features, arrays = [], {}
+    for feature in config.features:
+        name = feature.name
+        if feature.kind == "dense" and feature.preprocessing.method == "zscore":
+            mean, std = float(train_raw[name].mean()), float(train_raw[name].std()) or 1.0
+            for split, raw in (("train", train_raw), ("eval", eval_raw)):
+                arrays[f"{split}/{name}"] = ((raw[name] - mean) / std).astype(np.float32)
+            features.append({"name": name, "kind": "dense"})
+            continue
+        if feature.kind == "dense":  # bucketised, as our preprocessing does
+            for split, raw in (("train", train_raw), ("eval", eval_raw)):
+                arrays[f"{split}/{name}"] = np.searchsorted(feature.preprocessing.buckets, raw[name], side="right") + 1
+            features.append({"name": name, "kind": "id", "vocabulary_size": len(feature.preprocessing.buckets) + 2})
+            continue
+        values = train_raw[name][1] if feature.kind == "weighted_ids" else train_raw[name]
+        vocab = np.unique(values)
+        oov = len(vocab) + 1
+
+        def encode(ids: np.ndarray) -> np.ndarray:
+            position = np.searchsorted(vocab, ids)
+            found = (position < len(vocab)) & (vocab[np.minimum(position, len(vocab) - 1)] == ids)
+            return np.where(found, position + 1, oov).astype(np.int64)
+
+        if feature.kind != "weighted_ids":
+            for split, raw in (("train", train_raw), ("eval", eval_raw)):
+                arrays[f"{split}/{name}"] = encode(raw[name])
+            features.append({"name": name, "kind": "id", "vocabulary_size": oov + 1})
+            continue
+        maxlen = int(max(train_raw[name][0].max(), eval_raw[name][0].max(), 1))
+        for split, raw in (("train", train_raw), ("eval", eval_raw)):
+            lengths, ids = raw[name]
+            _, weights = raw[feature.weight_name]
+            rows = np.repeat(np.arange(len(lengths)), lengths)
+            slots = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            padded_ids = np.zeros((len(lengths), maxlen), np.int64)
+            padded_weights = np.zeros((len(lengths), maxlen, 1), np.float32)
+            padded_ids[rows, slots] = encode(ids)
+            padded_weights[rows, slots, 0] = weights
+            arrays[f"{split}/{name}"], arrays[f"{split}/{feature.weight_name}"] = padded_ids, padded_weights
+        features.append({"name": name, "kind": "weighted_ids", "vocabulary_size": oov + 1, "maxlen": maxlen})
+    for split, raw in (("train", train_raw), ("eval", eval_raw)):
+        arrays[f"{split}/click"] = raw[LABEL_CLICK].astype(np.float32)
+        arrays[f"{split}/ctcvr"] = (raw[LABEL_CLICK] * raw[LABEL_CONVERSION]).astype(np.float32)
+    return {"features": features}, arrays
+
+
+def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarray,
+              ctr: np.ndarray, cvr: np.ndarray, ctcvr: np.ndarray) -> dict[str, float]:
+    click = click.astype(bool)
+    ctcvr_label = click & conversion.astype(bool)
+    return {"ctr_auc": exact_auc(click, ctr), "ctcvr_auc": exact_auc(ctcvr_label, ctcvr),
+            "cvr_auc_clicked": exact_auc(ctcvr_label[click], cvr[click]),
+            "entire_space_cvr_auc": exact_auc(would_convert, cvr)}
+
+
+def run_ours(config: Config, work_dir: Path, truth: dict, out: Path) -> dict[str, float]:
+    result = train(config, work_dir / "transform" / TRANSFORM_GRAPH, work_dir / "transform" / TRANSFORMED, out, version=1)
+    pred = predict_split(config, result.export_dir, str(work_dir / "ingest" / "eval" / "*.tfrecord.gz"))
+    would_convert = np.array([truth[sid][2] for sid in pred.sample_id])
+    rates = [h["examples_per_second"] for h in result.metrics["history"][1:]] or [result.metrics["history"][0]["examples_per_second"]]
+    return {**four_aucs(pred.click, pred.conversion, would_convert, pred.ctr, pred.cvr, pred.ctcvr),
+            "examples_per_second": float(np.mean(rates))}
+
+
+def run_peer(config: Config, spec: dict, data_path: Path, eval_raw: dict, would_convert: np.ndarray, seed: int,
+             tmp: Path) -> dict[str, float]:
+    training = config.training
+    spec = {**spec, "seed": seed, "embedding_dim": config.model.embedding_dim, "tower_units": list(config.model.tower_units),
+            "learning_rate": training.learning_rate, "batch_size": training.batch_size, "epochs": training.epochs}
+    spec_path, out_path = tmp / f"spec-{seed}.json", tmp / f"peer-{seed}.npz"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([str(PEER_PYTHON), str(REPO / "benchmarks" / "peer_deepctr.py"), str(spec_path), str(data_path),
+                    str(out_path)], check=True, env=env)
+    p = np.load(out_path)
+    rates = p["examples_per_second"][1:] if len(p["examples_per_second"]) > 1 else p["examples_per_second"]
+    return {**four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert, p["ctr"], p["cvr"], p["ctcvr"]),
+            "examples_per_second": float(np.mean(rates))}
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    if len(values) < 2:
+        return format(values[0], fmt)
+    return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=400_000, help="simulated impressions (half go to train)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per model (default: %(default)s)")
+    parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "esmm_bench_peer"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override our config, e.g. training.embedding_optimizer=lazy_adam (repeatable)")
+    parser.add_argument("--skip-peer", action="store_true", help="run ours and the oracle only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not args.skip_peer and not PEER_PYTHON.exists():
+        raise SystemExit(f"{PEER_PYTHON} is missing: run `make peer-venv` first")
+    work_dir = Path(args.work_dir)
+    config = load_config(REPO / "configs" / "simulator.yaml")
+    prepare(config, args.rows, work_dir)
+    config = apply_overrides(config, args.set)
+    truth = load_ground_truth(str(work_dir / "raw" / GROUND_TRUTH_FILE))
+    train_raw = raw_split(config, work_dir / "ingest", "train")
+    eval_raw = raw_split(config, work_dir / "ingest", "eval")
+    would_convert = np.array([truth[sid][2] for sid in eval_raw[SAMPLE_ID]])
+    p_true = np.array([truth[sid][:2] for sid in eval_raw[SAMPLE_ID]])
+    oracle = four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert,
+                       p_true[:, 0], p_true[:, 1], p_true[:, 0] * p_true[:, 1])
+    training = config.training
+    print(f"{len(train_raw[LABEL_CLICK]):,} train / {len(eval_raw[LABEL_CLICK]):,} eval rows "
+          f"({int(train_raw[LABEL_CLICK].sum()):,} / {int(eval_raw[LABEL_CLICK].sum()):,} clicks); towers "
+          f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate}, batch "
+          f"{training.batch_size}, {training.epochs} epochs, seeds {training.seed}..{training.seed + args.seeds - 1}; "
+          f"ours: embedding_optimizer {training.embedding_optimizer}", flush=True)
+    results: dict[str, list[dict]] = {"ours": [], "peer": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        spec, arrays = peer_arrays(config, train_raw, eval_raw)
+        data_path = tmp_path / "peer_data.npz"
+        np.savez(data_path, **arrays)
+        for i in range(args.seeds):
+            seed = training.seed + i
+            seeded = with_overrides(config, {"training": {"seed": seed}})
+            results["ours"].append(run_ours(seeded, work_dir, truth, tmp_path / f"ours-{seed}"))
+            print(f"ours seed {seed}: {json.dumps(results['ours'][-1])}", flush=True)
+            if not args.skip_peer:
+                results["peer"].append(run_peer(seeded, spec, data_path, eval_raw, would_convert, seed, tmp_path))
+                print(f"peer seed {seed}: {json.dumps(results['peer'][-1])}", flush=True)
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{time.perf_counter() - started:.0f} s; load average {load}\n")
+    print("| model | " + " | ".join(f"{title} AUC" for _, title in COLUMNS) + " | train ex/s |")
+    print("|---|" + "---|" * (len(COLUMNS) + 1))
+    print("| oracle (true probabilities) | " + " | ".join(f"{oracle[k]:.4f}" for k, _ in COLUMNS) + " | |")
+    for name, label in (("peer", "DeepCTR 0.9.4 ESMM"), ("ours", "esmm (ours)")):
+        if results[name]:
+            runs = results[name]
+            print(f"| {label} | " + " | ".join(_cell([r[k] for r in runs], ".4f") for k, _ in COLUMNS)
+                  + f" | {_cell([r['examples_per_second'] for r in runs], ',.0f')} |")
+
+
+if __name__ == "__main__":
+    main()
