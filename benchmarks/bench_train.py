@@ -1,20 +1,27 @@
-"""Training throughput: the trainer end to end vs a bare train step fed from memory.
+"""Training throughput and quality: the trainer end to end vs a bare train step fed from memory.
 
 Data: the simulator's default config and preset, simulated, ingested and transformed
-once into --work-dir (reused on later runs). For each setting:
+once into --work-dir (reused on later runs). Two table sizes:
+- ``small``: esmm_model/configs/simulator.yaml's exact vocabularies (about 53k embedding rows);
+- ``aliccp``: every table that reads an Ali-CCP field sized as esmm_model/configs/aliccp.yaml sizes the
+  table of that field (user 500k, item 1M, shop 500k, brand 300k, category 100k hash
+  buckets: 2.4M rows, of aliccp.yaml's ~2.9M; the simulator has no intention or cross
+  fields). This is the cost per step a real user sees.
+For each setting:
 - trainer: ``components.train.train`` for two epochs over the transformed TFRecords;
-  its second epoch's examples/s (the first pays for tracing and XLA compilation);
+  its second epoch's examples/s (the first pays for tracing) and its eval AUCs after 2 epochs;
 - ceiling: the same model, optimizers and ``tf.function`` train step, fed batches
   already parsed and held in memory.
 Prints a table; trainer / ceiling is the fraction of the ceiling the input pipeline keeps.
 
-    .venv/bin/python benchmarks/bench_train.py [--rows 300000] [--work-dir /tmp/esmm_bench_train]
+    .venv/bin/python benchmarks/bench_train.py [--rows 200000] [--tables aliccp] [--work-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -37,22 +44,37 @@ from esmm_model.model import EsmmModel  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.training import build_optimizer_state, build_optimizers, make_train_step  # noqa: E402
 
-SETTINGS = (  # (batch size, jit_compile, embedding optimizer)
-    (4096, False, "same"),
-    (4096, True, "same"),
-    (4096, False, "adagrad"),
-    (8192, False, "adagrad"),
-)
+SETTINGS = {  # tables -> (batch size, jit_compile, embedding optimizer, embedding learning rate)
+    "small": ((4096, False, "same", None), (4096, False, "lazy_adam", None), (4096, False, "adagrad", 0.05)),
+    "aliccp": ((4096, False, "same", None), (4096, False, "lazy_adam", None), (4096, False, "adagrad", 0.05)),
+}
+BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
-def prepare(config: Config, rows: int, work_dir: Path) -> tuple[str, str]:
-    """Simulate, ingest and transform once; later runs reuse the transformed data."""
-    transform_dir, transformed_dir = work_dir / "transform" / "transform_graph", work_dir / "transform" / "transformed"
-    if not (transform_dir / "transform_fn").is_dir():
-        beam = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+def aliccp_sized(config: Config, aliccp: Config) -> Config:
+    """``config`` with each embedding table read from an Ali-CCP field hashed into as many
+    buckets as ``aliccp`` gives that field's table (a shared group takes its largest member's)."""
+    sizes = {f.source: f.preprocessing.hash_buckets for f in aliccp.features if f.preprocessing.hash_buckets}
+    table_size: dict[str, int] = {}
+    for feature in config.features:
+        if feature.source in sizes:
+            table_size[feature.table_name] = max(table_size.get(feature.table_name, 0), sizes[feature.source])
+    data = config.to_dict()
+    for feature, plain in zip(config.features, data["features"]):
+        if feature.table_name in table_size:
+            plain["preprocessing"] = {"hash_buckets": table_size[feature.table_name]}
+    return config_from_dict(data)
+
+
+def prepare(config: Config, rows: int, work_dir: Path, name: str) -> tuple[str, str]:
+    """Simulate and ingest once, transform once per table layout; later runs reuse the data."""
+    out = work_dir / ("transform" if name == "small" else f"transform_{name}")
+    transform_dir, transformed_dir = out / "transform_graph", out / "transformed"
+    if not (work_dir / "ingest" / "counts.json").is_file():
         simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
-        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), beam)
-        transform(config, work_dir / "ingest", work_dir / "transform", beam)
+        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
+    if not (transform_dir / "transform_fn").is_dir():
+        transform(config, work_dir / "ingest", out, BEAM)
     return str(transform_dir), str(transformed_dir)
 
 
@@ -82,16 +104,18 @@ def ceiling(config: Config, transform_dir: str, transformed_dir: str, steps: int
     return steps * config.training.batch_size / (time.perf_counter() - started)
 
 
-def trainer(config: Config, transform_dir: str, transformed_dir: str) -> float:
-    """Examples/s of the trainer's second epoch (the first one traces and compiles)."""
+def trainer(config: Config, transform_dir: str, transformed_dir: str) -> dict:
+    """The trainer's second epoch (the first one traces and compiles): examples/s and eval metrics."""
     with tempfile.TemporaryDirectory() as out:
         result = train(with_training(config, epochs=2), transform_dir, transformed_dir, out, version=1)
-    return result.metrics["history"][1]["examples_per_second"]
+    return result.metrics["history"][1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=300_000, help="simulated impressions (half go to train)")
+    parser.add_argument("--rows", type=int, default=200_000, help="simulated impressions (half go to train)")
+    parser.add_argument("--tables", choices=["small", "aliccp", "both"], default="both",
+                        help="embedding table sizes: the simulator's vocabularies, Ali-CCP's hash tables, or both")
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "esmm_bench_train"))
     parser.add_argument("--fresh", action="store_true", help="rebuild the data in --work-dir")
     args = parser.parse_args()
@@ -99,20 +123,28 @@ def main() -> None:
     work_dir = Path(args.work_dir)
     if args.fresh:
         shutil.rmtree(work_dir, ignore_errors=True)
-    config = load_config("simulator")
-    transform_dir, transformed_dir = prepare(config, args.rows, work_dir)
-    print(f"model: {config.model.variant}, towers {list(config.model.tower_units)}, emb {config.model.embedding_dim}, "
-          f"Adam lr {config.training.learning_rate}; {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} "
-          f"inter-op threads")
-    header = f"{'batch':>6} {'jit':>5} {'emb opt':>8} {'trainer ex/s':>13} {'ceiling ex/s':>13} {'fraction':>9}"
+    base = load_config("simulator")
+    configs = {"small": base, "aliccp": aliccp_sized(base, load_config("aliccp"))}
+    print(f"model: {base.model.variant}, towers {list(base.model.tower_units)}, emb {base.model.embedding_dim}, "
+          f"Adam lr {base.training.learning_rate}, 2 epochs over {args.rows // 2:,} train rows")
+    header = (f"{'tables':>7} {'rows':>10} {'batch':>6} {'emb opt':>14} {'trainer ex/s':>13} {'ceiling ex/s':>13} "
+              f"{'fraction':>9} {'CTR AUC':>8} {'CTCVR AUC':>10} {'CVR AUC clk':>12} {'load avg':>15}")
     rows = []
-    for batch, jit, embedding_optimizer in SETTINGS:
-        setting = with_training(config, batch_size=batch, jit_compile=jit, embedding_optimizer=embedding_optimizer,
-                                embedding_learning_rate=0.05 if embedding_optimizer == "adagrad" else None)
-        bare = ceiling(setting, transform_dir, transformed_dir)
-        full = trainer(setting, transform_dir, transformed_dir)
-        rows.append(f"{batch:>6} {str(jit):>5} {embedding_optimizer:>8} {full:>13,.0f} {bare:>13,.0f} {full / bare:>9.0%}")
-        print(rows[-1], flush=True)
+    for tables in (("small", "aliccp") if args.tables == "both" else (args.tables,)):
+        config = configs[tables]
+        transform_dir, transformed_dir = prepare(config, args.rows, work_dir, tables)
+        table_rows = sum(table_sizes(config, tft.TFTransformOutput(transform_dir)).values())
+        for batch, jit, embedding_optimizer, embedding_rate in SETTINGS[tables]:
+            setting = with_training(config, batch_size=batch, jit_compile=jit, embedding_optimizer=embedding_optimizer,
+                                    embedding_learning_rate=embedding_rate)
+            bare = ceiling(setting, transform_dir, transformed_dir)
+            full = trainer(setting, transform_dir, transformed_dir)
+            label = embedding_optimizer + (f" {embedding_rate:g}" if embedding_rate else "")
+            load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+            rows.append(f"{tables:>7} {table_rows:>10,} {batch:>6} {label:>14} {full['examples_per_second']:>13,.0f} "
+                        f"{bare:>13,.0f} {full['examples_per_second'] / bare:>9.0%} {full['ctr_auc']:>8.4f} "
+                        f"{full['ctcvr_auc']:>10.4f} {full['cvr_auc_clicked']:>12.4f} {load:>15}")
+            print(rows[-1], flush=True)
     print("\n" + header + "\n" + "\n".join(rows))
 
 
