@@ -1,8 +1,8 @@
 """Side by side on the same rows: DeepCTR 0.9.4's ESMM (the peer), our trainer, and the oracle.
 
 Data: the simulator's default preset, ingested and transformed once into --work-dir with
-configs/simulator.yaml (time split: the earlier half trains). Per seed:
-- ours: ``components.train.train`` (the production trainer, configs/simulator.yaml plus
+esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per seed:
+- ours: ``components.train.train`` (the production trainer, esmm_model/configs/simulator.yaml plus
   --set overrides), scored through the exported ``serving_default`` on the raw eval split;
 - peer: ``deepctr.models.multitask.ESMM`` in .peer-venv (``make peer-venv``, run with
   TF_USE_LEGACY_KERAS=1) on the same train and eval rows, decoded from the same ingested
@@ -185,7 +185,7 @@ def main() -> None:
     if not args.skip_peer and not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} is missing: run `make peer-venv` first")
     work_dir = Path(args.work_dir)
-    config = load_config(REPO / "configs" / "simulator.yaml")
+    config = load_config("simulator")
     prepare(config, args.rows, work_dir)
     config = apply_overrides(config, args.set)
     truth = load_ground_truth(str(work_dir / "raw" / GROUND_TRUTH_FILE))

@@ -2,7 +2,7 @@
 
 Simulates (default preset), ingests and transforms once into --work-dir, then runs
 ``esmm experiment``: BASE, AMAN, OVERSAMPLING, UNBIAS, DIVISION, ESMM-NS and ESMM with
-identical towers and hyperparameters (configs/simulator.yaml) for --repeats seeds, and the
+identical towers and hyperparameters (esmm_model/configs/simulator.yaml) for --repeats seeds, and the
 sparsity sweep. Writes table2.md/.csv/.png, runs.csv and sparsity.md/.png to --out and
 prints the table, the wall clock and the load average.
 
@@ -26,8 +26,7 @@ from components.transform import TRANSFORM_GRAPH, transform  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
 from pipelines.cli import main as esmm  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "simulator.yaml"
+CONFIG = "simulator"
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
@@ -47,7 +46,7 @@ def main() -> None:
         ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
     if not (work_dir / "transform" / TRANSFORM_GRAPH / "transform_fn").is_dir():
         transform(config, work_dir / "ingest", work_dir / "transform", BEAM)
-    code = esmm(["experiment", "--config", str(CONFIG), "--transform-dir", str(work_dir / "transform"),
+    code = esmm(["experiment", "--config", CONFIG, "--transform-dir", str(work_dir / "transform"),
                  "--ingest-dir", str(work_dir / "ingest"), "--ground-truth", str(work_dir / "raw" / GROUND_TRUTH_FILE),
                  "--out", args.out, "--repeats", str(args.repeats), "--fractions", args.fractions])
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())

@@ -16,13 +16,12 @@ from esmm_model.config import config_from_dict, load_config
 from pipelines.cli import main as esmm
 from raw_examples import random_rows, write_ingest_dir
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = ("BASE", "AMAN", "ESMM")
 SWEEP = ("ESMM",)
 
 
 def tiny_config():
-    data = load_config(REPO / "configs" / "simulator.yaml").to_dict()
+    data = load_config("simulator").to_dict()
     data["model"].update(tower_units=[16, 8], embedding_dim=4)
     data["training"].update(batch_size=32, epochs=1)
     return config_from_dict(data)
