@@ -63,6 +63,7 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
     examples = ExamplePacker(config).pack(shared, candidates)
     server = ModelServer(tiny / "serving" / "esmm", "esmm")
     port = server.start()
+    assert server.versions.current.warmup_requests == 4  # the push step's warmup file (eval split), replayed on load
     try:
         with PredictionClient(f"127.0.0.1:{port}", "esmm", timeout_s=10.0) as client:
             remote = client.predict(examples)
