@@ -11,8 +11,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/esmm
 WORKDIR /src
 # Dependencies first, from pyproject.toml pinned by constraints.txt: this layer survives source edits.
+# EXTRAS: optional dependency groups to include; gcp gives Beam's gs:// filesystem (tf.io.gfile has its own).
+ARG EXTRAS=gcp
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="${EXTRAS}" python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [d for e in os.environ['EXTRAS'].split(',') if e for d in p['optional-dependencies'][e]]))" \
         > requirements.txt \
     && /opt/esmm/bin/pip install --upgrade pip wheel \
     && /opt/esmm/bin/pip install --constraint constraints.txt --requirement requirements.txt

@@ -5,6 +5,7 @@ import fnmatch
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def test_dependencies_are_installed_with_the_constraints_and_the_project_without
     assert any("--constraint constraints.txt --requirement requirements.txt" in line for line in installs)
     assert any("--constraint constraints.txt --no-deps ." in line for line in installs)
     assert any("pip check" in line for line in installs)
+
+
+def test_every_requirement_of_the_image_is_pinned_exactly_by_the_constraints(tmp_path):
+    """Runs the build stage's requirements snippet and checks each requirement against constraints.txt."""
+    _, build = stages()[0]
+    (snippet,) = [re.search(r'python -c "(.*?)"\s*>', line).group(1) for line in build if "tomllib" in line]
+    extras = re.search(r"^ARG EXTRAS=(\S*)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    requirements = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env={"EXTRAS": extras},
+                                  capture_output=True, text=True, check=True).stdout.split()
+    assert "apache-beam[gcp]==2.77.0" in requirements  # Beam's gs:// filesystem, for object-store paths
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split())
+    canonical = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins.items()}
+    for requirement in requirements:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[\w.-]+", requirement).group(0)).lower()
+        assert name in canonical, f"{requirement} has no pin in constraints.txt"
 
 
 def test_the_final_stage_runs_as_a_numeric_non_root_user():
