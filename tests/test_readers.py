@@ -14,8 +14,10 @@ from esmm_model.errors import InputError
 from esmm_model.schema import feature_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "aliccp"
-# sample_skeleton_fixture.csv, line by line:
+# Real-format rows (see fixtures/README.md): every one must parse with the shipped config.
+REAL = ROOT / "tests" / "fixtures" / "aliccp"
+DEFECTS = ROOT / "tests" / "fixtures" / "aliccp_defects"
+# sample_skeleton_defects.csv, line by line:
 #  1: clicked and converted, user a..01, field 508 twice (multi-valued)
 #  2, 3: user a..02, not clicked / clicked
 #  4: conversion=1 with click=0      5: unknown common_feature_index
@@ -31,17 +33,17 @@ def aliccp():
     return load_config("aliccp")
 
 
-def parse_fixture(config):
+def parse_fixture(config, directory=DEFECTS, name="defects"):
     reader = AliccpReader(config)
     common, common_errors = {}, []
-    for line in (FIXTURES / "common_features_fixture.csv").read_text().splitlines():
+    for line in (directory / f"common_features_{name}.csv").read_text().splitlines():
         try:
             index, shared = reader.parse_common(line)
             common[index] = shared
         except RowError as exc:
             common_errors.append(exc.code)
     results = {}
-    for number, line in enumerate((FIXTURES / "sample_skeleton_fixture.csv").read_text().splitlines(), start=1):
+    for number, line in enumerate((directory / f"sample_skeleton_{name}.csv").read_text().splitlines(), start=1):
         try:
             results[number] = reader.parse(line, common)
         except RowError as exc:
@@ -81,6 +83,25 @@ def test_aliccp_fixture_rows_parse_or_reject_with_reason(aliccp):
     # A field absent from both lines gets the default.
     assert parsed["occupation"].numpy().tolist() == [b"", b"", b""]
     assert parsed["scenario"].numpy().tolist() == [b"1", b"2", b"2"]
+
+
+def test_real_format_rows_all_parse_with_the_shipped_config(aliccp):
+    common_errors, results = parse_fixture(aliccp, REAL, "train")
+    assert common_errors == []
+    assert {n: r for n, r in results.items() if isinstance(r, RowError)} == {}
+    rows = [results[n] for n in sorted(results)]
+    assert len(rows) == 40 and len({row.shared for row in rows}) == 5  # eight impressions per page view
+    parsed = parse(aliccp, rows)
+    # Field 210 repeats (1-3 intention nodes per sample), kept whole beside the user's 150_14 list.
+    per_row = np.bincount(parsed["intentions"].indices.numpy()[:, 0], minlength=len(rows))
+    assert per_row.min() == 1 and per_row.max() == 3 and (per_row > 1).sum() > 10
+    assert parsed["intentions"].values.numpy()[:2].tolist() == [b"400003", b"400018"]
+    assert parsed["intentions_weight"].values.numpy()[:2].tolist() == [1.0, 1.0]
+    # Cross fields keep their weights (ln counts), aligned with their ids.
+    assert parsed["cross_category"].values.numpy()[:2].tolist() == [b"9017955", b"9006894"]
+    assert parsed["cross_category_weight"].values.numpy()[:2].tolist() == pytest.approx([1.09861, 0.69315])
+    assert parsed["cross_intention"].indices.shape == parsed["cross_intention_weight"].indices.shape
+    assert parsed["click"].numpy().sum() == 18 and parsed["conversion"].numpy().sum() == 5
 
 
 def test_conversion_without_click_can_be_kept(aliccp):
