@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.beam_runner import make_pipeline
+from components.output_dir import require_empty
 from components.evaluation_report import LABEL_OF, OUTPUTS, markdown_tables, write_report
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
 from esmm_model.errors import InputError
@@ -209,6 +210,7 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     pattern = os.path.join(ingest_dir, "eval", PATTERN)
     if not tf.io.gfile.glob(pattern):
         raise InputError(f"no eval examples match {pattern!r}; run `esmm ingest` first")
+    require_empty(out_dir, "evaluate")
     tf.io.gfile.makedirs(out_dir)
     _LOG.info("evaluate: TFMA over %s", pattern)
     metrics: dict[str, Any] = run_tfma(config, model_dir, pattern, os.path.join(out_dir, "tfma"), beam_args)

@@ -30,6 +30,7 @@ import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
+from components.output_dir import require_empty
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.export import OUTPUTS, export_saved_model
@@ -45,6 +46,8 @@ SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR)
 SHUFFLE_BATCHES = 4
+# What a train run leaves in its output directory; a directory holding only these is resumed.
+OWN_ENTRIES = frozenset({"checkpoints", "tensorboard", "metrics.json", "model"})
 
 
 class NonFiniteLossError(EsmmError):
@@ -114,10 +117,12 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
     """Trains ``config.model.variant`` for ``config.training.epochs`` and exports it.
 
     transform_dir: the TFTransformOutput directory; transformed_dir: holds ``train/`` and
-    ``eval/`` transformed TFRecords. Resumes from ``<out_dir>/checkpoints`` when present.
+    ``eval/`` transformed TFRecords. Resumes from ``<out_dir>/checkpoints`` when present; an
+    ``out_dir`` holding anything but a train run's own files is refused (OutputExistsError).
     version: the export's version directory name (default: seconds since the epoch).
     Raises NonFiniteLossError naming the step when the loss becomes NaN or infinite.
     """
+    require_empty(str(out_dir), "train", resumable=OWN_ENTRIES)
     out_dir, transformed_dir = Path(out_dir), Path(transformed_dir)
     training = config.training
     keras.utils.set_random_seed(training.seed)
@@ -130,8 +135,10 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
                           shuffle_seed=training.seed + epoch)
         return ds.take(training.steps_per_epoch) if training.steps_per_epoch else ds
 
+    first_eval = _first_batch(eval_data, transformed_dir / "eval" / PATTERN)
+    _first_batch(make_dataset(config, tft_output, train_pattern, batch_size=1), transformed_dir / "train" / PATTERN)
     model = EsmmModel(config, table_sizes(config, tft_output))
-    model(next(iter(eval_data))[0])
+    model(first_eval[0])
     optimizers = build_optimizers(training)
     build_optimizer_state(model, optimizers)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -191,6 +198,15 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
                                     version if version is not None else int(time.time()), metrics)
     log.info("train: exported %s", export_dir)
     return TrainResult(str(export_dir), int(step), metrics)
+
+
+def _first_batch(dataset: tf.data.Dataset, pattern: Path) -> tuple:
+    """The first batch, or InputError naming the split's files when they hold no example."""
+    batch = next(iter(dataset), None)
+    if batch is None:
+        raise InputError(f"no examples in {str(pattern)!r}: the split is empty; re-run ingestion on a log with rows "
+                         f"in both time splits")
+    return batch
 
 
 def _should_stop(history: list[dict[str, Any]], patience: Optional[int]) -> bool:

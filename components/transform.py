@@ -11,7 +11,6 @@ Output layout under ``out_dir``:
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tfx_bsl.coders import example_coder
 from tfx_bsl.public import tfxio
 
 from components.beam_runner import make_pipeline
+from components.output_dir import require_empty
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.preprocessing import make_preprocessing_fn
@@ -69,11 +69,10 @@ def transform(config: Config, ingest_dir: str | Path, out_dir: str | Path, beam_
     beam_args: the Beam runner and its options, built by ``components.beam_runner`` as for
     ingestion (the DirectRunner never falls into the network-dependent PrismRunner).
     """
+    require_empty(str(out_dir), "transform")
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     patterns = {split: _raw_pattern(ingest_dir, split) for split in SPLITS}
     transform_dir, transformed_dir = out_dir / TRANSFORM_GRAPH, out_dir / TRANSFORMED
-    for stale in (transform_dir, transformed_dir):
-        shutil.rmtree(stale, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = schema_proto(config)
     raw_metadata = dataset_metadata.DatasetMetadata(schema)

@@ -13,6 +13,7 @@ import components  # noqa: F401  (exit-time fix for processes that ran tf.Transf
 from components.train import NonFiniteLossError, train
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
+from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import feature_spec
@@ -118,3 +119,12 @@ def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step \d+ .*learning_rate"):
         train(tiny_config(learning_rate=1e35), data[0], data[1], tmp_path, version=1)
+
+
+@pytest.mark.slow
+def test_an_empty_split_is_named_not_a_stop_iteration(tmp_path):
+    config = tiny_config()
+    ingest = write_ingest_dir(config, tmp_path / "ingest", random_rows(config, 40, seed=3), [])
+    outputs = transform(config, ingest, tmp_path / "transform", ["--runner=DirectRunner"])
+    with pytest.raises(InputError, match=r"no examples in '.*/eval/\*\.tfrecord\.gz': the split is empty"):
+        train(config, outputs.transform_dir, outputs.transformed_dir, tmp_path / "train", version=1)
