@@ -11,7 +11,13 @@ Output layout under ``out_dir``:
 Two passes over the input: the first reads only the ordering keys to find the split
 point (the quantile over every line whose key parses, rejected or not); the second
 parses in batches, encodes each batch columnar in C++, and routes rows to their split.
-Every line is either written or rejected: the counts add up.
+Every line is either written or rejected, a line that is not UTF-8 (``bad_encoding``) or
+longer than ``input.max_line_bytes`` (``line_too_long``) included: the counts add up.
+
+The output directory must be empty (``components.output_dir``). After writing, the run
+fails (RejectionError, one line) when no line was read, when the share of rejected
+impression lines exceeds ``input.max_rejected_fraction``, or when a split is empty:
+nothing downstream trains on the remains of a log the config does not fit.
 """
 from __future__ import annotations
 
@@ -32,10 +38,12 @@ from components.aliccp_reader import AliccpReader
 from components.beam_runner import make_pipeline
 from components.csv_reader import CsvReader
 from components.example_batch import encode_rows
-from components.rows import ParsedRow, Rejected, RowError
+from components.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
+from components.output_dir import require_empty
+from components.rows import ParsedRow, Rejected, RowError, decode_line
 from components.tfrecord_sink import GzipTFRecordSink
 from esmm_model.config import Config
-from esmm_model.errors import InputError
+from esmm_model.errors import EsmmError, InputError
 from esmm_model.schema import schema_proto
 
 TRAIN, EVAL = "train", "eval"
@@ -45,6 +53,10 @@ QUANTILES = 1001
 BATCH_SIZE = 2048
 GZIP_LEVEL = 1
 _LOG = logging.getLogger(__name__)
+
+
+class RejectionError(EsmmError):
+    """Ingestion wrote its outputs, but what it kept is not fit to train on; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +136,16 @@ def _match(pattern: str) -> list[str]:
         return []
 
 
-def _first_line(path: str) -> str:
+def _first_line(path: str, max_line_bytes: int) -> str:
+    """A CSV file's header; InputError when it is too long or not UTF-8."""
     with FileSystems.open(path) as f:
-        return f.readline().decode("utf-8").rstrip("\r\n")
+        _, line, size, _ = next(iter_lines(f, 0, max_line_bytes), (0, b"", 0, b""))
+    if line is None:
+        raise InputError(f"CSV file {path!r}: the header is {size:,} bytes, over input.max_line_bytes ({max_line_bytes:,})")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"CSV file {path!r}: the header is not UTF-8 (byte {exc.start})") from None
 
 
 def resolve_inputs(config: Config, input_path: str) -> InputFiles:
@@ -141,7 +160,7 @@ def resolve_inputs(config: Config, input_path: str) -> InputFiles:
     files = _match(input_path)
     if not files:
         raise InputError(f"no CSV files match {input_path!r}")
-    headers = {path: _first_line(path) for path in files}
+    headers = {path: _first_line(path, config.input.max_line_bytes) for path in files}
     first = headers[files[0]]
     for path, header in headers.items():
         if header != first:
@@ -170,11 +189,11 @@ class _ReadingDoFn(beam.DoFn):
 class ExtractOrderKeys(_ReadingDoFn):
     """A batch of lines -> the ordering keys that parse (the first pass)."""
 
-    def process(self, lines: list[str]) -> Iterator[np.ndarray]:
+    def process(self, lines: list[bytes]) -> Iterator[np.ndarray]:
         keys = []
         for line in lines:
             try:
-                keys.append(self._reader.order_key(line))
+                keys.append(self._reader.order_key(decode_line(line)))
             except RowError:
                 continue  # the second pass rejects and counts this line
         if keys:
@@ -184,15 +203,16 @@ class ExtractOrderKeys(_ReadingDoFn):
 class ParseEncodeSplit(_ReadingDoFn):
     """A batch of lines -> serialized examples tagged by split, rejected lines, counts."""
 
-    def process(self, lines: list[str], threshold: float | None, common=None) -> Iterator:
+    def process(self, lines: list[bytes], threshold: float | None, common=None) -> Iterator:
         rows: dict[str, list[ParsedRow]] = {TRAIN: [], EVAL: []}
         rejected: dict[str, int] = {}
-        for line in lines:
+        for raw in lines:
             try:
+                line = decode_line(raw)
                 row = self._reader.parse(line, common) if common is not None else self._reader.parse(line)
             except RowError as exc:
                 rejected[exc.code] = rejected.get(exc.code, 0) + 1
-                yield beam.pvalue.TaggedOutput("rejected", Rejected("impressions", line.rstrip("\r\n"), exc.code, str(exc)))
+                yield beam.pvalue.TaggedOutput("rejected", Rejected.of("impressions", raw, exc))
                 continue
             rows[TRAIN if threshold is not None and row.order_key <= threshold else EVAL].append(row)
         counts: dict = {"rows_read": len(lines), "rejected": rejected}
@@ -205,7 +225,7 @@ class ParseEncodeSplit(_ReadingDoFn):
 
 
 class ParseCommon(beam.DoFn):
-    """common_features lines -> (index, user feature values), or rejected."""
+    """A batch of common_features lines -> (index, user feature values), or rejected."""
 
     def __init__(self, config: Config):
         self._config = config
@@ -213,11 +233,21 @@ class ParseCommon(beam.DoFn):
     def setup(self) -> None:
         self._reader = AliccpReader(self._config)
 
-    def process(self, line: str) -> Iterator:
-        try:
-            yield self._reader.parse_common(line)
-        except RowError as exc:
-            yield beam.pvalue.TaggedOutput("rejected", Rejected("common_features", line.rstrip("\r\n"), exc.code, str(exc)))
+    def process(self, lines: list[bytes]) -> Iterator:
+        for raw in lines:
+            try:
+                yield self._reader.parse_common(decode_line(raw))
+            except RowError as exc:
+                yield beam.pvalue.TaggedOutput("rejected", Rejected.of("common_features", raw, exc))
+
+
+def _long_line_rejected(source: str, max_line_bytes: int):
+    """A LongLine -> its Rejected record (``line_too_long``), holding only the line's first bytes."""
+    def reject(line: LongLine) -> Rejected:
+        return Rejected.of(source, line.prefix, RowError(
+            "line_too_long", f"line at byte {line.offset:,} of {line.path} is {line.size:,} bytes, over "
+                             f"input.max_line_bytes ({max_line_bytes:,}); only its first {len(line.prefix)} bytes are kept here"))
+    return reject
 
 
 def _unique_common(item: tuple[str, list]) -> Iterator:
@@ -243,21 +273,48 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str) -> None:
+    """Raises RejectionError when nothing was read, too much was rejected, or a split is empty."""
+    if counts.rows_read == 0:
+        raise RejectionError(f"no impression lines in {input_path!r}; outputs in {out_dir}")
+    rejected = counts.rejected
+    total = sum(rejected.values())
+    fraction = total / counts.rows_read
+    if fraction > max_rejected_fraction:
+        top = sorted(rejected.items(), key=lambda item: (-item[1], item[0]))[:3]
+        raise RejectionError(
+            f"rejected {fraction:.2%} of {counts.rows_read:,} rows ({total:,}), over input.max_rejected_fraction "
+            f"{max_rejected_fraction:.2%} (--max-rejected-fraction to change it); top reasons: "
+            f"{', '.join(f'{code} {n:,}' for code, n in top)}; rejected rows in {os.path.join(out_dir, 'rejected')}/")
+    for split in (TRAIN, EVAL):
+        if counts.split(split)["rows"] == 0:
+            raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
+                                 f"{counts.split(EVAL)['rows']:,} eval rows kept of {counts.rows_read:,} read): "
+                                 f"the time split needs more rows with distinct ordering keys; outputs in {out_dir}")
+
+
 def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) -> IngestCounts:
-    """Runs ingestion and returns the counts it wrote to ``out_dir/counts.json``."""
+    """Runs ingestion, writes ``out_dir/counts.json`` and returns the counts.
+
+    Raises RejectionError after writing when ``check_counts`` finds the result unfit to train on.
+    """
+    require_empty(out_dir, "ingest")
     files = resolve_inputs(config, input_path)
     tf.io.gfile.makedirs(out_dir)
     _write_text(os.path.join(out_dir, "schema.pbtxt"), text_format.MessageToString(schema_proto(config)))
     counts_path = os.path.join(out_dir, "counts.json")
-    skip = 1 if files.format == "csv" else 0
+    skip = files.format == "csv"
     _LOG.info("ingest: reading %s (%s) with %s", files.impressions, files.format, beam_args)
 
+    max_line = config.input.max_line_bytes
     with make_pipeline(beam_args) as p:
-        def read(label: str):
-            return (p | f"Read{label}" >> beam.io.ReadFromText(files.impressions, skip_header_lines=skip)
-                    | f"Batch{label}" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE))
+        def read(label: str, pattern: str, skip_header: bool = False):
+            """Batches of raw lines (bytes), and the lines over max_line_bytes apart."""
+            return (p | f"Ranges{label}" >> beam.Create(line_ranges(pattern)) | f"Spread{label}" >> beam.Reshuffle()
+                    | f"Read{label}" >> beam.ParDo(ReadLineBatches(max_line, BATCH_SIZE, skip_header))
+                    .with_outputs("too_long", main="lines"))
 
-        threshold = (read("Keys")
+        threshold = (read("Keys", files.impressions, skip).lines
                      | "OrderKeys" >> beam.ParDo(ExtractOrderKeys(config, files))
                      | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
                      | "SplitPoint" >> beam.Map(_split_point, config.input.train_fraction))
@@ -265,21 +322,25 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
         rejected_common = []
         common_counts = []
         if files.format == "aliccp":
-            common_lines = p | "ReadCommon" >> beam.io.ReadFromText(files.common)
-            parsed = common_lines | "ParseCommon" >> beam.ParDo(ParseCommon(config)).with_outputs("rejected", main="ok")
+            common_lines = read("Common", files.common)
+            parsed = common_lines.lines | "ParseCommon" >> beam.ParDo(ParseCommon(config)).with_outputs("rejected", main="ok")
             unique = (parsed.ok | "GroupCommon" >> beam.GroupByKey()
                       | "UniqueCommon" >> beam.FlatMap(_unique_common).with_outputs("rejected", main="ok"))
             side["common"] = beam.pvalue.AsDict(unique.ok)
-            rejected_common = [parsed.rejected, unique.rejected]
-            common_counts.append(common_lines | "CountCommon" >> beam.combiners.Count.Globally()
-                                 | beam.Map(lambda n: {"common_rows_read": n}))
-        outputs = (read("Rows")
+            long_common = common_lines.too_long | "LongCommon" >> beam.Map(_long_line_rejected("common_features", max_line))
+            rejected_common = [parsed.rejected, unique.rejected, long_common]
+            common_counts += [common_lines.lines | "CountCommon" >> beam.Map(lambda batch: {"common_rows_read": len(batch)}),
+                              long_common | "CountLongCommon" >> beam.Map(lambda _: {"common_rows_read": 1})]
+        rows = read("Rows", files.impressions, skip)
+        long_rows = rows.too_long | "LongRows" >> beam.Map(_long_line_rejected("impressions", max_line))
+        common_counts.append(long_rows | "CountLongRows" >> beam.Map(lambda r: {"rows_read": 1, "rejected": {r.code: 1}}))
+        outputs = (rows.lines
                    | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files), beam.pvalue.AsSingleton(threshold), **side)
                    .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
             _ = outputs[split] | f"Write{split.title()}" >> beam.io.Write(
                 GzipTFRecordSink(os.path.join(out_dir, split, "data"), level=GZIP_LEVEL))
-        rejected = (outputs.rejected, *rejected_common) | "AllRejected" >> beam.Flatten()
+        rejected = (outputs.rejected, long_rows, *rejected_common) | "AllRejected" >> beam.Flatten()
         _ = (rejected | "RejectedJson" >> beam.Map(lambda r: json.dumps(r.to_json()))
              | "WriteRejected" >> beam.io.WriteToText(os.path.join(out_dir, "rejected", "rejected"), file_name_suffix=".jsonl"))
         rejected_common_counts = [
@@ -293,4 +354,5 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
     with tf.io.gfile.GFile(counts_path) as f:
         counts = IngestCounts(json.load(f))
     _LOG.info("ingest: done\n%s", counts.describe())
+    check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir)
     return counts

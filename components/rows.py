@@ -25,10 +25,17 @@ class RowError(ValueError):
 
 @dataclass(frozen=True)
 class Rejected:
+    """A rejected line, as written to rejected/*.jsonl."""
+
     source: str
     line: str
     code: str
     reason: str
+
+    @classmethod
+    def of(cls, source: str, raw: bytes, error: RowError) -> Rejected:
+        """The record of raw line ``raw``; bytes that are not UTF-8 are kept as \\x escapes."""
+        return cls(source, raw.decode("utf-8", "backslashreplace").rstrip("\r\n"), error.code, str(error))
 
     def to_json(self) -> dict:
         return {"source": self.source, "code": self.code, "reason": self.reason, "line": self.line}
@@ -60,6 +67,14 @@ class ParsedRow:
     conversion: int
     values: dict[str, FeatureValue]
     shared: SharedPart | None = None
+
+
+def decode_line(raw: bytes) -> str:
+    """A raw line as text; a line that is not UTF-8 is a RowError (``bad_encoding``) naming the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RowError("bad_encoding", f"line is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason})") from None
 
 
 def parse_label(text: str, name: str) -> int:

@@ -98,12 +98,19 @@ class Feature:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Which raw format to read and how to split it by time."""
+    """Which raw format to read, how to split it by time, and how much of it may be rejected.
+
+    ``max_rejected_fraction``: ingestion fails when a larger share of the impression lines
+    is rejected (it still writes its outputs for inspection). ``max_line_bytes``: longer
+    lines are rejected as ``line_too_long`` without being read into memory.
+    """
 
     format: Literal["aliccp", "csv"] = "aliccp"
     order_by: str = "sample_id"
     train_fraction: float = 0.5
     conversion_without_click: Literal["reject", "keep"] = "reject"
+    max_rejected_fraction: float = 0.01
+    max_line_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,9 @@ def _check_numbers(config: Config) -> None:
         raise ConfigError(f"input.order_by: Ali-CCP raw logs are ordered by sample_id, not {config.input.order_by!r}")
     if not 0.0 < config.input.train_fraction < 1.0:
         raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
+    if not 0.0 <= config.input.max_rejected_fraction <= 1.0:
+        raise ConfigError(f"input.max_rejected_fraction: must lie between 0 and 1, got {config.input.max_rejected_fraction}")
+    positive(config.input.max_line_bytes, "input.max_line_bytes")
     positive(config.model.embedding_dim, "model.embedding_dim")
     positive(config.model.embedding_init_stddev, "model.embedding_init_stddev")
     if not config.model.tower_units or any(u <= 0 for u in config.model.tower_units):

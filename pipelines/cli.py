@@ -42,11 +42,26 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     print(summary.describe())
 
 
-def _cmd_ingest(args: argparse.Namespace) -> None:
-    from components.ingest import ingest
-    from esmm_model.config import load_config
+def _add_max_rejected(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-rejected-fraction", type=float, metavar="F",
+                        help="fail ingestion when more than this share of impression lines is rejected "
+                             "(default: the config's input.max_rejected_fraction, 0.01 unless set)")
+
+
+def _ingest_config(args: argparse.Namespace):
+    """The config, with --max-rejected-fraction on top when given."""
+    from esmm_model.config import load_config, with_overrides
 
     config = load_config(args.config)
+    if args.max_rejected_fraction is None:
+        return config
+    return with_overrides(config, {"input": {"max_rejected_fraction": args.max_rejected_fraction}})
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from components.ingest import ingest
+
+    config = _ingest_config(args)
     counts = ingest(config, args.input, args.out, beam_args(config, args))
     print(counts.describe())
 
@@ -144,10 +159,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from esmm_model.config import load_config
     from pipelines.local_run import run_local
 
-    config = load_config(args.config)
+    config = _ingest_config(args)
     run = run_local(args.config, args.input, args.serving_base, args.out, beam_args=beam_args(config, args),
                     variant=args.variant or "", epochs=args.epochs or 0, thresholds=_thresholds(args.thresholds),
-                    ground_truth=args.ground_truth or "")
+                    ground_truth=args.ground_truth or "", max_rejected_fraction=args.max_rejected_fraction)
     print(run.describe())
 
 
@@ -236,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     _add_beam(p)
     p.add_argument("--input", required=True, help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; csv: a file pattern")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (must be missing or empty)")
+    _add_max_rejected(p)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("transform", help="tf.Transform on Beam: analyze train, transform train and eval, write the transform graph")
@@ -308,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--thresholds", help="override evaluation.thresholds, as a JSON list")
     p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space and oracle AUCs")
+    _add_max_rejected(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")

@@ -48,7 +48,8 @@ def _task_dir(run_dir: Path, task: str) -> Path:
 
 def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str, *,
               beam_args: Optional[list[str]] = None, variant: str = "", epochs: int = 0,
-              thresholds: Optional[list[dict]] = None, ground_truth: str = "") -> LocalRun:
+              thresholds: Optional[list[dict]] = None, ground_truth: str = "",
+              max_rejected_fraction: Optional[float] = None) -> LocalRun:
     """Runs ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts."""
     from kfp import local
 
@@ -61,7 +62,8 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
         pipeline(config_path=portable_config_ref(config_path), input_path=str(Path(input_path).resolve()),
                  serving_base=str(Path(serving_base).resolve()), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
                  variant=variant, epochs=epochs, thresholds=list(thresholds or []),
-                 ground_truth=str(Path(ground_truth).resolve()) if ground_truth else "")
+                 ground_truth=str(Path(ground_truth).resolve()) if ground_truth else "",
+                 max_rejected_fraction=max_rejected_fraction)
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before

@@ -5,6 +5,8 @@
 (``pipelines.compile``). The pipeline never knows where it runs.
 """
 
+from typing import Optional
+
 from kfp import dsl
 
 from pipelines.steps import build_steps
@@ -19,9 +21,12 @@ def create_pipeline(image: str = DEFAULT_IMAGE):
 
     @dsl.pipeline(name="esmm", description="ESMM: Beam ingestion, tf.Transform, Keras trainer, TFMA evaluation, TF Serving push")
     def esmm_pipeline(config_path: str, input_path: str, serving_base: str, beam_args: list = DEFAULT_BEAM_ARGS,
-                      variant: str = "", epochs: int = 0, thresholds: list = [], ground_truth: str = ""):
-        # Raw impression logs -> raw tf.Example split by time (Beam).
-        ingest = steps.ingest(config_path=config_path, input_path=input_path, beam_args=beam_args)
+                      variant: str = "", epochs: int = 0, thresholds: list = [], ground_truth: str = "",
+                      max_rejected_fraction: Optional[float] = None):
+        # Raw impression logs -> raw tf.Example split by time (Beam); fails past max_rejected_fraction
+        # (None: the config's input.max_rejected_fraction), so nothing trains on a log the config does not fit.
+        ingest = steps.ingest(config_path=config_path, input_path=input_path, beam_args=beam_args,
+                              max_rejected_fraction=max_rejected_fraction)
         # Hash, vocabulary, z-score and buckets, analyzed on train only (tf.Transform on Beam).
         transform = steps.transform(config_path=config_path, beam_args=beam_args, examples=ingest.outputs["examples"])
         # The ESMM variant, exported with the transform graph inside serving_default.

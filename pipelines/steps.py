@@ -7,6 +7,7 @@ the same functions in this Python environment.
 """
 
 from types import SimpleNamespace
+from typing import Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
@@ -23,12 +24,20 @@ class Blessing(dsl.Artifact):
     schema_version = "0.0.1"
 
 
-def ingest_step(config_path: str, input_path: str, beam_args: list, examples: Output[Dataset], counts: Output[Metrics]):
-    """Raw logs -> tf.Example TFRecords split by time, schema, counts and rejected rows."""
-    from components.ingest import ingest
-    from esmm_model.config import load_config
+def ingest_step(config_path: str, input_path: str, beam_args: list, examples: Output[Dataset], counts: Output[Metrics],
+                max_rejected_fraction: Optional[float] = None):
+    """Raw logs -> tf.Example TFRecords split by time, schema, counts and rejected rows.
 
-    result = ingest(load_config(config_path), input_path, examples.path, beam_args)
+    Fails (so nothing downstream runs) when more than ``max_rejected_fraction`` of the lines
+    are rejected (None: the config's input.max_rejected_fraction) or a split is empty.
+    """
+    from components.ingest import ingest
+    from esmm_model.config import load_config, with_overrides
+
+    config = load_config(config_path)
+    if max_rejected_fraction is not None:
+        config = with_overrides(config, {"input": {"max_rejected_fraction": max_rejected_fraction}})
+    result = ingest(config, input_path, examples.path, beam_args)
     counts.log_metric("rows_read", result.rows_read)
     counts.log_metric("rows_rejected", sum(result.rejected.values()))
     for split in ("train", "eval"):

@@ -1,5 +1,6 @@
 """Ingestion through Beam on ~2k simulated rows plus hand-written bad lines."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.ingest import EVAL, TRAIN, ingest
-from components.simulator import CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
-from esmm_model.config import config_from_dict, load_config
+from components.ingest import EVAL, TRAIN, RejectionError, ingest
+from components.simulator import COMMON_FILE, CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
+from esmm_model.config import config_from_dict, load_config, with_overrides
 from esmm_model.schema import feature_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "aliccp"
+REAL = ROOT / "tests" / "fixtures" / "aliccp"
+FIXTURES = ROOT / "tests" / "fixtures" / "aliccp_defects"
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 ROWS = 2_000
 
@@ -27,7 +29,7 @@ def sim_dir(tmp_path_factory):
     spec = SimulationSpec(rows=ROWS, users=300, items=800, categories=40, brands=100, shops=150, seed=9)
     simulate(spec, load_config("simulator"), out, write_csv=True)
     # Bad lines appended to the simulated log: each must be rejected with its reason.
-    bad = [line for line in (FIXTURES / "sample_skeleton_fixture.csv").read_text().splitlines()
+    bad = [line for line in (FIXTURES / "sample_skeleton_defects.csv").read_text().splitlines()
            if line.split(",", 1)[0] in {"4", "5", "6", "7", "8"}]
     with open(out / SKELETON_FILE, "a") as f:
         f.write("\n".join(bad) + "\n")
@@ -42,6 +44,7 @@ def read_split(out: Path, split: str, config) -> dict:
 
 @pytest.fixture(scope="module")
 def ingested(sim_dir, tmp_path_factory):
+    # 5 bad lines of 2,005 (0.25 %) are within the default max_rejected_fraction (1 %).
     config = load_config("simulator")
     out = tmp_path_factory.mktemp("ingest")
     counts = ingest(config, str(sim_dir), str(out), BEAM_ARGS)
@@ -125,3 +128,101 @@ def test_bad_config_exits_non_zero_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "features[0].kind: 'idd' is not one of id, weighted_ids, dense" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_real_format_rows_ingest_with_the_shipped_config_rejecting_nothing(tmp_path):
+    counts = ingest(load_config("aliccp"), str(REAL), str(tmp_path / "out"), BEAM_ARGS)
+    assert counts.rows_read == 40 and counts.rejected == {} and counts.data.get("common_rejected", {}) == {}
+    assert counts.split(TRAIN)["rows"] == counts.split(EVAL)["rows"] == 20
+
+
+def _defective_log(root: Path) -> Path:
+    """1,945 simulated rows plus 55 defective lines: 11 each of five reason codes, 2.75 % of 2,000."""
+    sim = root / "sim"
+    spec = SimulationSpec(rows=1_945, users=300, items=800, categories=40, brands=100, shops=150, seed=5)
+    simulate(spec, load_config("simulator"), sim)
+    lines = (sim / SKELETON_FILE).read_text().splitlines()
+    defects = []
+    for i in range(55):
+        sample_id = str(1_946 + i)
+        _, click, conversion, index, num, features = lines[i].split(",", 5)
+        defects.append([
+            f"{sample_id},{click},{conversion},{index},{num}",
+            f"{sample_id},x,{conversion},{index},{num},{features}",
+            f"{sample_id},{click},{conversion},ffffffffffffffff,{num},{features}",
+            f"{sample_id},0,1,{index},{num},{features}",
+            f"{sample_id},{click},{conversion},{index},{num},{features.replace(chr(3), '', 1)}",
+        ][i % 5])
+    (sim / SKELETON_FILE).write_text("\n".join(lines + defects) + "\n")
+    return sim
+
+
+def test_rejection_guard_fails_ingest_past_the_limit_and_the_flag_raises_it(tmp_path):
+    sim = _defective_log(tmp_path)
+    one_process = ["--beam-option=--direct_running_mode=in_memory"]
+    failed = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "strict"), *one_process)
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1:] == [
+        "esmm ingest: error: rejected 2.75% of 2,000 rows (55), over input.max_rejected_fraction 1.00% "
+        "(--max-rejected-fraction to change it); top reasons: bad_click 11, bad_feature_entry 11, "
+        f"conversion_without_click 11; rejected rows in {tmp_path / 'strict' / 'rejected'}/"]
+    # The outputs stay for inspection.
+    counts = json.loads((tmp_path / "strict" / "counts.json").read_text())
+    assert counts["rejected"] == {code: 11 for code in ("bad_click", "bad_feature_entry", "conversion_without_click",
+                                                        "unknown_common_feature_index", "wrong_column_count")}
+    assert sum(1 for p in (tmp_path / "strict" / "rejected").glob("*.jsonl") for _ in p.open()) == 55
+
+    passed = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"), "--max-rejected-fraction", "0.05",
+                     *one_process)
+    assert passed.returncode == 0, passed.stderr
+    assert "rejected: 55" in passed.stdout
+
+    # Re-running into a directory that holds a run is refused, before any work.
+    again = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"), "--max-rejected-fraction", "0.05")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1:] == [
+        f"esmm ingest: error: ingest output directory {str(tmp_path / 'lenient')!r} is not empty (it holds counts.json, "
+        "eval, rejected and 2 more); steps never write over an earlier run: delete it or choose another directory"]
+
+
+def test_invalid_utf8_long_and_binary_lines_are_rejected_rows(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("sample_skeleton_train.csv", "common_features_train.csv"):
+        (raw / name).write_bytes((REAL / name).read_bytes())
+    with open(raw / "sample_skeleton_train.csv", "ab") as f:
+        f.write(b"41,0,0,\xff\xfebad,1,205\x02500001\x031.0\n")  # one invalid byte
+        f.write(b"42,0,0," + b"9" * (2 << 20) + b"\n")  # 2 MiB, over the default 1 MiB
+    binary = np.random.default_rng(3).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+    (raw / "sample_skeleton_binary.csv").write_bytes(binary)
+    binary_lines = len(binary.rstrip(b"\n").split(b"\n"))
+    config = with_overrides(load_config("aliccp"), {"input": {"max_rejected_fraction": 1.0}})
+
+    counts = ingest(config, str(raw), str(tmp_path / "out"), BEAM_ARGS)
+    assert counts.rows_read == 42 + binary_lines
+    assert counts.split(TRAIN)["rows"] + counts.split(EVAL)["rows"] == 40
+    assert counts.rejected["line_too_long"] == 1 and counts.rejected["bad_encoding"] >= 1
+    rejected = [json.loads(line) for p in (tmp_path / "out" / "rejected").glob("*.jsonl") for line in p.open()]
+    by_id = {r["line"].split(",", 1)[0]: r for r in rejected}
+    assert by_id["41"]["code"] == "bad_encoding"
+    assert by_id["41"]["reason"] == "line is not UTF-8: byte 7 is 0xff (invalid start byte)"
+    assert by_id["41"]["line"].startswith("41,0,0,\\xff\\xfebad,1,")
+    assert by_id["42"]["code"] == "line_too_long" and len(by_id["42"]["line"]) == 200
+    assert f"is {(2 << 20) + 7:,} bytes, over input.max_line_bytes (1,048,576)" in by_id["42"]["reason"]
+    assert not list((tmp_path / "out").glob("**/beam-temp-*"))
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([], "no impression lines in"),
+    ([1], "the eval split is empty (1 train and 0 eval rows kept of 1 read)"),
+])
+def test_empty_input_or_split_stops_at_ingest(tmp_path, lines, message):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "common_features_train.csv").write_bytes((REAL / "common_features_train.csv").read_bytes())
+    skeleton = (REAL / "sample_skeleton_train.csv").read_text().splitlines()
+    (raw / "sample_skeleton_train.csv").write_text("".join(skeleton[n - 1] + "\n" for n in lines))
+    with pytest.raises(RejectionError, match=re.escape(message)):
+        ingest(load_config("aliccp"), str(raw), str(tmp_path / "out"), BEAM_ARGS)
+    assert (tmp_path / "out" / "counts.json").is_file()
