@@ -58,6 +58,10 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(root.iterdir())
     pipeline = create_pipeline()
+    if max_rejected_fraction is None:  # kfp 2.17's local runner fails on an optional parameter left unset
+        from esmm_model.config import load_config
+
+        max_rejected_fraction = load_config(config_path).input.max_rejected_fraction
     try:
         pipeline(config_path=portable_config_ref(config_path), input_path=str(Path(input_path).resolve()),
                  serving_base=str(Path(serving_base).resolve()), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),

@@ -1,4 +1,6 @@
 """The kfp pipeline: a local end-to-end run through kfp.local, caching, and the compiled YAML."""
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import yaml
 
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config, read_config_text
+from esmm_model.errors import EsmmError
 from pipelines.compile import compile_pipeline
 from pipelines.local_run import run_local
 from serving_client.client import PredictionClient
@@ -103,3 +106,20 @@ def test_compiled_yaml_lists_five_tasks_in_the_image(tmp_path):
     assert outputs["blessing"]["artifactType"]["schemaTitle"] == "system.Artifact"
     assert spec["components"]["comp-evaluate-step"]["outputDefinitions"]["artifacts"]["evaluation"][
         "artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+@pytest.mark.slow
+def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
+    sim = tmp_path / "sim"
+    shutil.copytree(tiny / "sim", sim)
+    skeleton = next(sim.glob("sample_skeleton_*.csv"))
+    lines = skeleton.read_text().splitlines()
+    bad = [f"{4_001 + i},x,0,{line.split(',')[3]},0," for i, line in enumerate(lines[:80])]  # 80 of 4,080: 1.96 %
+    skeleton.write_text("\n".join(lines + bad) + "\n")
+    with pytest.raises(EsmmError, match="ingest-step"):
+        run_local(str(tiny / "config.yaml"), str(sim), str(tmp_path / "serving"), str(tmp_path / "run"),
+                  beam_args=BEAM_ARGS, epochs=1)
+    (run_dir,) = (tmp_path / "run" / "kfp_root").iterdir()
+    assert {p.name for p in run_dir.iterdir()} == {"ingest-step"}  # nothing downstream ran
+    assert json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())["rejected"] == {"bad_click": 80}
+    assert not (tmp_path / "serving").exists()
