@@ -5,19 +5,25 @@ It implements the parts of TensorFlow Serving's API that the client uses, from
 ModelService.GetModelStatus, with TF Serving's status codes and messages. Like
 ``tensorflow_model_server --model_name=M --model_base_path=P`` it serves the latest
 integer-named version under P (other names, such as a push in progress, are ignored),
-polls for new versions, and swaps the served versions atomically: a request holds the
-version it started with, so a swap never fails one in flight. Like ``--model_config_file``
-it also takes TF Serving's model config file, with its version policy and version labels
-(``stable``, ``canary``), re-read on every poll. A version's warmup requests
-(``assets.extra/tf_serving_warmup_requests``) are replayed before it takes traffic. On
-Kubernetes the real ``tensorflow/serving`` image takes its place; clients cannot tell the
-difference.
+polls for new versions, and swaps the served versions with one reference assignment: a
+request holds the version it started with. Like ``--model_config_file`` it also takes TF
+Serving's model config file, with its version policy and version labels (``stable``,
+``canary``), re-read on every poll. A new version is loaded and warmed up on the polling
+thread while the served ones keep serving: its warmup requests
+(``assets.extra/tf_serving_warmup_requests``) are replayed, or without them its serving
+signature runs once on an empty batch. A version that fails to load is retried, as TF
+Serving does (one whose variables land after its saved_model.pb loads on a later try).
+Loading competes with serving for the CPU and the GIL, so requests slow down while a
+version loads (see serving_client/README.md for what was measured). On Kubernetes the
+real ``tensorflow/serving`` image takes its place; clients cannot tell the difference.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
+_VERSION = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() rejects
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ def servable_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.name.isdigit() and (p / "saved_model.pb").is_file())
+                  if _VERSION.fullmatch(p.name) and (p / "saved_model.pb").is_file())
 
 
 def load_version(model_dir: Path, version: int) -> LoadedVersion:
@@ -67,7 +74,10 @@ def load_version(model_dir: Path, version: int) -> LoadedVersion:
     saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
     defs = {k: v for k, v in saved_model.meta_graphs[0].signature_def.items() if not k.startswith("__")}
     loaded = LoadedVersion(version, dict(model.signatures), defs, model)
-    return dataclasses.replace(loaded, warmup_requests=_warm_up(loaded, str(path)))
+    replayed = _warm_up(loaded, str(path))
+    if not replayed:
+        _run_empty_batch(loaded)
+    return dataclasses.replace(loaded, warmup_requests=replayed)
 
 
 def _warm_up(loaded: LoadedVersion, version_dir: str) -> int:
@@ -81,17 +91,44 @@ def _warm_up(loaded: LoadedVersion, version_dir: str) -> int:
     return len(requests)
 
 
+def _run_empty_batch(loaded: LoadedVersion) -> None:
+    """Runs the default signature once on an empty batch, so that the first request does not pay
+    for instantiating and optimizing its function (seconds on a big graph)."""
+    signature_def = loaded.signature_defs.get(DEFAULT_SIGNATURE)
+    if signature_def is None:
+        return
+    inputs = {}
+    for alias, info in signature_def.inputs.items():
+        dims = [d.size for d in info.tensor_shape.dim]
+        if info.tensor_shape.unknown_rank or not dims or dims[0] != -1 or any(d < 0 for d in dims[1:]):
+            return  # no empty batch to build for this input
+        inputs[alias] = tf.zeros([0, *dims[1:]], tf.as_dtype(info.dtype))
+    loaded.signatures[DEFAULT_SIGNATURE](**inputs)
+
+
+@dataclass
+class _FailedLoad:
+    """A version that failed to load: how many tries, when to try again, and the last error."""
+
+    attempts: int
+    retry_at: float
+    error: str
+
+
 class ModelVersions:
     """The served versions of one model: those its version policy selects, addressed by number or label.
 
     ``refresh`` loads what the policy selects (the latest version by default) and swaps the
     whole set in one reference assignment; a request reads ``served`` once. A version that
-    fails to load is skipped and the versions already served stay. With a model config file,
-    ``refresh`` re-reads it first, so label and policy changes apply on the next poll.
+    fails to load is left out (the policy selects among the rest, the versions already served
+    stay) and tried again after ``load_retry_interval_s``, up to ``max_load_retries`` more
+    times (TF Serving's ``--max_num_load_retries``). With a model config file, ``refresh``
+    re-reads it first, so label and policy changes apply on the next poll.
     """
 
     def __init__(self, model_name: str, model_dir: Path, policy: VersionPolicy = VersionPolicy(),
-                 labels: Mapping[str, int] | None = None, config_file: str | None = None) -> None:
+                 labels: Mapping[str, int] | None = None, config_file: str | None = None, *,
+                 max_load_retries: int = 5, load_retry_interval_s: float = 5.0) -> None:
         self.model_name = model_name
         self.model_dir = model_dir
         self.policy = policy
@@ -99,14 +136,16 @@ class ModelVersions:
         self.config_file = config_file
         self.served: dict[int, LoadedVersion] = {}
         self._states: dict[int, int] = {}  # version -> ModelVersionStatus.State, for GetModelStatus
-        self._failed: set[int] = set()
+        self.max_load_retries = max_load_retries
+        self.load_retry_interval_s = load_retry_interval_s
+        self._failed: dict[int, _FailedLoad] = {}
         self._refresh_lock = threading.Lock()
 
     @classmethod
-    def from_config_file(cls, config_file: str, model_name: str) -> ModelVersions:
+    def from_config_file(cls, config_file: str, model_name: str, **retries: float) -> ModelVersions:
         """The model ``model_name`` as TF Serving's ``--model_config_file`` describes it."""
         entry = read_model_config(config_file, model_name)
-        return cls(model_name, Path(entry.base_path), entry.policy, entry.labels, config_file)
+        return cls(model_name, Path(entry.base_path), entry.policy, entry.labels, config_file, **retries)
 
     @property
     def current(self) -> LoadedVersion | None:
@@ -121,7 +160,9 @@ class ModelVersions:
                 self._reread_config()
             loaded = dict(self.served)
             while True:  # a version that fails to load leaves the policy to select among the rest
-                wanted = self.policy.select([v for v in servable_versions(self.model_dir) if v not in self._failed])
+                now = time.monotonic()
+                wanted = self.policy.select([v for v in servable_versions(self.model_dir)
+                                             if v not in self._failed or self._may_retry(self._failed[v], now)])
                 missing = [v for v in wanted if v not in loaded]
                 if not missing:
                     break
@@ -129,11 +170,9 @@ class ModelVersions:
                     self._states[version] = _ModelVersionStatus.LOADING
                     try:
                         loaded[version] = load_version(self.model_dir, version)
-                    except Exception:  # a broken version must not take down the ones being served
-                        log.exception("could not load %s version %d; still serving %s", self.model_name, version,
-                                      sorted(self.served) or "nothing")
-                        self._failed.add(version)
-                        self._states[version] = _ModelVersionStatus.END
+                        self._failed.pop(version, None)
+                    except Exception as exc:  # a broken version must not take down the ones being served
+                        self._record_failure(version, exc)
             if not wanted or set(wanted) == set(self.served):
                 return False
             previous, self.served = self.served, {v: loaded[v] for v in wanted}
@@ -145,6 +184,19 @@ class ModelVersions:
                 log.info("serving %s version %d from %s (%d warmup requests replayed)", self.model_name, version,
                          self.model_dir / str(version), self.served[version].warmup_requests)
             return True
+
+    def _may_retry(self, failed: _FailedLoad, now: float) -> bool:
+        return failed.attempts <= self.max_load_retries and now >= failed.retry_at
+
+    def _record_failure(self, version: int, exc: Exception) -> None:
+        failed = self._failed.get(version)
+        attempts = failed.attempts + 1 if failed else 1
+        self._failed[version] = _FailedLoad(attempts, time.monotonic() + self.load_retry_interval_s, str(exc))
+        retry = (f"retrying in {self.load_retry_interval_s:g} s ({self.max_load_retries - attempts + 1} tries left)"
+                 if attempts <= self.max_load_retries else "giving up on it")
+        log.warning("could not load %s version %d (try %d): %s; %s; still serving %s", self.model_name, version,
+                    attempts, exc, retry, sorted(self.served) or "nothing")
+        self._states[version] = _ModelVersionStatus.END
 
     def resolve_label(self, label: str) -> int | None:
         """The version a label names, or None when the config defines no such label."""
@@ -223,8 +275,8 @@ def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> pred
         outputs = loaded.signatures[name](**inputs)
     except tf.errors.OpError as exc:
         raise _Abort(_STATUS_BY_NUMBER.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from None
-    except UnicodeDecodeError as exc:  # TF could not decode an op's error message that quotes the bad input
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the model rejected the input: {exc}") from None
+    except UnicodeDecodeError as exc:  # TF could not decode the op's error, which quotes the unparsable bytes
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable_op_error(exc)) from None
     except (TypeError, ValueError) as exc:  # shapes or dtypes the signature's input spec rejects
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     response = predict_pb2.PredictResponse()
@@ -234,6 +286,16 @@ def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> pred
     for alias in request.output_filter or outputs:
         response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
     return response
+
+
+def _undecodable_op_error(exc: UnicodeDecodeError) -> str:
+    """The op's error message with its non-UTF-8 bytes escaped: ParseExample's reads as TF Serving's
+    ``Could not parse example input, value: '...'``."""
+    parse_error = "Could not parse example input"
+    message = exc.object.decode("utf-8", "backslashreplace") if isinstance(exc.object, bytes) else str(exc)
+    message = message.split("\n\t [[")[0]  # drop TF's graph node annotation
+    start = message.find(parse_error)
+    return message[start:] if start >= 0 else f"{parse_error}: {message}"
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -302,11 +364,12 @@ class ModelServer:
 
     def __init__(self, model_base_path: str | Path | None, model_name: str, *, model_config_file: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 1.0, max_workers: int = 8,
-                 max_message_bytes: int = 64 << 20) -> None:
+                 max_message_bytes: int = 64 << 20, max_load_retries: int = 5, load_retry_interval_s: float = 5.0) -> None:
         if (model_base_path is None) == (model_config_file is None):
             raise InputError("give the server either a model base path or a model config file, not both or neither")
-        self.versions = (ModelVersions.from_config_file(model_config_file, model_name) if model_config_file
-                         else ModelVersions(model_name, Path(model_base_path)))
+        retries = {"max_load_retries": max_load_retries, "load_retry_interval_s": load_retry_interval_s}
+        self.versions = (ModelVersions.from_config_file(model_config_file, model_name, **retries) if model_config_file
+                         else ModelVersions(model_name, Path(model_base_path), **retries))
         self.poll_interval_s = poll_interval_s
         self._address = f"{host}:{port}"
         self._stopping = threading.Event()
