@@ -3,11 +3,15 @@
 It speaks the plain TF Serving API (``tensorflow_serving.apis``), so it works the same
 against the real ``tensorflow/serving`` server and against ``serving_client.server``.
 One channel per client, shared by all threads; every call has a deadline; UNAVAILABLE
-and DEADLINE_EXCEEDED are retried with capped exponential backoff and full jitter.
+and DEADLINE_EXCEEDED are retried with capped exponential backoff and full jitter. The
+optional fallback stands in for an outage only: a request over the message size limit
+and a TLS handshake that fails (an untrusted certificate, TLS against plaintext) are the
+caller's mistake or misconfiguration, so they raise at once whatever their status code.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,24 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 SERVING_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                           grpc.StatusCode.RESOURCE_EXHAUSTED})
 _Response = TypeVar("_Response")
+# Markers in a gRPC status's details of failures that no retry or fallback can fix.
+_HANDSHAKE_FAILED = ("handshake failed", "certificate_verify_failed", "ssl_error")
+_MESSAGE_TOO_LARGE = "larger than max"
+
+
+def is_outage(code: grpc.StatusCode, details: str) -> bool:
+    """False for a failed TLS handshake and an oversized message, which carry outage codes
+    (UNAVAILABLE, RESOURCE_EXHAUSTED) but are misconfiguration or a caller's mistake."""
+    text = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and any(marker in text for marker in _HANDSHAKE_FAILED):
+        return False
+    return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and _MESSAGE_TOO_LARGE in text)
+
+
+def _check_timeout(timeout_s: float) -> float:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive, finite number of seconds, got {timeout_s!r}")
+    return float(timeout_s)
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,7 @@ class PredictionClient:
             raise ValueError(f"pin version {version} or version label {version_label!r}, not both")
         self.version = version
         self.version_label = version_label
-        self.timeout_s = timeout_s
+        self.timeout_s = _check_timeout(timeout_s)
         self.retry = retry
         self.fallback = fallback
         self.metadata = tuple(metadata)
@@ -151,7 +173,7 @@ class PredictionClient:
         try:
             response = self._call("Predict", self._prediction.Predict, request, timeout_s)
         except ServingError as exc:
-            if self.fallback is None or exc.code not in self.fallback.codes:
+            if self.fallback is None or exc.code not in self.fallback.codes or not is_outage(exc.code, exc.details):
                 raise
             log.warning("serving is down, using fallback scores: %s", exc)
             n = len(examples)
@@ -189,13 +211,13 @@ class PredictionClient:
 
     def _call(self, method: str, stub_method: Callable[..., _Response], request: Any,
               timeout_s: float | None) -> _Response:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
+        timeout = self.timeout_s if timeout_s is None else _check_timeout(timeout_s)
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
                 return stub_method(request, timeout=timeout, metadata=self.metadata)
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
-                if code not in RETRYABLE or attempt == self.retry.max_attempts:
+                if code not in RETRYABLE or not is_outage(code, details) or attempt == self.retry.max_attempts:
                     raise ServingError(method, self.target, code, details, attempt) from exc
                 log.debug("%s attempt %d failed with %s, retrying", method, attempt, code.name)
                 time.sleep(self.retry.backoff_s(attempt))

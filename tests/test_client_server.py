@@ -1,6 +1,8 @@
 """Client and local server over real gRPC on loopback, with OS-chosen ports."""
 from __future__ import annotations
 
+import datetime
+import shutil
 import socket
 import threading
 import time
@@ -13,6 +15,10 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -21,7 +27,7 @@ from pipelines.cli import main
 from serving_client.client import OUTPUTS, Fallback, PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.packing import ExamplePacker
-from serving_client.server import ModelServer
+from serving_client.server import ModelServer, servable_versions
 from stub_models import save_stub_model
 
 CONFIG = load_config("simulator")
@@ -95,7 +101,8 @@ def request_with(examples_tensor: tf.Tensor, input_name: str = "examples", model
      "input size does not match signature"),
     (request_with(tf.constant([1.0, 2.0])), grpc.StatusCode.INVALID_ARGUMENT, "to be string but DT_FLOAT is provided"),
     (request_with(tf.constant([b"not a tf.Example"])), grpc.StatusCode.INVALID_ARGUMENT, "Could not parse example"),
-    (request_with(tf.constant([b"\xff\xfe"])), grpc.StatusCode.INVALID_ARGUMENT, "rejected the input"),
+    (request_with(tf.constant([b"\xff\xfe"])), grpc.StatusCode.INVALID_ARGUMENT,
+     "Could not parse example input, value: '\\xff\\xfe'"),
     (request_with(tf.constant([[b"x"]])), grpc.StatusCode.INVALID_ARGUMENT, ""),
     (request_with(tf.constant([b""]), model="other"), grpc.StatusCode.NOT_FOUND,
      "Servable not found for request: Latest(other)"),
@@ -292,3 +299,112 @@ def test_esmm_predict_errors_name_the_candidate_and_field(server: ModelServer, t
     assert main(["predict", "--target", f"127.0.0.1:{unused_port()}", "--timeout", "0.5", "--fallback",
                  "--candidates", str(tmp_path / "ok.jsonl")]) == 0
     assert "fallback scores 0.0" in capsys.readouterr().out
+
+
+def wait_until(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_version_that_failed_to_load_is_retried(tmp_path: Path) -> None:
+    model_dir = tmp_path / "esmm"
+    model_dir.mkdir()
+    save_stub_model(CONFIG, model_dir, 1)
+    (tmp_path / "elsewhere").mkdir()
+    complete = save_stub_model(CONFIG, tmp_path / "elsewhere", 2)
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.05, load_retry_interval_s=0.2) as server:
+        # A copy that is not atomic: saved_model.pb lands first, truncated, and the rest later.
+        (model_dir / "2").mkdir()
+        (model_dir / "2" / "saved_model.pb").write_bytes((complete / "saved_model.pb").read_bytes()[:100])
+        assert wait_until(lambda: 2 in server.versions._failed)
+        assert server.versions.current.version == 1
+        shutil.copytree(complete, model_dir / "2", dirs_exist_ok=True)
+        assert wait_until(lambda: server.versions.current.version == 2, seconds=30)
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=5.0) as client:
+            assert client.predict(examples(2)).model_version == 2
+
+
+def test_a_version_that_keeps_failing_is_given_up_after_the_retries(tmp_path: Path) -> None:
+    model_dir = tmp_path / "esmm"
+    model_dir.mkdir()
+    save_stub_model(CONFIG, model_dir, 1)
+    (model_dir / "2").mkdir()
+    (model_dir / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.02, max_load_retries=2, load_retry_interval_s=0.05) as server:
+        assert wait_until(lambda: server.versions._failed.get(2) is not None and server.versions._failed[2].attempts == 3)
+        time.sleep(0.3)
+        assert server.versions._failed[2].attempts == 3  # 1 try + 2 retries, then no more
+        assert wait_until(lambda: server.versions.current is not None and server.versions.current.version == 1)
+
+
+def test_directories_with_non_ascii_digit_names_are_ignored(tmp_path: Path) -> None:
+    model_dir = tmp_path / "esmm"
+    model_dir.mkdir()
+    save_stub_model(CONFIG, model_dir, 1)
+    for name in ("²", "٣"):  # str.isdigit() is True for both, int() fails on the first
+        (model_dir / name).mkdir()
+        (model_dir / name / "saved_model.pb").write_bytes(b"")
+    assert servable_versions(model_dir) == [1]
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.05) as server:
+        save_stub_model(CONFIG, model_dir, 3)
+        assert wait_until(lambda: server.versions.current.version == 3)
+
+
+def self_signed_certificate() -> tuple[bytes, bytes]:
+    """A throwaway key and certificate for localhost (PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_an_untrusted_tls_certificate_raises_instead_of_falling_back() -> None:
+    key, cert = self_signed_certificate()
+    _, other = self_signed_certificate()
+    service = FakePredictionService([])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(key, cert)]))
+    server.start()
+    try:
+        with PredictionClient(f"localhost:{port}", "esmm", timeout_s=2.0, retry=FAST_RETRY, fallback=Fallback(),
+                              credentials=grpc.ssl_channel_credentials(other)) as untrusting:
+            with pytest.raises(ServingError) as caught:
+                untrusting.predict([b""])
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.attempts == 1  # not retried
+        assert "CERTIFICATE_VERIFY_FAILED" in caught.value.details
+        with PredictionClient(f"localhost:{port}", "esmm", timeout_s=2.0, fallback=Fallback(),
+                              credentials=grpc.ssl_channel_credentials(cert)) as trusting:
+            assert not trusting.predict([b""]).fallback
+    finally:
+        server.stop(0).wait()
+
+
+def test_an_oversized_request_raises_but_an_overloaded_server_falls_back() -> None:
+    too_big = [b"x" * 1000] * 2_000  # ~2 MB
+    with fake_server(FakePredictionService([grpc.StatusCode.RESOURCE_EXHAUSTED])) as target:
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(), max_message_bytes=1 << 20) as client:
+            with pytest.raises(ServingError, match="RESOURCE_EXHAUSTED: CLIENT: Sent message larger than max"):
+                client.predict(too_big)
+            assert client.predict([b""]).fallback  # the server's own RESOURCE_EXHAUSTED: an overload
+    with fake_server(FakePredictionService([])) as target:  # the server's default limit is 4 MiB
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback()) as client:
+            with pytest.raises(ServingError, match="Received message larger than max"):
+                client.predict(too_big * 3)
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan"), float("inf")])
+def test_a_timeout_must_be_positive_and_finite(timeout_s: float) -> None:
+    with pytest.raises(ValueError, match="timeout_s must be a positive, finite number of seconds"):
+        PredictionClient("127.0.0.1:1", "esmm", timeout_s=timeout_s)
+    with PredictionClient("127.0.0.1:1", "esmm") as client:
+        with pytest.raises(ValueError, match="timeout_s must be a positive"):
+            client.predict([b""], timeout_s=timeout_s)
