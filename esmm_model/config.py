@@ -298,13 +298,39 @@ def load_config(ref: str | os.PathLike) -> Config:
     ref = os.fspath(ref)
     text = read_config_text(ref)
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {ref!r} is not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{ref}: {exc}") from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{ref}: {exc}") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """Plain data from YAML text; a key repeated within one mapping is a ConfigError naming its path
+    (plain YAML loading keeps the last value silently)."""
+    _reject_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return yaml.safe_load(text)
+
+
+def _reject_duplicate_keys(node: Optional[yaml.Node], where: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node.start_mark.line
+            path = _join(where, str(key))
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{path}: duplicate key on line {line} (first on line {first_line[key]}); "
+                                  f"keep one of them")
+            first_line[key] = line
+            _reject_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, f"{where}[{i}]")
 
 
 def config_from_dict(data: Any) -> Config:

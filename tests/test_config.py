@@ -126,3 +126,31 @@ def test_load_names_the_file(tmp_path):
     bad.write_text(yaml.safe_dump(mutate(lambda d: d["features"][0].update(kind="x"))))
     with pytest.raises(ConfigError, match=r"bad.yaml: features\[0\].kind"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: a\nname: b\nfeatures: []\n", "name: duplicate key on line 2 (first on line 1)"),
+    ("name: a\ntraining:\n  epochs: 4\n  batch_size: 64\n  epochs: 1\nfeatures: []\n",
+     "training.epochs: duplicate key on line 5 (first on line 3)"),
+    ("name: a\nfeatures:\n  - {name: u, kind: id, side: user, preprocessing: {hash_buckets: 3}, kind: dense}\n",
+     "features[0].kind: duplicate key on line 3 (first on line 3)"),
+])
+def test_duplicate_keys_are_rejected_with_their_path(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {message}; keep one of them"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("max_rejected_fraction", 1.5, "input.max_rejected_fraction: must lie between 0 and 1, got 1.5"),
+    ("max_rejected_fraction", -0.1, "input.max_rejected_fraction: must lie between 0 and 1, got -0.1"),
+    ("max_line_bytes", 0, "input.max_line_bytes: must be positive, got 0"),
+])
+def test_input_limits_are_validated(key, value, message):
+    data = base()
+    data["input"] = {key: value}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(data)
+    assert config_from_dict(base()).input.max_rejected_fraction == 0.01
