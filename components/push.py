@@ -12,7 +12,8 @@ Atomicity. The model is copied into a sibling named ``.tmp-<version>-<uuid>``, w
 Serving skips because the name is not an integer, and only the finished copy is renamed to
 ``<version>``. On local disks and mounted volumes (POSIX rename) a version appears whole or
 not at all: a crash before the rename leaves a stray temporary directory and the previous
-version serving. Object stores (``gs://``, ``s3://``) have no rename; gfile would copy object
+version serving; the next push deletes a temporary directory once no file in it has changed
+for ``STALE_TMP_AGE_S`` (a live concurrent push keeps writing into its own). Object stores (``gs://``, ``s3://``) have no rename; gfile would copy object
 by object in any order. There the finished copy is promoted by server-side copies with
 ``saved_model.pb`` last, then deleted. What remains guaranteed: nothing is uploaded under the
 version name, and a version holds ``saved_model.pb`` only once all its other files are in
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -41,6 +43,8 @@ TMP_PREFIX = ".tmp-"
 # Filesystems whose directory rename is atomic; every other scheme is treated as an object store.
 _ATOMIC_RENAME_SCHEMES = frozenset({"", "file", "hdfs"})
 _VERSION = re.compile(r"[0-9]+")
+# A temporary directory with no file written for this long belongs to a push that died.
+STALE_TMP_AGE_S = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,14 @@ class PushResult:
     version: Optional[int] = None
     path: Optional[str] = None
     removed_versions: tuple[int, ...] = ()
+    removed_temporaries: tuple[str, ...] = ()
 
     def describe(self) -> str:
         lines = [f"pushed version {self.version} to {self.path}" if self.pushed else "not pushed", f"  {self.reason}"]
         if self.removed_versions:
             lines.append(f"  removed old versions {', '.join(map(str, self.removed_versions))}")
+        if self.removed_temporaries:
+            lines.append(f"  removed the temporary directories of failed pushes: {', '.join(self.removed_temporaries)}")
         return "\n".join(lines)
 
 
@@ -94,6 +101,7 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
                                  f"changed since ({now}); validate the model again")
 
     model_base = os.path.join(serving_base, model_name)
+    stale = remove_stale_temporaries(model_base)
     version = max(pushed_versions(serving_base, model_name), default=0) + 1
     final = os.path.join(model_base, str(version))
     tmp = os.path.join(model_base, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
@@ -109,7 +117,8 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
         _remove_if_present(tmp)
         raise
     removed = _keep_latest(serving_base, model_name, keep_versions)
-    return PushResult(True, f"the model is {blessing.status}", version=version, path=final, removed_versions=removed)
+    return PushResult(True, f"the model is {blessing.status}", version=version, path=final, removed_versions=removed,
+                      removed_temporaries=stale)
 
 
 def pushed_versions(serving_base: str, model_name: str) -> list[int]:
@@ -134,6 +143,34 @@ def latest_pushed(serving_base: str, model_name: str) -> Optional[PushedModel]:
             metrics = read_json(metrics_path, "metrics") if tf.io.gfile.exists(metrics_path) else None
             return PushedModel(version, path, metrics)
     return None
+
+
+def remove_stale_temporaries(model_base: str, max_age_s: float = STALE_TMP_AGE_S) -> tuple[str, ...]:
+    """Deletes the ``.tmp-*`` directories of pushes that died (nothing in them written for
+    ``max_age_s``); returns their names. A live push's directory is younger, and stays."""
+    if not tf.io.gfile.isdir(model_base):
+        return ()
+    removed = []
+    now = time.time()
+    for entry in sorted(tf.io.gfile.listdir(model_base)):
+        name = entry.rstrip("/")
+        path = os.path.join(model_base, name)
+        if name.startswith(TMP_PREFIX) and now - _last_write_s(path) > max_age_s:
+            _remove_if_present(path)
+            removed.append(name)
+    return tuple(removed)
+
+
+def _last_write_s(path: str) -> float:
+    """The newest modification time (seconds) of ``path`` and everything under it that has one."""
+    times = []
+    for dirpath, _, filenames in tf.io.gfile.walk(path):
+        for name in [None, *filenames]:
+            try:
+                times.append(tf.io.gfile.stat(dirpath if name is None else os.path.join(dirpath, name)).mtime_nsec / 1e9)
+            except tf.errors.OpError:  # object stores have no directory entries to stat
+                continue
+    return max(times, default=0.0)
 
 
 def _copy_tree(src: str, dst: str) -> None:

@@ -1,7 +1,8 @@
 """The `esmm` command line: one subcommand per pipeline step, plus the demo.
 
 Each subcommand parses flags, loads the config, and calls the step's plain function.
-A user mistake (EsmmError) prints one line and exits 2; no traceback.
+A user mistake (EsmmError) prints one line and exits 2; no traceback. `esmm push` exits
+NOT_PUSHED (3) when it validated the model but did not push it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from esmm_model.errors import EsmmError
 
+NOT_PUSHED = 3
 DEFAULT_CONFIG = "simulator"
 
 
@@ -85,7 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"exported {result.export_dir} after {result.step} steps; final eval: {result.metrics['final']}")
 
 
-def _cmd_push(args: argparse.Namespace) -> None:
+def _cmd_push(args: argparse.Namespace) -> int:
     from components.blessing import read_json
     from components.push import validate_and_push
     from esmm_model.config import load_config
@@ -97,6 +99,7 @@ def _cmd_push(args: argparse.Namespace) -> None:
     blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path, warmup)
     print(blessing.describe())
     print(result.describe())
+    return 0 if result.pushed else NOT_PUSHED
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -268,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (checkpoints/, tensorboard/, metrics.json, model/<version>/); rerun to resume")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically if blessed")
+    p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically "
+                                    f"if blessed (exit {NOT_PUSHED} when not pushed)")
     _add_config(p)
     p.add_argument("--model-dir", required=True, help="the SavedModel export directory (holds saved_model.pb)")
     p.add_argument("--metrics", required=True, help="the evaluator's metrics JSON for this model")
@@ -367,14 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines drown the progress
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except EsmmError as exc:
         print(f"esmm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"esmm {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,22 @@ def test_temporary_left_by_a_killed_push_is_invisible_to_versions(model_dir, ser
     assert leftover.is_dir()  # it may belong to a live pusher, so it is not deleted
 
 
+def test_the_next_push_removes_temporaries_of_dead_pushes_only(model_dir, serving_base):
+    push_once(model_dir, serving_base, 0.60)
+    model_base = Path(serving_base, "esmm")
+    dead, live = model_base / ".tmp-2-deadbeef", model_base / ".tmp-2-cafecafe"
+    for tmp in (dead, live):
+        (tmp / "variables").mkdir(parents=True)
+        (tmp / "variables" / "variables.data-00000-of-00001").write_bytes(b"half")
+    old = time.time() - push_module.STALE_TMP_AGE_S - 60
+    for path in (dead / "variables" / "variables.data-00000-of-00001", dead / "variables", dead):
+        os.utime(path, (old, old))
+    result = push_once(model_dir, serving_base, 0.61)
+    assert result.version == 2 and result.removed_temporaries == (".tmp-2-deadbeef",)
+    assert not dead.exists() and live.is_dir()
+    assert "removed the temporary directories of failed pushes: .tmp-2-deadbeef" in result.describe()
+
+
 def test_object_store_promotion_copies_saved_model_pb_last(model_dir, serving_base, monkeypatch):
     monkeypatch.setattr(push_module, "_has_atomic_rename", lambda path: False)
     real_copy, into_version = tf.io.gfile.copy, []
@@ -178,7 +196,7 @@ def test_cli_push_blesses_writes_the_artifact_and_pushes(model_dir, serving_base
     assert main([*args, "--metrics", str(good)]) == 0
     assert read_blessing(str(tmp_path / "blessing.json")).blessed
     assert latest_pushed(serving_base, "esmm").metrics["ctcvr"]["all"]["auc"] == 0.66
-    assert main([*args, "--metrics", str(bad), "--blessing-out", str(tmp_path / "b2.json")]) == 0
+    assert main([*args, "--metrics", str(bad), "--blessing-out", str(tmp_path / "b2.json")]) == 3  # not pushed
     assert "not pushed\n  the model is NOT_BLESSED: ctr/all/auc = 0.5000 is below min 0.5500" in capsys.readouterr().out
     assert not read_blessing(str(tmp_path / "b2.json")).blessed
     assert pushed_versions(serving_base, "esmm") == [1]
