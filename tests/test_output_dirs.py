@@ -11,7 +11,7 @@ from components.transform import transform
 from esmm_model.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = load_config(ROOT / "configs" / "simulator.yaml")
+CONFIG = load_config("simulator")
 
 
 @pytest.fixture
