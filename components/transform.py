@@ -1,6 +1,6 @@
 """Transform step: tf.Transform on Beam, analyzing the train split and transforming both.
 
-Output layout under ``out_dir``:
+Output layout under ``out_dir``, which must be missing or empty (``components.output_dir``):
 - ``transform_graph/``: the ``TFTransformOutput`` directory (``transform_fn/``,
   ``transformed_metadata/``, and the raw ``metadata/`` that
   ``TFTransformOutput.raw_feature_spec()`` reads);
