@@ -13,7 +13,7 @@ COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(SERVING_TF_VERSION)
 
 PEER_VENV := .peer-venv
 
-.PHONY: demo test test-fast bench clean image serving-compat peer-venv
+.PHONY: demo test test-fast bench clean image serving-compat serving-ops peer-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ $(COMPAT_STAMP):
 serving-compat: $(STAMP) $(COMPAT_STAMP)
 	rm -rf .serving_compat
 	$(BIN)/python scripts/serving_compat.py --work .serving_compat --serving-python $(COMPAT_VENV)/bin/python
+
+# Lists the op types TensorFlow $(SERVING_TF_VERSION) registers; tests/test_train.py checks every export against it.
+serving-ops: $(COMPAT_STAMP)
+	$(COMPAT_VENV)/bin/python scripts/serving_compat.py --write-ops tests/fixtures/serving_ops/tensorflow-$(SERVING_TF_VERSION).txt
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py

@@ -12,6 +12,9 @@ ops an older server lacks ("Op type not registered"). ``make serving-compat`` ru
    examples and compares the scores.
 
 It exits non-zero with one line naming the problem. Check mode imports TensorFlow alone.
+``--write-ops FILE`` (run with the serving TensorFlow, ``make serving-ops``) writes the op types
+that TensorFlow registers: ``tests/test_train.py`` checks every export against that list, a
+fast stand-in for this check that runs in ``make test``.
 """
 from __future__ import annotations
 
@@ -27,20 +30,39 @@ EXAMPLES_FILE = "examples.tfrecord"
 EXPECTED_FILE = "expected.json"
 
 
+def ops_used(export_dir: str) -> set[str]:
+    """Every op type in a SavedModel's graph and function library (calls to its own functions left out)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as handle:
+        saved_model = saved_model_pb2.SavedModel.FromString(handle.read())
+    used: set[str] = set()
+    for meta_graph in saved_model.meta_graphs:
+        graph = meta_graph.graph_def
+        used |= {node.op for node in graph.node}
+        used |= {node.op for function in graph.library.function for node in function.node_def}
+        used -= {function.signature.name for function in graph.library.function}
+    return used
+
+
+def registered_ops() -> list[str]:
+    """Every op type this TensorFlow registers: what "Op type not registered" is checked against."""
+    from tensorflow.core.framework import op_def_pb2
+    from tensorflow.python.client import _pywrap_tf_session
+    from tensorflow.python.util import compat
+
+    buffer = _pywrap_tf_session.TF_GetAllOpList()
+    ops = op_def_pb2.OpList.FromString(compat.as_bytes(_pywrap_tf_session.TF_GetBuffer(buffer)))
+    return sorted(op.name for op in ops.op)
+
+
 def check(export_dir: str, work: str) -> str:
     """Runs under the serving TensorFlow: unregistered ops, load, serving_default, same scores."""
     import numpy as np
     import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
 
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as handle:
-        saved_model = saved_model_pb2.SavedModel.FromString(handle.read())
-    graph = saved_model.meta_graphs[0].graph_def
-    used = {node.op for node in graph.node}
-    used |= {node.op for function in graph.library.function for node in function.node_def}
-    used -= {function.signature.name for function in graph.library.function}  # calls to the library's own functions
-    missing = sorted(op for op in used if op_def_registry.get(op) is None)
+    used = ops_used(export_dir)
+    missing = sorted(used - set(registered_ops()))
     if missing:
         raise SystemExit(f"serving-compat: TensorFlow {tf.__version__} has no op {', '.join(missing)} "
                          f"used by {export_dir}: pin a newer tensorflow/serving or export without them")
@@ -99,11 +121,21 @@ def write_reference(export_dir: str, work: str, limit: int = 256) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", required=True, help="working directory (the tiny run, examples, expected scores)")
+    parser.add_argument("--work", help="working directory (the tiny run, examples, expected scores)")
     parser.add_argument("--serving-python", help="python of a venv with tensorflow-cpu at the serving image's version")
     parser.add_argument("--export", help="check this export instead of training one (its eval examples: --work/ingest)")
     parser.add_argument("--check", help=argparse.SUPPRESS)  # check mode: the export to load under this interpreter
+    parser.add_argument("--write-ops", metavar="FILE", help="write the op types this TensorFlow registers, and stop")
     args = parser.parse_args()
+    if args.write_ops:
+        import tensorflow as tf
+
+        with open(args.write_ops, "w") as handle:
+            handle.write(f"# op types registered by TensorFlow {tf.__version__} (make serving-ops)\n")
+            handle.write("\n".join(registered_ops()) + "\n")
+        return
+    if not args.work:
+        parser.error("--work is required")
     if args.check:
         print(check(args.check, args.work))
         return

@@ -1,7 +1,9 @@
 """The trainer end to end on tiny transformed data: every variant, export, resume, NaN stop."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import feature_spec
 from raw_examples import make_example, random_rows, write_ingest_dir
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_ROWS, BATCH = 160, 32
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH
 VARIANTS = ("esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias")
@@ -128,3 +131,17 @@ def test_an_empty_split_is_named_not_a_stop_iteration(tmp_path):
     outputs = transform(config, ingest, tmp_path / "transform", ["--runner=DirectRunner"])
     with pytest.raises(InputError, match=r"no examples in '.*/eval/\*\.tfrecord\.gz': the split is empty"):
         train(config, outputs.transform_dir, outputs.transformed_dir, tmp_path / "train", version=1)
+
+
+@pytest.mark.slow
+def test_the_export_uses_only_ops_the_pinned_tf_serving_registers(esmm_run):
+    """A fast stand-in for `make serving-compat`: TF Serving would refuse an op its TensorFlow lacks."""
+    spec = importlib.util.spec_from_file_location("serving_compat", REPO / "scripts" / "serving_compat.py")
+    serving_compat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving_compat)
+    serving_tf = re.search(r"^SERVING_TF_VERSION \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    listing = (REPO / "tests" / "fixtures" / "serving_ops" / f"tensorflow-{serving_tf}.txt").read_text()
+    registered = {line for line in listing.splitlines() if line and not line.startswith("#")}
+    used = serving_compat.ops_used(esmm_run[1].export_dir)
+    assert {"ParseExampleV2", "ResourceGather"} <= used  # the serving signature parses and looks up embeddings
+    assert not used - registered, f"TensorFlow {serving_tf} lacks {sorted(used - registered)}; see make serving-compat"
