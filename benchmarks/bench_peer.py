@@ -40,7 +40,8 @@ from components.evaluate import load_ground_truth, predict_split  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
 from components.train import train  # noqa: E402
-from components.transform import TRANSFORM_GRAPH, TRANSFORMED, transform  # noqa: E402
+from components import layout  # noqa: E402
+from components.transform import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
 from esmm_model.metrics import exact_auc  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
@@ -55,16 +56,18 @@ COLUMNS = (("ctr_auc", "CTR"), ("ctcvr_auc", "CTCVR"), ("cvr_auc_clicked", "CVR 
 
 def prepare(config: Config, rows: int, work_dir: Path) -> None:
     """Simulate, ingest and transform once into work_dir; later runs reuse them."""
-    if not (work_dir / "ingest" / "counts.json").is_file():
+    ingested = layout.IngestLayout(str(work_dir / "ingest"))
+    transformed = layout.TransformLayout(str(work_dir / "transform"))
+    if not tf.io.gfile.exists(ingested.counts):
         simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
-        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
-    if not (work_dir / "transform" / TRANSFORM_GRAPH / "transform_fn").is_dir():
-        transform(config, work_dir / "ingest", work_dir / "transform", BEAM)
+        ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
+    if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
+        transform(config, ingested.root, transformed.root, BEAM)
 
 
 def raw_split(config: Config, ingest_dir: Path, split: str) -> dict[str, np.ndarray | tuple]:
     """The ingested split as columns: single values as arrays, weighted lists as (row lengths, ids, weights)."""
-    files = sorted(tf.io.gfile.glob(str(ingest_dir / split / "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(layout.IngestLayout(str(ingest_dir)).split_pattern(split)))
     spec = feature_spec(config)
     parts: dict[str, list] = {}
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(16384):
@@ -142,8 +145,8 @@ def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarr
 
 
 def run_ours(config: Config, work_dir: Path, truth: dict, out: Path) -> dict[str, float]:
-    result = train(config, work_dir / "transform" / TRANSFORM_GRAPH, work_dir / "transform" / TRANSFORMED, out, version=1)
-    pred = predict_split(config, result.export_dir, str(work_dir / "ingest" / "eval" / "*.tfrecord.gz"))
+    result = train(config, str(work_dir / "transform"), str(out), version=1)
+    pred = predict_split(config, result.export_dir, layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
     would_convert = np.array([truth[sid][2] for sid in pred.sample_id])
     rates = [h["examples_per_second"] for h in result.metrics["history"][1:]] or [result.metrics["history"][0]["examples_per_second"]]
     return {**four_aucs(pred.click, pred.conversion, would_convert, pred.ctr, pred.cvr, pred.ctcvr),

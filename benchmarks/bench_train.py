@@ -35,6 +35,7 @@ import tf_keras as keras
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
+from components import layout  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import SimulationSpec, simulate  # noqa: E402
 from components.train import make_dataset, train  # noqa: E402
@@ -66,16 +67,16 @@ def aliccp_sized(config: Config, aliccp: Config) -> Config:
     return config_from_dict(data)
 
 
-def prepare(config: Config, rows: int, work_dir: Path, name: str) -> tuple[str, str]:
+def prepare(config: Config, rows: int, work_dir: Path, name: str) -> layout.TransformLayout:
     """Simulate and ingest once, transform once per table layout; later runs reuse the data."""
-    out = work_dir / ("transform" if name == "small" else f"transform_{name}")
-    transform_dir, transformed_dir = out / "transform_graph", out / "transformed"
-    if not (work_dir / "ingest" / "counts.json").is_file():
+    ingested = layout.IngestLayout(str(work_dir / "ingest"))
+    transformed = layout.TransformLayout(str(work_dir / ("transform" if name == "small" else f"transform_{name}")))
+    if not tf.io.gfile.exists(ingested.counts):
         simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
-        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
-    if not (transform_dir / "transform_fn").is_dir():
-        transform(config, work_dir / "ingest", out, BEAM)
-    return str(transform_dir), str(transformed_dir)
+        ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
+    if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
+        transform(config, ingested.root, transformed.root, BEAM)
+    return transformed
 
 
 def with_training(config: Config, **training) -> Config:
@@ -84,11 +85,11 @@ def with_training(config: Config, **training) -> Config:
     return config_from_dict(data)
 
 
-def ceiling(config: Config, transform_dir: str, transformed_dir: str, steps: int = 30) -> float:
+def ceiling(config: Config, transformed: layout.TransformLayout, steps: int = 30) -> float:
     """Examples/s of the bare train step on parsed batches held in memory."""
     keras.utils.set_random_seed(config.training.seed)
-    tft_output = tft.TFTransformOutput(transform_dir)
-    data = make_dataset(config, tft_output, f"{transformed_dir}/train/*.tfrecord.gz",
+    tft_output = tft.TFTransformOutput(transformed.graph)
+    data = make_dataset(config, tft_output, transformed.split_pattern(layout.TRAIN),
                         batch_size=config.training.batch_size)
     batches = [b for b in data.take(8) if int(tf.shape(b[1]["click"])[0]) == config.training.batch_size]
     model = EsmmModel(config, table_sizes(config, tft_output))
@@ -104,10 +105,10 @@ def ceiling(config: Config, transform_dir: str, transformed_dir: str, steps: int
     return steps * config.training.batch_size / (time.perf_counter() - started)
 
 
-def trainer(config: Config, transform_dir: str, transformed_dir: str) -> dict:
+def trainer(config: Config, transformed: layout.TransformLayout) -> dict:
     """The trainer's second epoch (the first one traces and compiles): examples/s and eval metrics."""
     with tempfile.TemporaryDirectory() as out:
-        result = train(with_training(config, epochs=2), transform_dir, transformed_dir, out, version=1)
+        result = train(with_training(config, epochs=2), transformed.root, out, version=1)
     return result.metrics["history"][1]
 
 
@@ -132,13 +133,13 @@ def main() -> None:
     rows = []
     for tables in (("small", "aliccp") if args.tables == "both" else (args.tables,)):
         config = configs[tables]
-        transform_dir, transformed_dir = prepare(config, args.rows, work_dir, tables)
-        table_rows = sum(table_sizes(config, tft.TFTransformOutput(transform_dir)).values())
+        transformed = prepare(config, args.rows, work_dir, tables)
+        table_rows = sum(table_sizes(config, tft.TFTransformOutput(transformed.graph)).values())
         for batch, jit, embedding_optimizer, embedding_rate in SETTINGS[tables]:
             setting = with_training(config, batch_size=batch, jit_compile=jit, embedding_optimizer=embedding_optimizer,
                                     embedding_learning_rate=embedding_rate)
-            bare = ceiling(setting, transform_dir, transformed_dir)
-            full = trainer(setting, transform_dir, transformed_dir)
+            bare = ceiling(setting, transformed)
+            full = trainer(setting, transformed)
             label = embedding_optimizer + (f" {embedding_rate:g}" if embedding_rate else "")
             load = "/".join(f"{x:.1f}" for x in os.getloadavg())
             rows.append(f"{tables:>7} {table_rows:>10,} {batch:>6} {label:>14} {full['examples_per_second']:>13,.0f} "

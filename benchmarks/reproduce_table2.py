@@ -17,12 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import tensorflow as tf
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.transform import TRANSFORM_GRAPH, transform  # noqa: E402
+from components import layout  # noqa: E402
+from components.transform import transform  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
 from pipelines.cli import main as esmm  # noqa: E402
 
@@ -41,13 +44,15 @@ def main() -> None:
     work_dir = Path(args.work_dir)
     config = load_config(CONFIG)
     started = time.perf_counter()
-    if not (work_dir / "ingest" / "counts.json").is_file():
+    ingested = layout.IngestLayout(str(work_dir / "ingest"))
+    transformed = layout.TransformLayout(str(work_dir / "transform"))
+    if not tf.io.gfile.exists(ingested.counts):
         simulate(SimulationSpec.preset("default", rows=args.rows), config, work_dir / "raw")
-        ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
-    if not (work_dir / "transform" / TRANSFORM_GRAPH / "transform_fn").is_dir():
-        transform(config, work_dir / "ingest", work_dir / "transform", BEAM)
-    code = esmm(["experiment", "--config", CONFIG, "--transform-dir", str(work_dir / "transform"),
-                 "--ingest-dir", str(work_dir / "ingest"), "--ground-truth", str(work_dir / "raw" / GROUND_TRUTH_FILE),
+        ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
+    if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
+        transform(config, ingested.root, transformed.root, BEAM)
+    code = esmm(["experiment", "--config", CONFIG, "--transform-dir", transformed.root,
+                 "--ingest-dir", ingested.root, "--ground-truth", str(work_dir / "raw" / GROUND_TRUTH_FILE),
                  "--out", args.out, "--repeats", str(args.repeats), "--fractions", args.fractions])
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{time.perf_counter() - started:.0f} s wall clock, load average {load}")

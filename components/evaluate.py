@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from components import layout
 from components.beam_runner import make_pipeline
 from components.output_dir import require_empty
 from components.evaluation_report import LABEL_OF, OUTPUTS, markdown_tables, write_report
@@ -40,7 +39,6 @@ TFMA_METRICS = {"bce": ("BinaryCrossentropy", "binary_crossentropy"),
                 "mean_prediction": ("MeanPrediction", "mean_prediction"),
                 "mean_label": ("MeanLabel", "mean_label"),
                 "example_count": ("ExampleCount", "example_count")}
-PATTERN = "*.tfrecord.gz"
 _LOG = logging.getLogger(__name__)
 
 
@@ -205,15 +203,15 @@ def entire_space_metrics(pred: Predictions, truth: dict[bytes, tuple[float, floa
 def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam_args: list[str], *,
              ground_truth: Optional[str] = None) -> EvaluationResult:
     """Evaluates ``model_dir`` on ``<ingest_dir>/eval`` and writes metrics, report and plots."""
-    if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+    if not tf.io.gfile.exists(layout.join(model_dir, layout.SAVED_MODEL_PB)):
         raise InputError(f"{model_dir!r} is not a SavedModel directory (no saved_model.pb)")
-    pattern = os.path.join(ingest_dir, "eval", PATTERN)
+    pattern, out = layout.IngestLayout(ingest_dir).split_pattern(layout.EVAL), layout.EvaluationLayout(out_dir)
     if not tf.io.gfile.glob(pattern):
         raise InputError(f"no eval examples match {pattern!r}; run `esmm ingest` first")
     require_empty(out_dir, "evaluate")
     tf.io.gfile.makedirs(out_dir)
     _LOG.info("evaluate: TFMA over %s", pattern)
-    metrics: dict[str, Any] = run_tfma(config, model_dir, pattern, os.path.join(out_dir, "tfma"), beam_args)
+    metrics: dict[str, Any] = run_tfma(config, model_dir, pattern, out.tfma, beam_args)
     _LOG.info("evaluate: exact AUCs and plots")
     pred = predict_split(config, model_dir, pattern)
     add_exact_aucs(metrics, pred)
@@ -221,7 +219,7 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     if ground_truth:
         metrics["entire_space"] = entire_space_metrics(pred, load_ground_truth(ground_truth))
     write_report(metrics, pred, out_dir)
-    with tf.io.gfile.GFile(os.path.join(out_dir, "metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(out.metrics, "w") as f:
         f.write(json.dumps(_finite_or_none(metrics), indent=2))
     return EvaluationResult(out_dir, metrics)
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from components import layout
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR
 
 OUTPUTS = ("ctr", "cvr", "ctcvr")
@@ -125,10 +126,11 @@ def _base64(path: str) -> str:
 
 def write_report(metrics: dict[str, Any], pred, out_dir: str) -> None:
     """report.md, report.html and plots/<output>.png under out_dir."""
-    plots = write_plots(pred, os.path.join(out_dir, "plots"))
+    paths = layout.EvaluationLayout(out_dir)
+    plots = write_plots(pred, paths.plots)
     tables = markdown_tables(metrics)
     images = "\n".join(f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots)
-    with tf.io.gfile.GFile(os.path.join(out_dir, "report.md"), "w") as f:
+    with tf.io.gfile.GFile(paths.report_markdown, "w") as f:
         f.write(f"# ESMM evaluation\n\n{tables}\n\n{images}\n")
     page = ("<html><head><meta charset='utf-8'><title>ESMM evaluation</title><style>"
             "body{font-family:sans-serif} td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}"
@@ -138,5 +140,5 @@ def write_report(metrics: dict[str, Any], pred, out_dir: str) -> None:
             + _html_table(["output", "slice", *COLUMNS], metric_rows(metrics))
             + "".join(f"<h2>{os.path.basename(p)[:-4]}</h2><img src='data:image/png;base64,{_base64(p)}'>" for p in plots)
             + "</body></html>")
-    with tf.io.gfile.GFile(os.path.join(out_dir, "report.html"), "w") as f:
+    with tf.io.gfile.GFile(paths.report_html, "w") as f:
         f.write(page)

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from components import layout
 from components.evaluate import load_ground_truth
 from components.train import SHUFFLE_BATCHES
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, with_overrides
@@ -44,7 +45,6 @@ METRICS = {"cvr_auc_clicked": "CVR AUC on clicked", "ctcvr_auc": "CTCVR AUC",
            "entire_space_cvr_auc": "entire-space CVR AUC", "ctr_auc": "CTR AUC"}
 SWEEP_ROWS = ("BASE", "ESMM-NS", "ESMM")
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-PATTERN = "*.tfrecord.gz"
 
 
 @dataclass
@@ -110,14 +110,15 @@ def _collect(config: Config, transformed_batches, sample_ids: Optional[list] = N
     return Split(merged, split_lengths, {name: np.concatenate(parts) for name, parts in labels.items()})
 
 
-def load_data(config: Config, transform_dir: str, transformed_dir: str, ingest_dir: str,
-              ground_truth: Optional[str], *, batch_size: int = 8192) -> Data:
+def load_data(config: Config, transform_root: str, ingest_dir: str, ground_truth: Optional[str], *,
+              batch_size: int = 8192) -> Data:
     """Reads the transformed train split and the raw eval split (transformed here, to keep
     ``sample_id``), and joins eval to the ground truth when given."""
-    tft_output = tft.TFTransformOutput(transform_dir)
-    train_files = sorted(tf.io.gfile.glob(os.path.join(transformed_dir, "train", PATTERN)))
-    eval_files = sorted(tf.io.gfile.glob(os.path.join(ingest_dir, "eval", PATTERN)))
-    for files, where in ((train_files, transformed_dir), (eval_files, ingest_dir)):
+    transformed = layout.TransformLayout(transform_root)
+    tft_output = tft.TFTransformOutput(transformed.graph)
+    train_files = sorted(tf.io.gfile.glob(transformed.split_pattern(layout.TRAIN)))
+    eval_files = sorted(tf.io.gfile.glob(layout.IngestLayout(ingest_dir).split_pattern(layout.EVAL)))
+    for files, where in ((train_files, transformed.transformed), (eval_files, ingest_dir)):
         if not files:
             raise InputError(f"no examples under {where!r}; run `esmm ingest` and `esmm transform` first")
     spec = tft_output.transformed_feature_spec()

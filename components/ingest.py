@@ -34,6 +34,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 
+from components import layout
 from components.aliccp_reader import AliccpReader
 from components.beam_runner import make_pipeline
 from components.csv_reader import CsvReader
@@ -46,7 +47,7 @@ from esmm_model.config import Config
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.schema import schema_proto
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, EVAL = layout.TRAIN, layout.EVAL
 SKELETON_PATTERN = "sample_skeleton_*.csv*"
 COMMON_PATTERN = "common_features_*.csv*"
 QUANTILES = 1001
@@ -285,7 +286,7 @@ def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path:
         raise RejectionError(
             f"rejected {fraction:.2%} of {counts.rows_read:,} rows ({total:,}), over input.max_rejected_fraction "
             f"{max_rejected_fraction:.2%} (--max-rejected-fraction to change it); top reasons: "
-            f"{', '.join(f'{code} {n:,}' for code, n in top)}; rejected rows in {os.path.join(out_dir, 'rejected')}/")
+            f"{', '.join(f'{code} {n:,}' for code, n in top)}; rejected rows in {layout.IngestLayout(out_dir).rejected_dir}/")
     for split in (TRAIN, EVAL):
         if counts.split(split)["rows"] == 0:
             raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
@@ -300,9 +301,10 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
     """
     require_empty(out_dir, "ingest")
     files = resolve_inputs(config, input_path)
-    tf.io.gfile.makedirs(out_dir)
-    _write_text(os.path.join(out_dir, "schema.pbtxt"), text_format.MessageToString(schema_proto(config)))
-    counts_path = os.path.join(out_dir, "counts.json")
+    out = layout.IngestLayout(out_dir)
+    tf.io.gfile.makedirs(out.root)
+    _write_text(out.schema, text_format.MessageToString(schema_proto(config)))
+    counts_path = out.counts
     skip = files.format == "csv"
     _LOG.info("ingest: reading %s (%s) with %s", files.impressions, files.format, beam_args)
 
@@ -339,10 +341,10 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
                    .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
             _ = outputs[split] | f"Write{split.title()}" >> beam.io.Write(
-                GzipTFRecordSink(os.path.join(out_dir, split, "data"), level=GZIP_LEVEL))
+                GzipTFRecordSink(out.split_prefix(split), level=GZIP_LEVEL))
         rejected = (outputs.rejected, long_rows, *rejected_common) | "AllRejected" >> beam.Flatten()
         _ = (rejected | "RejectedJson" >> beam.Map(lambda r: json.dumps(r.to_json()))
-             | "WriteRejected" >> beam.io.WriteToText(os.path.join(out_dir, "rejected", "rejected"), file_name_suffix=".jsonl"))
+             | "WriteRejected" >> beam.io.WriteToText(out.rejected_prefix, file_name_suffix=".jsonl"))
         rejected_common_counts = [
             r | f"CountCommonRejected{i}" >> beam.Map(lambda rec: {"common_rejected": {rec.code: 1}})
             for i, r in enumerate(rejected_common)]

@@ -22,7 +22,6 @@ one it loads half-written. ``latest_pushed`` skips such incomplete versions.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
@@ -31,17 +30,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from components import layout, storage
 from components.blessing import Blessing, bless, read_json, write_blessing, write_json
 from esmm_model.config import Config
 from esmm_model.errors import EsmmError, InputError
 from serving_client.warmup import BATCH_SIZES, read_examples, warmup_requests, write_warmup_file
 
-RECORD_DIR = "assets.extra"
-METRICS_FILE = "metrics.json"
-BLESSING_FILE = "blessing.json"
 TMP_PREFIX = ".tmp-"
-# Filesystems whose directory rename is atomic; every other scheme is treated as an object store.
-_ATOMIC_RENAME_SCHEMES = frozenset({"", "file", "hdfs"})
 _VERSION = re.compile(r"[0-9]+")
 # A temporary directory with no file written for this long belongs to a push that died.
 STALE_TMP_AGE_S = 15 * 60
@@ -100,16 +95,16 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
         return PushResult(False, f"the blessing compared the model with {judged}, but the latest pushed version "
                                  f"changed since ({now}); validate the model again")
 
-    model_base = os.path.join(serving_base, model_name)
+    model_base = layout.model_base(serving_base, model_name)
     stale = remove_stale_temporaries(model_base)
     version = max(pushed_versions(serving_base, model_name), default=0) + 1
-    final = os.path.join(model_base, str(version))
-    tmp = os.path.join(model_base, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    final = layout.version_dir(serving_base, model_name, version)
+    tmp = layout.join(model_base, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
     try:
-        _copy_tree(model_dir, tmp)
+        storage.copy_tree(model_dir, tmp)
         if metrics is not None:
-            write_json(metrics, os.path.join(tmp, RECORD_DIR, METRICS_FILE))
-        write_blessing(blessing, os.path.join(tmp, RECORD_DIR, BLESSING_FILE))
+            write_json(metrics, layout.record_file(tmp, layout.RECORD_METRICS))
+        write_blessing(blessing, layout.record_file(tmp, layout.RECORD_BLESSING))
         if warmup_examples:
             write_warmup_file(tmp, warmup_requests(warmup_examples, model_name))
         _promote(tmp, final)
@@ -123,13 +118,13 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
 
 def pushed_versions(serving_base: str, model_name: str) -> list[int]:
     """Every integer version directory under ``<serving_base>/<model_name>``, ascending; empty if none."""
-    model_base = os.path.join(serving_base, model_name)
+    model_base = layout.model_base(serving_base, model_name)
     if not tf.io.gfile.isdir(model_base):
         return []
     versions = []
     for entry in tf.io.gfile.listdir(model_base):
         name = entry.rstrip("/")
-        if _VERSION.fullmatch(name) and tf.io.gfile.isdir(os.path.join(model_base, name)):
+        if _VERSION.fullmatch(name) and tf.io.gfile.isdir(layout.join(model_base, name)):
             versions.append(int(name))
     return sorted(versions)
 
@@ -137,9 +132,9 @@ def pushed_versions(serving_base: str, model_name: str) -> list[int]:
 def latest_pushed(serving_base: str, model_name: str) -> Optional[PushedModel]:
     """The highest complete version (it holds saved_model.pb) and its recorded metrics; None if none is pushed."""
     for version in reversed(pushed_versions(serving_base, model_name)):
-        path = os.path.join(serving_base, model_name, str(version))
+        path = layout.version_dir(serving_base, model_name, version)
         if tf.saved_model.contains_saved_model(path):
-            metrics_path = os.path.join(path, RECORD_DIR, METRICS_FILE)
+            metrics_path = layout.record_file(path, layout.RECORD_METRICS)
             metrics = read_json(metrics_path, "metrics") if tf.io.gfile.exists(metrics_path) else None
             return PushedModel(version, path, metrics)
     return None
@@ -154,7 +149,7 @@ def remove_stale_temporaries(model_base: str, max_age_s: float = STALE_TMP_AGE_S
     now = time.time()
     for entry in sorted(tf.io.gfile.listdir(model_base)):
         name = entry.rstrip("/")
-        path = os.path.join(model_base, name)
+        path = layout.join(model_base, name)
         if name.startswith(TMP_PREFIX) and now - _last_write_s(path) > max_age_s:
             _remove_if_present(path)
             removed.append(name)
@@ -167,54 +162,29 @@ def _last_write_s(path: str) -> float:
     for dirpath, _, filenames in tf.io.gfile.walk(path):
         for name in [None, *filenames]:
             try:
-                times.append(tf.io.gfile.stat(dirpath if name is None else os.path.join(dirpath, name)).mtime_nsec / 1e9)
+                times.append(tf.io.gfile.stat(dirpath if name is None else layout.join(dirpath, name)).mtime_nsec / 1e9)
             except tf.errors.OpError:  # object stores have no directory entries to stat
                 continue
     return max(times, default=0.0)
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    src = src.rstrip("/")
-    for dirpath, _, filenames in tf.io.gfile.walk(src):
-        target = os.path.join(dst, dirpath[len(src):].lstrip("/"))
-        tf.io.gfile.makedirs(target)
-        for filename in filenames:
-            tf.io.gfile.copy(os.path.join(dirpath, filename), os.path.join(target, filename))
-
 
 def _promote(tmp: str, final: str) -> None:
     """Makes the finished copy visible under its version name (see the module docstring)."""
     if tf.io.gfile.exists(final):
         raise EsmmError(f"version directory {final!r} appeared during the push (another pusher?); push again")
-    if _has_atomic_rename(final):
-        tf.io.gfile.rename(tmp, final)
-        return
-    files = [os.path.join(dirpath, name)[len(tmp):].lstrip("/")
-             for dirpath, _, names in tf.io.gfile.walk(tmp) for name in names]
-    files.sort(key=lambda rel: rel == "saved_model.pb")
-    for rel in files:
-        tf.io.gfile.makedirs(os.path.dirname(os.path.join(final, rel)))
-        tf.io.gfile.copy(os.path.join(tmp, rel), os.path.join(final, rel))
-    tf.io.gfile.rmtree(tmp)
-
-
-def _has_atomic_rename(path: str) -> bool:
-    scheme = path.split("://", 1)[0] if "://" in path else ""
-    return scheme in _ATOMIC_RENAME_SCHEMES
+    storage.publish(tmp, final)
 
 
 def _keep_latest(serving_base: str, model_name: str, keep_versions: int) -> tuple[int, ...]:
     stale = pushed_versions(serving_base, model_name)[:-keep_versions]
     for version in stale:
-        tf.io.gfile.rmtree(os.path.join(serving_base, model_name, str(version)))
+        storage.remove_tree(layout.version_dir(serving_base, model_name, version))
     return tuple(stale)
 
 
 def _remove_if_present(path: str) -> None:
     """Best-effort cleanup after a failed push; a stray temporary directory is harmless to TF Serving."""
     try:
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
+        storage.remove_if_present(path)
     except tf.errors.OpError:
         pass
 

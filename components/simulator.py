@@ -26,11 +26,12 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
+from components import layout, storage
 from components.aliccp_reader import FIELD_SEP, KEY_SEP, VALUE_SEP
 from esmm_model.config import Config
 
@@ -278,26 +279,27 @@ def _feature_list(fields: dict[str, list[tuple[str, float]]]) -> tuple[int, str]
     return len(entries), FIELD_SEP.join(entries)
 
 
-def simulate(spec: SimulationSpec, config: Config, out_dir: str | Path, *, write_csv: bool = False) -> SimulationSummary:
-    """Writes the Ali-CCP raw log, the ground-truth sidecar and, optionally, a CSV log."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def simulate(spec: SimulationSpec, config: Config, out_dir: str, *, write_csv: bool = False) -> SimulationSummary:
+    """Writes the Ali-CCP raw log, the ground-truth sidecar and, optionally, a CSV log (local or a URI)."""
+    out = str(out_dir)
+    tf.io.gfile.makedirs(out)
     rng = np.random.default_rng(spec.seed)
     world = build_world(spec, rng)
     imp = draw_impressions(spec, world, rng)
     conversion = imp.conversion
     users_seen = np.unique(imp.user)
 
-    with open(out / COMMON_FILE, "w") as f:
+    with tf.io.gfile.GFile(layout.join(out, COMMON_FILE), "w") as f:
         for user in tqdm(users_seen, desc="simulate: users", unit="user", leave=False, mininterval=2):
             num, features = _feature_list(user_fields(world, int(user)))
             f.write(f"{_common_feature_index(int(user))},{num},{features}\n")
 
     csv_writer = csv_file = None
     if write_csv:
-        csv_file = open(out / CSV_FILE, "w", newline="")
+        csv_file = tf.io.gfile.GFile(layout.join(out, CSV_FILE), "w")
         csv_writer = _CsvLogWriter(csv_file, config)
-    with open(out / SKELETON_FILE, "w") as skeleton, open(out / GROUND_TRUTH_FILE, "w") as truth:
+    with (tf.io.gfile.GFile(layout.join(out, SKELETON_FILE), "w") as skeleton,
+          tf.io.gfile.GFile(layout.join(out, GROUND_TRUTH_FILE), "w") as truth):
         truth.write("sample_id,p_click,p_cvr,would_convert\n")
         for row in tqdm(range(spec.rows), desc="simulate: impressions", unit="row", leave=False, mininterval=2):
             sample_id = row + 1
@@ -312,11 +314,12 @@ def simulate(spec: SimulationSpec, config: Config, out_dir: str | Path, *, write
     if csv_file:
         csv_file.close()
     summary = SimulationSummary(
-        out_dir=str(out), rows=spec.rows, clicks=int(imp.click.sum()), conversions=int(conversion.sum()),
+        out_dir=out, rows=spec.rows, clicks=int(imp.click.sum()), conversions=int(conversion.sum()),
         would_convert=int(imp.would_convert.sum()), mean_p_click=float(imp.p_click.mean()),
         mean_p_cvr_clicked=float(np.average(imp.p_cvr, weights=imp.click) if imp.click.any() else 0.0),
         mean_p_cvr_all=float(imp.p_cvr.mean()))
-    (out / "simulation.json").write_text(json.dumps({"spec": asdict(spec), "summary": asdict(summary)}, indent=2))
+    storage.write_text(layout.join(out, "simulation.json"),
+                       json.dumps({"spec": asdict(spec), "summary": asdict(summary)}, indent=2))
     return summary
 
 

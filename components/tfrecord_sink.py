@@ -15,6 +15,8 @@ from apache_beam import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
+from components import layout
+
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
@@ -47,7 +49,7 @@ class _GzipWriter:
 class GzipTFRecordSink(filebasedsink.FileBasedSink):
     """Writes serialized records as GZIP TFRecord shards ``<prefix>-SSSSS-of-NNNNN<suffix>``."""
 
-    def __init__(self, file_path_prefix: str, file_name_suffix: str = ".tfrecord.gz", level: int = 1):
+    def __init__(self, file_path_prefix: str, file_name_suffix: str = layout.RECORD_SUFFIX, level: int = 1):
         super().__init__(file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=file_name_suffix,
                          mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED)
         self._level = level

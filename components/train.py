@@ -1,8 +1,10 @@
 """Train step: reads transformed TFRecords, trains the configured variant, exports for TF Serving.
 
-Layout under ``out_dir``:
-- ``checkpoints/``: the latest checkpoints (model, optimizers, step, epoch, step in epoch);
-  a rerun with the same ``out_dir`` resumes where the last one stopped, mid-epoch included;
+Layout under ``out_dir`` (``components.layout.TrainLayout``):
+- ``checkpoints/`` (or the ``checkpoint_dir`` given, e.g. on a work volume keyed by the
+  pipeline run): the latest checkpoints (model, optimizers, step, epoch, step in epoch) and
+  ``history.json``; a rerun with the same checkpoints resumes where the last one stopped,
+  mid-epoch included;
 - ``tensorboard/train``: scalars ``loss``, ``ctr_loss``, ``ctcvr_loss`` (esmm, esmm_ns,
   division) or ``cvr_loss`` (the others), ``examples_per_second``, by global step;
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
@@ -20,7 +22,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -30,10 +31,11 @@ import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
+from components import layout, storage
 from components.output_dir import require_empty
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
 from esmm_model.errors import EsmmError, InputError
-from esmm_model.export import OUTPUTS, export_saved_model
+from esmm_model.export import OUTPUTS, save_serving_model
 from esmm_model.metrics import esmm_metrics
 from esmm_model.model import EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
@@ -41,13 +43,11 @@ from esmm_model.training import build_optimizer_state, build_optimizers, make_tr
 
 log = logging.getLogger(__name__)
 
-PATTERN = "*.tfrecord.gz"
 SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR)
 SHUFFLE_BATCHES = 4
-# What a train run leaves in its output directory; a directory holding only these is resumed.
-OWN_ENTRIES = frozenset({"checkpoints", "tensorboard", "metrics.json", "model"})
+HISTORY_FILE = "history.json"  # beside the checkpoints: the epochs a resumed run has already done
 
 
 class NonFiniteLossError(EsmmError):
@@ -112,31 +112,34 @@ def _write_scalars(writer: tf.summary.SummaryWriter, values: dict[str, float], s
     writer.flush()
 
 
-def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path, out_dir: str | Path, *,
+def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: Optional[str] = None,
           version: Optional[int] = None, checkpoint_every: int = 500, log_every: int = 50) -> TrainResult:
     """Trains ``config.model.variant`` for ``config.training.epochs`` and exports it.
 
-    transform_dir: the TFTransformOutput directory; transformed_dir: holds ``train/`` and
-    ``eval/`` transformed TFRecords. Resumes from ``<out_dir>/checkpoints`` when present; an
-    ``out_dir`` holding anything but a train run's own files is refused (OutputExistsError).
+    transform_root: the transform step's output (``components.layout.TransformLayout``);
+    out_dir: ``components.layout.TrainLayout``. Resumes from ``checkpoint_dir`` (default
+    ``<out_dir>/checkpoints``) when it holds a checkpoint; the history of the epochs done so
+    far is kept there too, so a resumed run reports every epoch. An ``out_dir`` holding
+    anything but a train run's own files is refused (OutputExistsError).
     version: the export's version directory name (default: seconds since the epoch).
     Raises NonFiniteLossError naming the step when the loss becomes NaN or infinite.
     """
-    require_empty(str(out_dir), "train", resumable=OWN_ENTRIES)
-    out_dir, transformed_dir = Path(out_dir), Path(transformed_dir)
+    require_empty(str(out_dir), "train", resumable=layout.TrainLayout.OWN_ENTRIES)
+    paths, transformed = layout.TrainLayout(str(out_dir)), layout.TransformLayout(str(transform_root))
+    checkpoint_dir = checkpoint_dir or paths.default_checkpoints
     training = config.training
     keras.utils.set_random_seed(training.seed)
-    tft_output = tft.TFTransformOutput(str(transform_dir))
-    eval_data = make_dataset(config, tft_output, str(transformed_dir / "eval" / PATTERN), batch_size=training.batch_size)
-    train_pattern = str(transformed_dir / "train" / PATTERN)
+    tft_output = tft.TFTransformOutput(transformed.graph)
+    eval_data = make_dataset(config, tft_output, transformed.split_pattern(layout.EVAL), batch_size=training.batch_size)
+    train_pattern = transformed.split_pattern(layout.TRAIN)
 
     def epoch_data(epoch: int) -> tf.data.Dataset:
         ds = make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size,
                           shuffle_seed=training.seed + epoch)
         return ds.take(training.steps_per_epoch) if training.steps_per_epoch else ds
 
-    first_eval = _first_batch(eval_data, transformed_dir / "eval" / PATTERN)
-    _first_batch(make_dataset(config, tft_output, train_pattern, batch_size=1), transformed_dir / "train" / PATTERN)
+    first_eval = _first_batch(eval_data, transformed.split_pattern(layout.EVAL))
+    _first_batch(make_dataset(config, tft_output, train_pattern, batch_size=1), train_pattern)
     model = EsmmModel(config, table_sizes(config, tft_output))
     model(first_eval[0])
     optimizers = build_optimizers(training)
@@ -146,15 +149,16 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
     step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, step=step, epoch=epoch, step_in_epoch=step_in_epoch,
                                      **optimizers.trackables())
-    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"), max_to_keep=2)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
         log.info("train: resuming from %s at step %d (epoch %d)", manager.latest_checkpoint, int(step), int(epoch) + 1)
-    metrics_path = out_dir / "metrics.json"
-    history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() and manager.latest_checkpoint else []
+    history_path = layout.join(checkpoint_dir, HISTORY_FILE)
+    history = (json.loads(storage.read_text(history_path))["history"]
+               if manager.latest_checkpoint and tf.io.gfile.exists(history_path) else [])
     train_step = make_train_step(model, training, optimizers)
-    train_writer = tf.summary.create_file_writer(str(out_dir / "tensorboard" / "train"))
-    eval_writer = tf.summary.create_file_writer(str(out_dir / "tensorboard" / "eval"))
+    train_writer = tf.summary.create_file_writer(paths.tensorboard("train"))
+    eval_writer = tf.summary.create_file_writer(paths.tensorboard("eval"))
 
     while int(epoch) < training.epochs and not _should_stop(history, training.early_stopping_patience):
         e, skip = int(epoch), int(step_in_epoch)
@@ -190,21 +194,34 @@ def train(config: Config, transform_dir: str | Path, transformed_dir: str | Path
         epoch.assign_add(1)
         step_in_epoch.assign(0)
         manager.save(checkpoint_number=int(step))
-        metrics_path.write_text(json.dumps({"history": history}, indent=2))
+        storage.write_text(history_path, json.dumps({"history": history}, indent=2))
 
     metrics = {"variant": config.model.variant, "history": history, "final": history[-1] if history else None}
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    export_dir = export_saved_model(config, model, transform_dir, out_dir / "model",
-                                    version if version is not None else int(time.time()), metrics)
+    storage.write_text(paths.metrics, json.dumps(metrics, indent=2))
+    export_dir = _export(config, model, transformed.graph, paths, version if version is not None else int(time.time()), metrics)
     log.info("train: exported %s", export_dir)
-    return TrainResult(str(export_dir), int(step), metrics)
+    return TrainResult(export_dir, int(step), metrics)
 
 
-def _first_batch(dataset: tf.data.Dataset, pattern: Path) -> tuple:
+def _export(config: Config, model: EsmmModel, transform_dir: str, paths: layout.TrainLayout, version: int,
+            metrics: dict[str, Any]) -> str:
+    """Exports ``<out_dir>/model/<version>/``: written under a non-integer name, then published whole,
+    so a server watching ``<out_dir>/model`` never loads a half-written model."""
+    final = paths.export_dir(version)
+    if tf.io.gfile.exists(final):
+        raise InputError(f"model version {final} already exists; pass another version")
+    staging = layout.join(paths.export_base, f".staging-{version}")
+    storage.remove_if_present(staging)
+    save_serving_model(config, model, transform_dir, staging, metrics)
+    storage.publish(staging, final)
+    return final
+
+
+def _first_batch(dataset: tf.data.Dataset, pattern: str) -> tuple:
     """The first batch, or InputError naming the split's files when they hold no example."""
     batch = next(iter(dataset), None)
     if batch is None:
-        raise InputError(f"no examples in {str(pattern)!r}: the split is empty; re-run ingestion on a log with rows "
+        raise InputError(f"no examples in {pattern!r}: the split is empty; re-run ingestion on a log with rows "
                          f"in both time splits")
     return batch
 

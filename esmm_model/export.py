@@ -1,10 +1,9 @@
 """The SavedModel that TF Serving loads: raw serialized tf.Example in, ctr / cvr / ctcvr out.
 
-Layout: ``<export_base>/<version>/`` with ``saved_model.pb``, ``variables/``, ``assets/``
-(the transform graph's vocabularies) and ``assets.extra/`` (the run's ``config.yaml`` and
-``metrics.json``; TF Serving ignores it, and it travels with the model when pushed).
-The version directory is written under a non-integer name and renamed when complete,
-so a server watching ``<export_base>`` never loads a half-written model.
+A SavedModel directory holds ``saved_model.pb``, ``variables/``, ``assets/`` (the transform
+graph's vocabularies) and ``assets.extra/`` (the run's ``config.yaml`` and ``metrics.json``;
+TF Serving ignores it, and it travels with the model when pushed). Where the directory goes,
+and how a version appears whole, is the trainer's business (``components.train``).
 
 Signatures:
 - ``serving_default``: ``examples`` string [n] -> ``ctr``, ``cvr``, ``ctcvr`` float32 [n].
@@ -15,14 +14,13 @@ Signatures:
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
 import yaml
 
+from components import layout
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
@@ -54,22 +52,17 @@ class ServingModule(tf.Module):
         return self.tft_layer(raw)
 
 
-def export_saved_model(config: Config, model: EsmmModel, transform_dir: str | Path, export_base: str | Path,
-                       version: int, metrics: dict[str, Any]) -> Path:
-    """Writes ``<export_base>/<version>/`` and returns it; refuses to overwrite a version."""
-    export_base = Path(export_base)
-    final = export_base / str(version)
-    if final.exists():
-        raise InputError(f"model version {final} already exists; pass another version")
-    staging = export_base / f".staging-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    module = ServingModule(config, model, tft.TFTransformOutput(str(transform_dir)))
-    tf.saved_model.save(module, str(staging), signatures={
+def save_serving_model(config: Config, model: EsmmModel, transform_dir: str, path: str, metrics: dict[str, Any]) -> str:
+    """Writes the SavedModel, with its ``assets.extra/`` record, to ``path`` (local or a URI) and returns it."""
+    if tf.io.gfile.exists(path):
+        raise InputError(f"{path!r} already exists; a SavedModel is written to a new directory")
+    module = ServingModule(config, model, tft.TFTransformOutput(transform_dir))
+    tf.saved_model.save(module, path, signatures={
         "serving_default": module.serve.get_concrete_function(),
         "transform_features": module.transform_features.get_concrete_function()})
-    extra = staging / "assets.extra"
-    extra.mkdir()
-    (extra / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    (extra / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    staging.rename(final)
-    return final
+    tf.io.gfile.makedirs(layout.join(path, layout.RECORD_DIR))
+    with tf.io.gfile.GFile(layout.record_file(path, layout.RECORD_CONFIG), "w") as f:
+        f.write(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with tf.io.gfile.GFile(layout.record_file(path, layout.RECORD_METRICS), "w") as f:
+        f.write(json.dumps(metrics, indent=2))
+    return path

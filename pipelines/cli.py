@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from esmm_model.errors import EsmmError
 
@@ -74,28 +73,30 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     outputs = transform(config, args.ingest_dir, args.out, beam_args(config, args))
-    print(f"transform graph: {outputs.transform_dir}\ntransformed examples: {outputs.transformed_dir}")
+    print(f"transform graph: {outputs.graph}\ntransformed examples: {outputs.transformed}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.train import train
-    from components.transform import TRANSFORM_GRAPH, TRANSFORMED
     from esmm_model.config import load_config
 
     config = load_config(args.config)
-    result = train(config, Path(args.transform_dir) / TRANSFORM_GRAPH, Path(args.transform_dir) / TRANSFORMED, args.out)
+    result = train(config, args.transform_dir, args.out, checkpoint_dir=args.checkpoint_dir)
     print(f"exported {result.export_dir} after {result.step} steps; final eval: {result.metrics['final']}")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
+    import posixpath
+
+    from components import layout
     from components.blessing import read_json
     from components.push import validate_and_push
     from esmm_model.config import load_config
 
     config = load_config(args.config)
     metrics = read_json(args.metrics, "metrics")
-    blessing_path = args.blessing_out or os.path.join(os.path.dirname(args.metrics), "blessing.json")
-    warmup = os.path.join(args.ingest_dir, "eval", "*.tfrecord.gz") if args.ingest_dir else None
+    blessing_path = args.blessing_out or layout.join(posixpath.dirname(args.metrics), layout.RECORD_BLESSING)
+    warmup = layout.IngestLayout(args.ingest_dir).split_pattern(layout.EVAL) if args.ingest_dir else None
     blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path, warmup)
     print(blessing.describe())
     print(result.describe())
@@ -106,11 +107,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import signal
     import threading
 
+    from components import layout
     from esmm_model.config import load_config
     from serving_client.server import ModelServer
 
     model_name = args.model_name or load_config(args.config).push.model_name
-    model_base = Path(args.serving_base) / model_name if args.serving_base else None
+    model_base = layout.model_base(args.serving_base, model_name) if args.serving_base else None
     server = ModelServer(model_base, model_name, model_config_file=args.model_config_file, host=args.host,
                          port=args.port, poll_interval_s=args.poll_interval, max_workers=args.workers)
     port = server.start()
@@ -135,13 +137,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from components import layout
     from components.evaluate import evaluate
     from esmm_model.config import load_config
 
     config = load_config(args.config)
     result = evaluate(config, args.model_dir, args.ingest_dir, args.out, beam_args(config, args), ground_truth=args.ground_truth)
     print(result.table())
-    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"report: {layout.EvaluationLayout(args.out).report_html}")
 
 
 def _thresholds(text: str | None) -> list[dict]:
@@ -207,7 +210,6 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from components.experiment import load_data, run_experiment, table2_markdown, write_outputs
-    from components.transform import TRANSFORM_GRAPH, TRANSFORMED
     from esmm_model.config import load_config, with_overrides
 
     config = load_config(args.config)
@@ -217,8 +219,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         raise EsmmError(f"--repeats: give at least 1, got {args.repeats}")
     rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")
     fractions = _fractions(args.fractions)
-    data = load_data(config, str(Path(args.transform_dir) / TRANSFORM_GRAPH), str(Path(args.transform_dir) / TRANSFORMED),
-                     args.ingest_dir, args.ground_truth)
+    data = load_data(config, args.transform_dir, args.ingest_dir, args.ground_truth)
     print(f"experiment: {len(data.train):,} train / {len(data.eval):,} eval rows, {args.repeats} repeats, "
           f"{config.training.epochs} epochs", flush=True)
     result = run_experiment(data, repeats=args.repeats, rows=rows, fractions=fractions, sweep_rows=sweep_rows,
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--transform-dir", required=True, help="output of `esmm transform`")
     p.add_argument("--out", required=True, help="output directory (checkpoints/, tensorboard/, metrics.json, model/<version>/); rerun to resume")
+    p.add_argument("--checkpoint-dir", help="keep checkpoints here instead of <out>/checkpoints (a durable volume or URI); "
+                                            "a rerun with the same directory resumes")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from components import layout
+from components.blessing import read_json
 from esmm_model.config import portable_config_ref
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import DEFAULT_BEAM_ARGS, create_pipeline
@@ -27,7 +29,7 @@ class LocalRun:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return json.loads(Path(self.evaluation_dir, "metrics.json").read_text())
+        return read_json(layout.EvaluationLayout(self.evaluation_dir).metrics, "evaluation metrics")
 
     def describe(self) -> str:
         from components.evaluation_report import markdown_tables
@@ -36,7 +38,12 @@ class LocalRun:
                 else f"not pushed: {self.pushed['reason']}")
         return "\n".join([markdown_tables(self.metrics), "", f"blessing: {self.blessing['status']}",
                           *(f"  {reason}" for reason in self.blessing["reasons"]), push,
-                          f"report: {Path(self.evaluation_dir) / 'report.html'}", f"run: {self.run_dir}"])
+                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}", f"run: {self.run_dir}"])
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (kfp.local runs each task in its own directory); a URI as it is."""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def _task_dir(run_dir: Path, task: str) -> Path:
@@ -63,10 +70,10 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
 
         max_rejected_fraction = load_config(config_path).input.max_rejected_fraction
     try:
-        pipeline(config_path=portable_config_ref(config_path), input_path=str(Path(input_path).resolve()),
-                 serving_base=str(Path(serving_base).resolve()), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
+        pipeline(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+                 serving_base=_absolute(serving_base), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
                  variant=variant, epochs=epochs, thresholds=list(thresholds or []),
-                 ground_truth=str(Path(ground_truth).resolve()) if ground_truth else "",
+                 ground_truth=_absolute(ground_truth) if ground_truth else "",
                  max_rejected_fraction=max_rejected_fraction)
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None

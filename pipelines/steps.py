@@ -54,17 +54,15 @@ def transform_step(config_path: str, beam_args: list, examples: Input[Dataset], 
 
 
 def train_step(config_path: str, variant: str, epochs: int, transformed: Input[Dataset], model: Output[Model]):
-    """Trains the ESMM variant and exports the serving SavedModel; model.metadata['saved_model'] locates it."""
-    import os
-
+    """Trains the ESMM variant and exports the serving SavedModel; its metadata locates it (layout.SAVED_MODEL_KEY)."""
+    from components import layout
     from components.train import train
     from esmm_model.config import load_config, with_overrides
 
     overrides = {"model": {"variant": variant} if variant else {}, "training": {"epochs": epochs} if epochs else {}}
     config = with_overrides(load_config(config_path), overrides)
-    result = train(config, os.path.join(transformed.path, "transform_graph"), os.path.join(transformed.path, "transformed"),
-                   model.path)
-    model.metadata["saved_model"] = os.path.relpath(result.export_dir, model.path)
+    result = train(config, transformed.path, model.path)
+    model.metadata[layout.SAVED_MODEL_KEY] = layout.TrainLayout(model.path).relative(result.export_dir)
     model.metadata["variant"] = config.model.variant
     model.metadata["steps"] = result.step
 
@@ -72,17 +70,18 @@ def train_step(config_path: str, variant: str, epochs: int, transformed: Input[D
 def evaluate_step(config_path: str, beam_args: list, ground_truth: str, examples: Input[Dataset], model: Input[Model],
                   evaluation: Output[Metrics], report: Output[HTML]):
     """TFMA through serving_default on the raw eval split, sliced all/clicked/unclicked, with report."""
-    import os
-    import shutil
+    import tensorflow as tf
 
+    from components import layout
     from components.evaluate import evaluate
     from esmm_model.config import load_config
 
-    result = evaluate(load_config(config_path), os.path.join(model.path, model.metadata["saved_model"]), examples.path,
-                      evaluation.path, beam_args, ground_truth=ground_truth or None)
+    saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
+    result = evaluate(load_config(config_path), saved_model, examples.path, evaluation.path, beam_args,
+                      ground_truth=ground_truth or None)
     for name, value in result.headline().items():
         evaluation.log_metric(name, value)
-    shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+    tf.io.gfile.copy(layout.EvaluationLayout(evaluation.path).report_html, report.path, overwrite=True)
 
 
 def push_step(config_path: str, serving_base: str, thresholds: list, examples: Input[Dataset], model: Input[Model],
@@ -90,8 +89,10 @@ def push_step(config_path: str, serving_base: str, thresholds: list, examples: I
     """Blesses the model against the thresholds and the pushed baseline; pushes it atomically only if blessed,
     with warmup requests from the eval examples."""
     import json
-    import os
 
+    import tensorflow as tf
+
+    from components import layout
     from components.blessing import read_json
     from components.push import validate_and_push
     from esmm_model.config import load_config, with_overrides
@@ -99,12 +100,13 @@ def push_step(config_path: str, serving_base: str, thresholds: list, examples: I
     config = load_config(config_path)
     if thresholds:
         config = with_overrides(config, {"evaluation": {"thresholds": thresholds}})
-    metrics = read_json(os.path.join(evaluation.path, "metrics.json"), "evaluation metrics")
-    verdict, result = validate_and_push(config, os.path.join(model.path, model.metadata["saved_model"]), metrics,
-                                        serving_base, blessing.path, os.path.join(examples.path, "eval", "*.tfrecord.gz"))
+    metrics = read_json(layout.EvaluationLayout(evaluation.path).metrics, "evaluation metrics")
+    saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
+    verdict, result = validate_and_push(config, saved_model, metrics, serving_base, blessing.path,
+                                        layout.IngestLayout(examples.path).split_pattern(layout.EVAL))
     blessing.metadata.update({"blessed": verdict.blessed, "status": verdict.status, "reasons": list(verdict.reasons)})
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason})
-    with open(pushed.path, "w") as f:
+    with tf.io.gfile.GFile(pushed.path, "w") as f:
         json.dump({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason}, f)
     print(verdict.describe())
     print(result.describe())

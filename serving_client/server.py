@@ -26,7 +26,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import grpc
@@ -36,6 +35,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from components import layout
 from esmm_model.errors import EsmmError, InputError
 from serving_client.model_config import VersionPolicy, read_model_config
 from serving_client.warmup import read_warmup_requests, warmup_file
@@ -59,22 +59,24 @@ class LoadedVersion:
     warmup_requests: int = 0  # requests replayed from the warmup file before the version took traffic
 
 
-def servable_versions(model_dir: Path) -> list[int]:
+def servable_versions(model_dir: str) -> list[int]:
     """Integer-named version directories holding a saved_model.pb, ascending (TF Serving's rule)."""
-    if not model_dir.is_dir():
+    if not tf.io.gfile.isdir(model_dir):
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if _VERSION.fullmatch(p.name) and (p / "saved_model.pb").is_file())
+    names = (entry.rstrip("/") for entry in tf.io.gfile.listdir(model_dir))
+    return sorted(int(name) for name in names
+                  if _VERSION.fullmatch(name) and tf.io.gfile.exists(layout.join(model_dir, name, layout.SAVED_MODEL_PB)))
 
 
-def load_version(model_dir: Path, version: int) -> LoadedVersion:
+def load_version(model_dir: str, version: int) -> LoadedVersion:
     """Loads ``<model_dir>/<version>`` in-process, with its SignatureDefs read from saved_model.pb."""
-    path = model_dir / str(version)
-    model = tf.saved_model.load(str(path))
-    saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    path = layout.join(model_dir, str(version))
+    model = tf.saved_model.load(path)
+    with tf.io.gfile.GFile(layout.join(path, layout.SAVED_MODEL_PB), "rb") as f:
+        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
     defs = {k: v for k, v in saved_model.meta_graphs[0].signature_def.items() if not k.startswith("__")}
     loaded = LoadedVersion(version, dict(model.signatures), defs, model)
-    replayed = _warm_up(loaded, str(path))
+    replayed = _warm_up(loaded, path)
     if not replayed:
         _run_empty_batch(loaded)
     return dataclasses.replace(loaded, warmup_requests=replayed)
@@ -126,7 +128,7 @@ class ModelVersions:
     re-reads it first, so label and policy changes apply on the next poll.
     """
 
-    def __init__(self, model_name: str, model_dir: Path, policy: VersionPolicy = VersionPolicy(),
+    def __init__(self, model_name: str, model_dir: str, policy: VersionPolicy = VersionPolicy(),
                  labels: Mapping[str, int] | None = None, config_file: str | None = None, *,
                  max_load_retries: int = 5, load_retry_interval_s: float = 5.0) -> None:
         self.model_name = model_name
@@ -145,7 +147,7 @@ class ModelVersions:
     def from_config_file(cls, config_file: str, model_name: str, **retries: float) -> ModelVersions:
         """The model ``model_name`` as TF Serving's ``--model_config_file`` describes it."""
         entry = read_model_config(config_file, model_name)
-        return cls(model_name, Path(entry.base_path), entry.policy, entry.labels, config_file, **retries)
+        return cls(model_name, entry.base_path, entry.policy, entry.labels, config_file, **retries)
 
     @property
     def current(self) -> LoadedVersion | None:
@@ -182,7 +184,7 @@ class ModelVersions:
                 self._states[version] = _ModelVersionStatus.END
             for version in sorted(set(wanted) - set(previous)):
                 log.info("serving %s version %d from %s (%d warmup requests replayed)", self.model_name, version,
-                         self.model_dir / str(version), self.served[version].warmup_requests)
+                         layout.join(self.model_dir, str(version)), self.served[version].warmup_requests)
             return True
 
     def _may_retry(self, failed: _FailedLoad, now: float) -> bool:
@@ -211,7 +213,7 @@ class ModelVersions:
         except EsmmError as exc:  # a config caught mid-update: keep the last good one, as TF Serving does
             log.warning("keeping the previous model config: %s", exc)
             return
-        if Path(entry.base_path) != self.model_dir:
+        if entry.base_path.rstrip("/") != self.model_dir.rstrip("/"):
             log.warning("%s: base_path changes need a restart; still serving from %s", self.config_file, self.model_dir)
         self.policy, self.labels = entry.policy, dict(entry.labels)
 
@@ -362,14 +364,14 @@ class ModelServer:
     returns the bound port.
     """
 
-    def __init__(self, model_base_path: str | Path | None, model_name: str, *, model_config_file: str | None = None,
+    def __init__(self, model_base_path: str | None, model_name: str, *, model_config_file: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 1.0, max_workers: int = 8,
                  max_message_bytes: int = 64 << 20, max_load_retries: int = 5, load_retry_interval_s: float = 5.0) -> None:
         if (model_base_path is None) == (model_config_file is None):
             raise InputError("give the server either a model base path or a model config file, not both or neither")
         retries = {"max_load_retries": max_load_retries, "load_retry_interval_s": load_retry_interval_s}
         self.versions = (ModelVersions.from_config_file(model_config_file, model_name, **retries) if model_config_file
-                         else ModelVersions(model_name, Path(model_base_path), **retries))
+                         else ModelVersions(model_name, str(model_base_path), **retries))
         self.poll_interval_s = poll_interval_s
         self._address = f"{host}:{port}"
         self._stopping = threading.Event()

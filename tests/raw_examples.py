@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from components import layout
 from esmm_model.config import LABELS, Config
 from esmm_model.schema import SAMPLE_ID, default_value
 
@@ -84,6 +85,6 @@ def random_rows(config: Config, n: int, seed: int, *, vocabulary: int = 20, clic
 
 def write_ingest_dir(config: Config, root: Path, train_rows: Sequence[Mapping], eval_rows: Sequence[Mapping]) -> Path:
     """Writes rows in ingestion's output layout and returns ``root``."""
-    write_split(root / "train" / "part-00000.tfrecord.gz", [make_example(config, r) for r in train_rows])
-    write_split(root / "eval" / "part-00000.tfrecord.gz", [make_example(config, r) for r in eval_rows])
+    for split, rows in ((layout.TRAIN, train_rows), (layout.EVAL, eval_rows)):
+        write_split(root / split / f"part-00000{layout.RECORD_SUFFIX}", [make_example(config, r) for r in rows])
     return root

@@ -54,7 +54,7 @@ def data(tmp_path_factory):
         for row in eval_rows:
             would = row["conversion"] or int(rng.random() < 0.3)
             f.write(f"{row['sample_id']},{0.2 + 0.6 * row['click']:.3f},{0.1 + 0.5 * would:.3f},{would}\n")
-    return load_data(config, outputs.transform_dir, outputs.transformed_dir, str(ingest), str(truth)), root
+    return load_data(config, outputs.root, str(ingest), str(truth)), root
 
 
 @pytest.mark.slow

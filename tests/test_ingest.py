@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components import layout
 from components.ingest import EVAL, TRAIN, RejectionError, ingest
 from components.simulator import COMMON_FILE, CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
 from esmm_model.config import config_from_dict, load_config, with_overrides
@@ -37,7 +38,7 @@ def sim_dir(tmp_path_factory):
 
 
 def read_split(out: Path, split: str, config) -> dict:
-    files = sorted(str(p) for p in (out / split).glob("*.tfrecord.gz"))
+    files = sorted(str(p) for p in (out / split).glob(layout.RECORD_PATTERN))
     records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
     return tf.io.parse_example(records, feature_spec(config)) if records else {}
 
@@ -61,14 +62,14 @@ def test_counts_add_up_and_bad_lines_are_rejected_with_reasons(ingested):
     # The split point is the median key of every line whose key parses, so the five
     # bad lines (keys 4..8) may pull it down by up to five rows.
     assert ROWS // 2 - 5 <= train["rows"] <= ROWS // 2
-    assert json.loads((out / "counts.json").read_text()) == counts.data
-    rejected = [json.loads(line) for p in (out / "rejected").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert json.loads(Path(layout.IngestLayout(str(out)).counts).read_text()) == counts.data
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(out)).rejected_dir).glob("*.jsonl") for line in p.read_text().splitlines()]
     assert sorted(r["code"] for r in rejected) == sorted(
         ["conversion_without_click", "unknown_common_feature_index", "unknown_common_feature_index",
          "wrong_column_count", "bad_click"])
     # Line 8's unknown index is reported before its malformed entry would be.
     assert all(r["source"] == "impressions" and r["reason"] and r["line"] for r in rejected)
-    assert (out / "schema.pbtxt").read_text().count("feature {") == len(feature_spec(config))
+    assert Path(layout.IngestLayout(str(out)).schema).read_text().count("feature {") == len(feature_spec(config))
 
 
 def test_records_read_back_split_by_time(ingested):
@@ -104,7 +105,7 @@ def test_csv_log_gives_the_same_examples(ingested, sim_dir, tmp_path):
 
 
 def read_all(out: Path, config) -> dict:
-    files = sorted(str(p) for p in out.glob("*/*.tfrecord.gz"))
+    files = sorted(str(p) for p in out.glob(f"*/{layout.RECORD_PATTERN}"))
     records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
     return tf.io.parse_example(records, feature_spec(config))
 
@@ -168,10 +169,10 @@ def test_rejection_guard_fails_ingest_past_the_limit_and_the_flag_raises_it(tmp_
         "(--max-rejected-fraction to change it); top reasons: bad_click 11, bad_feature_entry 11, "
         f"conversion_without_click 11; rejected rows in {tmp_path / 'strict' / 'rejected'}/"]
     # The outputs stay for inspection.
-    counts = json.loads((tmp_path / "strict" / "counts.json").read_text())
+    counts = json.loads(Path(layout.IngestLayout(str(tmp_path / "strict")).counts).read_text())
     assert counts["rejected"] == {code: 11 for code in ("bad_click", "bad_feature_entry", "conversion_without_click",
                                                         "unknown_common_feature_index", "wrong_column_count")}
-    assert sum(1 for p in (tmp_path / "strict" / "rejected").glob("*.jsonl") for _ in p.open()) == 55
+    assert sum(1 for p in Path(layout.IngestLayout(str(tmp_path / "strict")).rejected_dir).glob("*.jsonl") for _ in p.open()) == 55
 
     passed = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"), "--max-rejected-fraction", "0.05",
                      *one_process)
@@ -203,7 +204,7 @@ def test_invalid_utf8_long_and_binary_lines_are_rejected_rows(tmp_path):
     assert counts.rows_read == 42 + binary_lines
     assert counts.split(TRAIN)["rows"] + counts.split(EVAL)["rows"] == 40
     assert counts.rejected["line_too_long"] == 1 and counts.rejected["bad_encoding"] >= 1
-    rejected = [json.loads(line) for p in (tmp_path / "out" / "rejected").glob("*.jsonl") for line in p.open()]
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(tmp_path / "out")).rejected_dir).glob("*.jsonl") for line in p.open()]
     by_id = {r["line"].split(",", 1)[0]: r for r in rejected}
     assert by_id["41"]["code"] == "bad_encoding"
     assert by_id["41"]["reason"] == "line is not UTF-8: byte 7 is 0xff (invalid start byte)"
@@ -225,4 +226,4 @@ def test_empty_input_or_split_stops_at_ingest(tmp_path, lines, message):
     (raw / "sample_skeleton_train.csv").write_text("".join(skeleton[n - 1] + "\n" for n in lines))
     with pytest.raises(RejectionError, match=re.escape(message)):
         ingest(load_config("aliccp"), str(raw), str(tmp_path / "out"), BEAM_ARGS)
-    assert (tmp_path / "out" / "counts.json").is_file()
+    assert Path(layout.IngestLayout(str(tmp_path / "out")).counts).is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from components import push as push_module
+from components import storage
 from components.blessing import bless, read_blessing
 from components.push import latest_pushed, push, pushed_versions
 from esmm_model.config import EvaluationConfig, Threshold
@@ -163,7 +163,7 @@ def test_the_next_push_removes_temporaries_of_dead_pushes_only(model_dir, servin
 
 
 def test_object_store_promotion_copies_saved_model_pb_last(model_dir, serving_base, monkeypatch):
-    monkeypatch.setattr(push_module, "_has_atomic_rename", lambda path: False)
+    monkeypatch.setattr(storage, "has_atomic_rename", lambda path: False)
     real_copy, into_version = tf.io.gfile.copy, []
 
     def recording_copy(src, dst, overwrite=False):

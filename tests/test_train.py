@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
+from components import layout
 from components.train import NonFiniteLossError, train
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
@@ -35,48 +36,48 @@ def tiny_config(variant: str = "esmm", **training):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[str, str, list[dict]]:
+def data(tmp_path_factory) -> tuple[str, list[dict]]:
     root = tmp_path_factory.mktemp("train")
     config = tiny_config()
     eval_rows = random_rows(config, 64, seed=2)
     ingest = write_ingest_dir(config, root / "ingest", random_rows(config, TRAIN_ROWS, seed=1), eval_rows)
     outputs = transform(config, ingest, root / "transform", ["--runner=DirectRunner"])
-    return outputs.transform_dir, outputs.transformed_dir, eval_rows
+    return outputs.root, eval_rows
 
 
 @pytest.fixture(scope="module")
 def esmm_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("esmm")
-    return out, train(tiny_config(), data[0], data[1], out, version=7)
+    return out, train(tiny_config(), data[0], out, version=7)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_one_epoch(variant, data, tmp_path):
-    result = train(tiny_config(variant), data[0], data[1], tmp_path, version=1)
+    result = train(tiny_config(variant), data[0], tmp_path, version=1)
     assert result.step == STEPS_PER_EPOCH
     final = result.metrics["final"]
     assert final["examples"] == 64 and 0.0 <= final["ctr_auc"] <= 1.0 and np.isfinite(final["train_loss"])
-    assert Path(result.export_dir) == tmp_path / "model" / "1"
-    assert (tmp_path / "model" / "1" / "saved_model.pb").is_file()
+    assert result.export_dir == layout.TrainLayout(str(tmp_path)).export_dir(1)
+    assert tf.saved_model.contains_saved_model(result.export_dir)
 
 
 @pytest.mark.slow
 def test_export_layout_and_side_files(esmm_run):
     out, result = esmm_run
-    export = out / "model" / "7"
-    assert result.export_dir == str(export)
-    extra = export / "assets.extra"
-    assert json.loads((extra / "metrics.json").read_text())["final"]["step"] == STEPS_PER_EPOCH
-    assert "features" in (extra / "config.yaml").read_text()
-    assert list((out / "tensorboard" / "eval").iterdir())
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    paths = layout.TrainLayout(str(out))
+    assert result.export_dir == paths.export_dir(7)
+    record = json.loads(Path(layout.record_file(result.export_dir, layout.RECORD_METRICS)).read_text())
+    assert record["final"]["step"] == STEPS_PER_EPOCH
+    assert "features" in Path(layout.record_file(result.export_dir, layout.RECORD_CONFIG)).read_text()
+    assert list(Path(paths.tensorboard("eval")).iterdir())
+    history = json.loads(Path(paths.metrics).read_text())["history"]
     assert [h["epoch"] for h in history] == [1]
 
 
 @pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
-    again = train(tiny_config(), data[0], data[1], tmp_path, version=1)
+    again = train(tiny_config(), data[0], tmp_path, version=1)
     def learned(history: list[dict]) -> list[dict]:  # all but the timing
         return [{k: v for k, v in h.items() if k != "examples_per_second"} for h in history]
 
@@ -85,12 +86,12 @@ def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
 
 @pytest.mark.slow
 def test_exported_signature_matches_the_in_process_model(data, esmm_run):
-    transform_dir, _, eval_rows = data
+    transform_root, eval_rows = data
     out, result = esmm_run
     config = tiny_config()
-    tft_output = tft.TFTransformOutput(transform_dir)
+    tft_output = tft.TFTransformOutput(layout.TransformLayout(transform_root).graph)
     model = EsmmModel(config, table_sizes(config, tft_output))
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(out / "checkpoints")).expect_partial()
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(layout.TrainLayout(str(out)).default_checkpoints)).expect_partial()
     raw = tf.io.parse_example([make_example(config, r) for r in eval_rows], feature_spec(config))
     expected = model(model_inputs(config, tft_output.transform_raw_features(raw))[0])
 
@@ -111,7 +112,7 @@ def test_exported_signature_matches_the_in_process_model(data, esmm_run):
 @pytest.mark.slow
 def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
     out, first = esmm_run
-    resumed = train(tiny_config(epochs=2), data[0], data[1], out, version=8)
+    resumed = train(tiny_config(epochs=2), data[0], out, version=8)
     assert resumed.step == 2 * STEPS_PER_EPOCH
     history = resumed.metrics["history"]
     assert [h["step"] for h in history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
@@ -119,9 +120,21 @@ def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_retried_step_resumes_from_checkpoints_kept_outside_its_output(data, tmp_path):
+    """A retried pod gets a fresh output artifact; the run-keyed checkpoint directory carries it on."""
+    checkpoints = str(tmp_path / "work" / "run-1" / "checkpoints")
+    first = train(tiny_config(), data[0], str(tmp_path / "attempt1"), checkpoint_dir=checkpoints, version=1)
+    assert not (tmp_path / "attempt1" / "checkpoints").exists()
+    retried = train(tiny_config(epochs=2), data[0], str(tmp_path / "attempt2"), checkpoint_dir=checkpoints, version=1)
+    assert retried.step == 2 * STEPS_PER_EPOCH
+    assert [h["epoch"] for h in retried.metrics["history"]] == [1, 2]
+    assert retried.metrics["history"][0] == first.metrics["history"][0]
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf) at step \d+ .*learning_rate"):
-        train(tiny_config(learning_rate=1e35), data[0], data[1], tmp_path, version=1)
+        train(tiny_config(learning_rate=1e35), data[0], tmp_path, version=1)
 
 
 @pytest.mark.slow
@@ -130,7 +143,7 @@ def test_an_empty_split_is_named_not_a_stop_iteration(tmp_path):
     ingest = write_ingest_dir(config, tmp_path / "ingest", random_rows(config, 40, seed=3), [])
     outputs = transform(config, ingest, tmp_path / "transform", ["--runner=DirectRunner"])
     with pytest.raises(InputError, match=r"no examples in '.*/eval/\*\.tfrecord\.gz': the split is empty"):
-        train(config, outputs.transform_dir, outputs.transformed_dir, tmp_path / "train", version=1)
+        train(config, outputs.root, tmp_path / "train", version=1)
 
 
 @pytest.mark.slow

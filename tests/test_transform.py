@@ -56,9 +56,9 @@ def transformed(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("transform")
     ingest = write_ingest_dir(CONFIG, root / "ingest", TRAIN, EVAL)
     outputs = transform(CONFIG, ingest, root / "out", ["--runner=DirectRunner"])
-    tft_output = tft.TFTransformOutput(outputs.transform_dir)
+    tft_output = tft.TFTransformOutput(outputs.graph)
     spec = tft_output.transformed_feature_spec()
-    return tft_output, _read(outputs.pattern("train"), spec), _read(outputs.pattern("eval"), spec)
+    return tft_output, _read(outputs.split_pattern("train"), spec), _read(outputs.split_pattern("eval"), spec)
 
 
 @pytest.mark.slow

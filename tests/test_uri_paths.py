@@ -1,0 +1,78 @@
+"""Every path may be a URI: train -> export -> push -> serve through the CLI and the server on
+TensorFlow's in-memory ``ram://`` filesystem, a non-local scheme with object-store semantics
+(directory renames do not move contents) that tf.io.gfile serves here without a network."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from components import layout, storage
+from components.transform import transform
+from esmm_model.config import load_config
+from pipelines.cli import main
+from raw_examples import make_example, random_rows, write_ingest_dir
+from serving_client.client import OUTPUTS, PredictionClient
+from serving_client.server import ModelServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_join_keeps_a_uri_whole():
+    assert layout.join("gs://bucket/run", "train", "x") == "gs://bucket/run/train/x"
+    assert layout.IngestLayout("gs://b/i").split_pattern(layout.EVAL) == "gs://b/i/eval/*.tfrecord.gz"
+    assert layout.TrainLayout("gs://b/m/").relative("gs://b/m/model/7") == "model/7"
+    assert storage.has_atomic_rename("/mnt/models/esmm/3") and not storage.has_atomic_rename("gs://b/esmm/3")
+
+
+@pytest.mark.slow
+def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a path mangled into a local one (ram:/...) would land here
+    data = yaml.safe_load((REPO / "configs" / "simulator.yaml").read_text())
+    data["model"].update(tower_units=[16, 8], embedding_dim=4)
+    data["training"].update(batch_size=32, epochs=1)
+    data["evaluation"] = {"thresholds": [{"metric": "ctr/all/auc", "min": 0.0}]}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    config = load_config(config_path)
+    eval_rows = random_rows(config, 64, seed=2)
+    ingest = write_ingest_dir(config, tmp_path / "ingest", random_rows(config, 160, seed=1), eval_rows)
+    local = transform(config, str(ingest), str(tmp_path / "transform"), ["--runner=DirectRunner"])
+
+    root = f"ram://esmm-{uuid.uuid4().hex}"
+    transformed, trained, serving = (layout.join(root, name) for name in ("transform", "train", "serving"))
+    storage.copy_tree(local.root, transformed)
+    checkpoints = layout.join(root, "work", "run-1", "checkpoints")
+    assert main(["train", "--config", str(config_path), "--transform-dir", transformed, "--out", trained,
+                 "--checkpoint-dir", checkpoints]) == 0
+    export_base = layout.TrainLayout(trained).export_base
+    (version,) = [name.rstrip("/") for name in tf.io.gfile.listdir(export_base)]
+    export = layout.join(export_base, version)
+    assert tf.saved_model.contains_saved_model(export)
+    assert tf.io.gfile.exists(layout.record_file(export, layout.RECORD_CONFIG))
+    assert tf.train.latest_checkpoint(checkpoints) is not None
+
+    metrics = layout.EvaluationLayout(layout.join(root, "evaluation")).metrics
+    storage.write_text(metrics, json.dumps({"ctr": {"all": {"auc": 0.61}}}))
+    assert main(["push", "--config", str(config_path), "--model-dir", export, "--metrics", metrics,
+                 "--serving-base", serving]) == 0
+    pushed = layout.version_dir(serving, "esmm", 1)
+    assert tf.saved_model.contains_saved_model(pushed)
+    assert json.loads(storage.read_text(layout.record_file(pushed, layout.RECORD_METRICS))) == {"ctr": {"all": {"auc": 0.61}}}
+    blessing = json.loads(storage.read_text(layout.join(root, "evaluation", layout.RECORD_BLESSING)))
+    assert blessing["status"] == "BLESSED"
+
+    requests = [make_example(config, row, labels=False) for row in eval_rows[:8]]
+    with ModelServer(layout.model_base(serving, "esmm"), "esmm") as server:
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=10.0) as client:
+            remote = client.predict(requests)
+    local_scores = tf.saved_model.load(export).signatures["serving_default"](examples=tf.constant(requests))
+    assert remote.model_version == 1
+    for name in OUTPUTS:
+        np.testing.assert_allclose(getattr(remote, name), local_scores[name].numpy(), rtol=1e-6)
+    assert not any(p.name.startswith("ram:") for p in tmp_path.iterdir())
