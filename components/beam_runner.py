@@ -1,7 +1,9 @@
 """Builds every Beam pipeline of the project from one list of runner arguments.
 
-The same ``--runner=... --option=...`` list goes to every step, so the DirectRunner,
-Flink, Spark and Dataflow are a flag apart. One local twist: Beam 2.77's DirectRunner
+``beam_args`` is the one place that list is made: the config's ``beam:`` section plus the
+run's overrides, for the CLI, kfp.local and the compiled pipeline alike. The same
+``--runner=... --option=...`` list goes to every step, so the DirectRunner, Flink, Spark
+and Dataflow are a flag apart. One local twist: Beam 2.77's DirectRunner
 first tries the PrismRunner, which downloads a binary at run time; with no network that
 fails (or hangs where DNS hangs) before it falls back. ``DirectRunner`` is therefore run
 on the FnApiRunner directly, which is what the fallback would pick for a batch pipeline,
@@ -9,10 +11,23 @@ honouring ``--direct_running_mode`` and ``--direct_num_workers``.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from esmm_model.config import BeamConfig
+
 DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
+
+
+def beam_args(beam_config: BeamConfig, runner: Optional[str] = None, options: Optional[Sequence[str]] = None) -> list[str]:
+    """The config's runner and options, with a run's overrides on top.
+
+    ``runner`` replaces ``beam.runner``; ``options`` follow ``beam.options``, and Beam's parser
+    lets the later of two equal flags win. None (not given) keeps the config's.
+    """
+    return [f"--runner={runner or beam_config.runner}", *beam_config.options, *(options or ())]
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:

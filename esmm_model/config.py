@@ -151,13 +151,10 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class BeamConfig:
-    """Runner and options handed to every Beam step unchanged."""
+    """Runner and options of every Beam step; ``components.beam_runner.beam_args`` adds a run's overrides."""
 
     runner: str = "DirectRunner"
     options: tuple[str, ...] = ()
-
-    def pipeline_args(self) -> list[str]:
-        return [f"--runner={self.runner}", *self.options]
 
 
 # Metrics where a lower value is better; every other metric is higher-is-better.

@@ -28,9 +28,10 @@ def _add_beam(parser: argparse.ArgumentParser) -> None:
 
 
 def beam_args(config, args: argparse.Namespace) -> list[str]:
-    """The config's Beam runner and options, with the command line's on top."""
-    runner = args.runner or config.beam.runner
-    return [f"--runner={runner}", *config.beam.options, *args.beam_option]
+    """The config's Beam runner and options, with the command line's on top (``components.beam_runner.beam_args``)."""
+    from components.beam_runner import beam_args as resolve
+
+    return resolve(config.beam, args.runner, args.beam_option)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
