@@ -103,7 +103,9 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
     try:
         storage.copy_tree(model_dir, tmp)
         if metrics is not None:
-            write_json(metrics, layout.record_file(tmp, layout.RECORD_METRICS))
+            record = layout.record_file(tmp, layout.RECORD_METRICS)  # the trainer's, copied with the export
+            storage.remove_file_if_present(record)
+            write_json(metrics, record)
         write_blessing(blessing, layout.record_file(tmp, layout.RECORD_BLESSING))
         if warmup_examples:
             write_warmup_file(tmp, warmup_requests(warmup_examples, model_name))

@@ -86,10 +86,17 @@ def remove_if_present(path: str) -> None:
         remove_tree(path)
 
 
+def remove_file_if_present(path: str) -> None:
+    """Deletes a file before it is written anew: ``ram://`` does not truncate a file opened for writing."""
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
 def write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path``, creating its directory."""
+    """Writes ``text`` to ``path``, replacing the file, creating its directory."""
     if posixpath.dirname(path):
         tf.io.gfile.makedirs(posixpath.dirname(path))
+    remove_file_if_present(path)
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,6 @@ from raw_examples import make_example, random_rows, write_ingest_dir
 from serving_client.client import OUTPUTS, PredictionClient
 from serving_client.server import ModelServer
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_join_keeps_a_uri_whole():
     assert layout.join("gs://bucket/run", "train", "x") == "gs://bucket/run/train/x"
@@ -33,7 +30,7 @@ def test_join_keeps_a_uri_whole():
 @pytest.mark.slow
 def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a path mangled into a local one (ram:/...) would land here
-    data = yaml.safe_load((REPO / "configs" / "simulator.yaml").read_text())
+    data = load_config("simulator").to_dict()
     data["model"].update(tower_units=[16, 8], embedding_dim=4)
     data["training"].update(batch_size=32, epochs=1)
     data["evaluation"] = {"thresholds": [{"metric": "ctr/all/auc", "min": 0.0}]}
