@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import math
 import os
 import re
@@ -210,6 +211,56 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class StepResources:
+    """One step's pod: CPU and memory requests and limits in Kubernetes quantities ("500m", "2", "8Gi")."""
+
+    cpu: Optional[str] = None
+    memory: Optional[str] = None
+    cpu_limit: Optional[str] = None
+    memory_limit: Optional[str] = None
+
+
+# Requests per step when the config names none: TF training and TFMA are the heavy pods.
+BUILTIN_RESOURCES = {"snapshot": ("500m", "1Gi"), "ingest": ("2", "4Gi"), "transform": ("2", "8Gi"),
+                     "train": ("4", "8Gi"), "evaluate": ("2", "8Gi"), "push": ("1", "2Gi")}
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Requests and limits per step of the compiled pipeline, so no pod runs BestEffort.
+
+    Each field resolves in order: the step's own entry, ``default``, then the built-in
+    request for that step (BUILTIN_RESOURCES); a limit left out equals the request.
+    """
+
+    default: StepResources = StepResources()
+    snapshot: StepResources = StepResources()
+    ingest: StepResources = StepResources()
+    transform: StepResources = StepResources()
+    train: StepResources = StepResources()
+    evaluate: StepResources = StepResources()
+    push: StepResources = StepResources()
+
+    def for_step(self, step: str) -> StepResources:
+        """The step's requests and limits, every field filled."""
+        own, default = getattr(self, step), self.default
+        builtin_cpu, builtin_memory = BUILTIN_RESOURCES[step]
+        cpu = own.cpu or default.cpu or builtin_cpu
+        memory = own.memory or default.memory or builtin_memory
+        return StepResources(cpu=cpu, memory=memory, cpu_limit=own.cpu_limit or default.cpu_limit or cpu,
+                             memory_limit=own.memory_limit or default.memory_limit or memory)
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """How the compiled pipeline's pods run: resources per step, and retries of the transient steps."""
+
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    retries: int = 2
+    retry_backoff_s: int = 60
+
+
+@dataclass(frozen=True)
 class Config:
     """The root of the YAML file."""
 
@@ -221,6 +272,7 @@ class Config:
     beam: BeamConfig = field(default_factory=BeamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def feature(self, name: str) -> Feature:
         for feature in self.features:
@@ -338,6 +390,7 @@ def config_from_dict(data: Any) -> Config:
     _check_numbers(config)
     _check_features(config)
     _check_evaluation_and_push(config)
+    _check_kubernetes(config.kubernetes)
     return config
 
 
@@ -463,6 +516,57 @@ def _check_evaluation_and_push(config: Config) -> None:
         raise ConfigError(f"push.keep_versions: keep at least 1 version, got {config.push.keep_versions}")
 
 
+_CPU = re.compile(r"(\d+(\.\d+)?|\.\d+)(m)?")
+_MEMORY = re.compile(r"(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")
+_MEMORY_UNITS = {None: 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" is 0.5."""
+    match = _CPU.fullmatch(quantity)
+    if not match:
+        raise ValueError(quantity)
+    return float(match.group(1)) / (1000 if match.group(3) else 1)
+
+
+def memory_bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in bytes: "2Gi" is 2**31."""
+    match = _MEMORY.fullmatch(quantity)
+    if not match:
+        raise ValueError(quantity)
+    return float(match.group(1)) * _MEMORY_UNITS[match.group(3)]
+
+
+def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
+    if kubernetes.retries < 0:
+        raise ConfigError(f"kubernetes.retries: must be zero or more, got {kubernetes.retries}")
+    if kubernetes.retry_backoff_s < 1:
+        raise ConfigError(f"kubernetes.retry_backoff_s: must be at least 1 second, got {kubernetes.retry_backoff_s}")
+    resources = kubernetes.resources
+    for step in ("default", *BUILTIN_RESOURCES):
+        where = f"kubernetes.resources.{step}"
+        own = getattr(resources, step)
+        for key, parse, example in (("cpu", cpu_cores, "500m or 2"), ("cpu_limit", cpu_cores, "500m or 2"),
+                                    ("memory", memory_bytes, "512Mi or 8Gi"), ("memory_limit", memory_bytes, "512Mi or 8Gi")):
+            value = getattr(own, key)
+            if value is None:
+                continue
+            try:
+                amount = parse(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{key}: {value!r} is not a Kubernetes quantity; write it like {example}") from None
+            if amount <= 0:
+                raise ConfigError(f"{where}.{key}: must be positive, got {value!r}")
+        if step == "default":
+            continue
+        final = resources.for_step(step)
+        if cpu_cores(final.cpu_limit) < cpu_cores(final.cpu):
+            raise ConfigError(f"{where}.cpu_limit: {final.cpu_limit} is below the request {final.cpu}")
+        if memory_bytes(final.memory_limit) < memory_bytes(final.memory):
+            raise ConfigError(f"{where}.memory_limit: {final.memory_limit} is below the request {final.memory}")
+
+
 def _parse_preprocessing(data: Any, where: str) -> Preprocessing:
     if data == "zscore":
         return Preprocessing(zscore=True)
@@ -561,6 +665,16 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
     return value
+
+
+def config_to_json(config: Config) -> str:
+    """The config as canonical JSON text: equal configs give equal text (a pipeline's cache keys hold it)."""
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    """The inverse of ``config_to_json``, validated again."""
+    return config_from_dict(json.loads(text))
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:

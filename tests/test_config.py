@@ -5,7 +5,8 @@ import re
 import pytest
 import yaml
 
-from esmm_model.config import config_from_dict, load_config, portable_config_ref, read_config_text, shipped_config_names
+from esmm_model.config import (config_from_dict, config_from_json, config_to_json, load_config, portable_config_ref,
+                               read_config_text, shipped_config_names)
 from esmm_model.errors import ConfigError
 
 
@@ -154,3 +155,37 @@ def test_input_limits_are_validated(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict(data)
     assert config_from_dict(base()).input.max_rejected_fraction == 0.01
+
+
+def test_step_resources_resolve_step_then_default_then_builtin():
+    data = base()
+    data["kubernetes"] = {"resources": {"default": {"memory": "3Gi", "cpu_limit": "6"}, "train": {"cpu": "5"}}}
+    resources = config_from_dict(data).kubernetes.resources
+    train, push = resources.for_step("train"), resources.for_step("push")
+    assert (train.cpu, train.memory, train.cpu_limit, train.memory_limit) == ("5", "3Gi", "6", "3Gi")
+    assert (push.cpu, push.memory, push.cpu_limit, push.memory_limit) == ("1", "3Gi", "6", "3Gi")
+    builtin = config_from_dict(base()).kubernetes.resources.for_step("train")
+    assert (builtin.cpu, builtin.memory, builtin.cpu_limit, builtin.memory_limit) == ("4", "8Gi", "4", "8Gi")
+
+
+@pytest.mark.parametrize("kubernetes, expected", [
+    ({"resources": {"train": {"cpu": "4 cores"}}}, "kubernetes.resources.train.cpu: '4 cores' is not a Kubernetes quantity"),
+    ({"resources": {"evaluate": {"memory": "8GB"}}}, "kubernetes.resources.evaluate.memory: '8GB' is not a Kubernetes quantity"),
+    ({"resources": {"train": {"memory_limit": "4Gi"}}}, "kubernetes.resources.train.memory_limit: 4Gi is below the request 8Gi"),
+    ({"resources": {"push": {"cpu": "2", "cpu_limit": "1500m"}}}, "kubernetes.resources.push.cpu_limit: 1500m is below the request 2"),
+    ({"resources": {"default": {"cpu": "0"}}}, "kubernetes.resources.default.cpu: must be positive"),
+    ({"resources": {"trainer": {}}}, "kubernetes.resources.trainer: unknown key"),
+    ({"retries": -1}, "kubernetes.retries: must be zero or more"),
+])
+def test_kubernetes_errors_name_the_key(kubernetes, expected):
+    data = base()
+    data["kubernetes"] = kubernetes
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        config_from_dict(data)
+
+
+def test_config_json_round_trips_canonically():
+    config = load_config("simulator")
+    text = config_to_json(config)
+    assert config_from_json(text) == config
+    assert config_to_json(config_from_json(text)) == text
