@@ -11,6 +11,7 @@ import os
 import sys
 
 from esmm_model.errors import EsmmError
+from pipelines import cluster
 
 NOT_PUSHED = 3
 DEFAULT_CONFIG = "simulator"
@@ -148,11 +149,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"report: {layout.EvaluationLayout(args.out).report_html}")
 
 
-def _thresholds(text: str | None) -> list[dict]:
+def _thresholds(text: str | None) -> list[dict] | None:
     import json
 
-    if not text:
-        return []
+    if text is None:
+        return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -163,32 +164,47 @@ def _thresholds(text: str | None) -> list[dict]:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from esmm_model.config import load_config
     from pipelines.local_run import run_local
 
-    config = _ingest_config(args)
-    run = run_local(args.config, args.input, args.serving_base, args.out, beam_args=beam_args(config, args),
-                    variant=args.variant or "", epochs=args.epochs or 0, thresholds=_thresholds(args.thresholds),
-                    ground_truth=args.ground_truth or "", max_rejected_fraction=args.max_rejected_fraction)
+    _ingest_config(args)  # a bad config or override fails here, in one line, before kfp.local starts
+    run = run_local(args.config, args.input, args.serving_base, args.out, beam_runner=args.runner,
+                    beam_options=args.beam_option or None, variant=args.variant, epochs=args.epochs,
+                    thresholds=_thresholds(args.thresholds), ground_truth=args.ground_truth,
+                    max_rejected_fraction=args.max_rejected_fraction)
     print(run.describe())
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
+    from esmm_model.config import load_config
     from pipelines.compile import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.out, args.image)} (steps run in {args.image})")
+    path = compile_pipeline(args.out, args.image, load_config(args.config), model_store_pvc=args.model_store_pvc,
+                            work_pvc=args.work_pvc or None)
+    print(f"wrote {path} (steps run in {args.image}; model store PVC {args.model_store_pvc} on push, "
+          f"{f'work PVC {args.work_pvc} on train' if args.work_pvc else 'no work PVC'})")
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
     import json
 
-    from pipelines.compile import submit_pipeline
+    from pipelines.compile import Submission, kfp_cron, submit
 
     try:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as exc:
         raise EsmmError(f"--arguments is not valid JSON: {exc}") from None
-    print(f"started run {submit_pipeline(args.package, args.host, arguments, experiment=args.experiment)} on {args.host}")
+    if not isinstance(arguments, dict):
+        raise EsmmError("--arguments must be a JSON object like {\"config_path\": \"simulator\", \"input_path\": \"gs://...\"}")
+    if not os.path.isfile(args.package):  # kfp.Client reads the package from the local disk
+        raise EsmmError(f"--package {args.package!r} does not exist; write it with `esmm compile`")
+    request = Submission(host=args.host, package=args.package, arguments=arguments, experiment=args.experiment,
+                         run_name=args.run_name, namespace=args.namespace, service_account=args.service_account,
+                         pipeline_root=args.pipeline_root, enable_caching=False if args.no_cache else None,
+                         schedule=kfp_cron(args.schedule) if args.schedule else None)
+    if args.dry_run:
+        print(request.describe())
+        return
+    print(f"created {submit(request)} on {args.host}")
 
 
 def _names(text: str, what: str) -> tuple[str, ...]:
@@ -335,16 +351,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_rejected(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
+    p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes (resources, retries, volumes)")
+    _add_config(p)
     p.add_argument("--image", required=True, help="container image the steps run in (the project installed)")
     p.add_argument("--out", default="esmm_pipeline.yaml", help="YAML path (default: %(default)s)")
+    p.add_argument("--model-store-pvc", default=cluster.MODEL_STORE_PVC,
+                   help=f"PVC TF Serving reads, mounted on push at {cluster.MODEL_STORE_MOUNT} (default: %(default)s)")
+    p.add_argument("--work-pvc", default=cluster.WORK_PVC,
+                   help=f"PVC for checkpoints, mounted on train at {cluster.WORK_MOUNT}; '' for none (then pass "
+                        f"work_root=gs://... or keep checkpoints in the model artifact) (default: %(default)s)")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint")
+    p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint, or schedule one")
     p.add_argument("--package", required=True, help="the YAML from `esmm compile`")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")
     p.add_argument("--arguments", default="{}", help="pipeline arguments as JSON (config_path, input_path, serving_base, ...)")
-    p.add_argument("--experiment", help="KFP experiment name")
+    p.add_argument("--experiment", help="KFP experiment name (default: KFP's Default)")
+    p.add_argument("--run-name", help="run name, or the recurring run's name with --schedule")
+    p.add_argument("--namespace", help="Kubernetes namespace of a multi-user KFP (default: the client's)")
+    p.add_argument("--service-account", default=cluster.SERVICE_ACCOUNT,
+                   help="service account the step pods run as (default: %(default)s, created by k8s/)")
+    p.add_argument("--pipeline-root", help="where artifacts go (a gs:// or minio:// URI; default: the KFP deployment's)")
+    p.add_argument("--no-cache", action="store_true", help="run every step, ignoring KFP's cache")
+    p.add_argument("--schedule", metavar="CRON", help="create a recurring run instead, e.g. '0 3 * * *' (KFP's 6-field "
+                                                      "cron with seconds is accepted too)")
+    p.add_argument("--dry-run", action="store_true", help="print the request and send nothing")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("experiment", help="the paper's comparison: seven variants x N seeds on one dataset, mean ± std "

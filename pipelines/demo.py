@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from components.beam_runner import beam_args
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config
 from pipelines.local_run import run_local
@@ -19,7 +18,7 @@ def run_demo(out_dir: str, *, config_path: str, rows: int) -> None:
     print(simulate(SimulationSpec(rows=rows), config, out / "sim").describe(), flush=True)
     print("[2/2] running the pipeline under kfp.local: ingest -> transform -> train -> evaluate -> push", flush=True)
     run = run_local(config_path, str(out / "sim"), str(out / "serving"), str(out / "run"),
-                    beam_args=beam_args(config.beam), ground_truth=str(out / "sim" / GROUND_TRUTH_FILE))
+                    ground_truth=str(out / "sim" / GROUND_TRUTH_FILE))
     print("\n" + run.describe())
     print(f"serving base: {out / 'serving'} (try: esmm serve --serving-base {out / 'serving'})")
     print(f"demo took {time.perf_counter() - started:.0f} s")

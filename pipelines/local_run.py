@@ -1,9 +1,9 @@
 """Runs the pipeline locally: kfp.local's SubprocessRunner in this environment, Beam's DirectRunner.
 
 What runs here is what runs on Kubernetes: the same pipeline function, the same components.
-Task caching is KFP's backend feature: the compiled pipeline caches every step but the push.
-kfp 2.17.0's local runner ships a cache module but its task dispatcher never consults it,
-so every local run executes all five steps.
+Task caching is KFP's backend feature: the compiled pipeline caches every step but the
+snapshot and the push. kfp 2.17.0's local runner ships a cache module but its task
+dispatcher never consults it, so every local run executes all six steps.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from components import layout
 from components.blessing import read_json
 from esmm_model.config import portable_config_ref
 from esmm_model.errors import EsmmError
-from pipelines.pipeline import DEFAULT_BEAM_ARGS, create_pipeline
+from pipelines.pipeline import create_pipeline
 
 @dataclass(frozen=True)
 class LocalRun:
@@ -54,27 +54,28 @@ def _task_dir(run_dir: Path, task: str) -> Path:
 
 
 def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str, *,
-              beam_args: Optional[list[str]] = None, variant: str = "", epochs: int = 0,
-              thresholds: Optional[list[dict]] = None, ground_truth: str = "",
+              beam_runner: Optional[str] = None, beam_options: Optional[list[str]] = None,
+              variant: Optional[str] = None, epochs: Optional[int] = None,
+              thresholds: Optional[list[dict]] = None, ground_truth: Optional[str] = None,
               max_rejected_fraction: Optional[float] = None) -> LocalRun:
-    """Runs ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts."""
+    """Runs snapshot -> ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts.
+
+    Every override left None keeps the config's value, as in the compiled pipeline; Beam's
+    arguments come from ``components.beam_runner.beam_args`` inside each step.
+    """
     from kfp import local
 
     root = Path(out_dir).resolve() / "kfp_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(root.iterdir())
-    pipeline = create_pipeline()
-    if max_rejected_fraction is None:  # kfp 2.17's local runner fails on an optional parameter left unset
-        from esmm_model.config import load_config
-
-        max_rejected_fraction = load_config(config_path).input.max_rejected_fraction
+    overrides = {"beam_runner": beam_runner, "beam_options": beam_options, "variant": variant, "epochs": epochs,
+                 "thresholds": thresholds, "ground_truth": _absolute(ground_truth) if ground_truth else None,
+                 "max_rejected_fraction": max_rejected_fraction}
     try:
-        pipeline(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
-                 serving_base=_absolute(serving_base), beam_args=list(beam_args or DEFAULT_BEAM_ARGS),
-                 variant=variant, epochs=epochs, thresholds=list(thresholds or []),
-                 ground_truth=_absolute(ground_truth) if ground_truth else "",
-                 max_rejected_fraction=max_rejected_fraction)
+        create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+                          serving_base=_absolute(serving_base),
+                          **{name: value for name, value in overrides.items() if value is not None})
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before

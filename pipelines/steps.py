@@ -1,13 +1,15 @@
 """The kfp components: thin wrappers that call the plain step functions in ``components/``.
 
 kfp ships each function's source into its container, so a body imports what it uses and
-only moves paths, parameters and artifact metadata. ``build_steps(image)`` turns them into
+only moves paths, parameters and artifact metadata. The config travels as its JSON text
+(``config``, from the snapshot step), so every cache key holds the config's contents, not
+a path to a file that may have changed. ``build_steps(image)`` turns them into
 components running in ``image``, the project's image on Kubernetes; locally kfp.local runs
 the same functions in this Python environment.
 """
 
 from types import SimpleNamespace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
@@ -24,20 +26,41 @@ class Blessing(dsl.Artifact):
     schema_version = "0.0.1"
 
 
-def ingest_step(config_path: str, input_path: str, beam_args: list, examples: Output[Dataset], counts: Output[Metrics],
-                max_rejected_fraction: Optional[float] = None):
+def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str] = None, variant: Optional[str] = None,
+                  epochs: Optional[int] = None, thresholds: Optional[list] = None,
+                  max_rejected_fraction: Optional[float] = None) -> NamedTuple(
+                      "Snapshot", [("config", str), ("input_fingerprint", str)]):
+    """Reads the config with the run's overrides and fingerprints the input files: the values every
+    cache key below depends on. Never cached itself, so an edited config or new data is always seen."""
+    from collections import namedtuple
+
+    from components.fingerprint import input_fingerprint
+    from esmm_model.config import config_to_json, load_config, with_overrides
+
+    overrides = {"input": {"max_rejected_fraction": max_rejected_fraction} if max_rejected_fraction is not None else {},
+                 "model": {"variant": variant} if variant is not None else {},
+                 "training": {"epochs": epochs} if epochs is not None else {},
+                 "evaluation": {"thresholds": thresholds} if thresholds is not None else {}}
+    config = with_overrides(load_config(config_path), overrides)
+    fingerprint = input_fingerprint(config, input_path, ground_truth)
+    print(f"config {config.name} ({config.model.variant}), input fingerprint {fingerprint}")
+    return namedtuple("Snapshot", ["config", "input_fingerprint"])(config_to_json(config), fingerprint)
+
+
+def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset], counts: Output[Metrics],
+                beam_runner: Optional[str] = None, beam_options: Optional[list] = None):
     """Raw logs -> tf.Example TFRecords split by time, schema, counts and rejected rows.
 
-    Fails (so nothing downstream runs) when more than ``max_rejected_fraction`` of the lines
-    are rejected (None: the config's input.max_rejected_fraction) or a split is empty.
-    """
+    Fails (so nothing downstream runs) when more than the config's input.max_rejected_fraction
+    of the lines are rejected or a split is empty. ``input_fingerprint`` keys the cache on the
+    input files' listing, not on ``input_path``."""
+    from components.beam_runner import beam_args
     from components.ingest import ingest
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import config_from_json
 
-    config = load_config(config_path)
-    if max_rejected_fraction is not None:
-        config = with_overrides(config, {"input": {"max_rejected_fraction": max_rejected_fraction}})
-    result = ingest(config, input_path, examples.path, beam_args)
+    run_config = config_from_json(config)
+    result = ingest(run_config, input_path, examples.path, beam_args(run_config.beam, beam_runner, beam_options))
+    examples.metadata["input_fingerprint"] = input_fingerprint
     counts.log_metric("rows_read", result.rows_read)
     counts.log_metric("rows_rejected", sum(result.rejected.values()))
     for split in ("train", "eval"):
@@ -45,46 +68,65 @@ def ingest_step(config_path: str, input_path: str, beam_args: list, examples: Ou
             counts.log_metric(f"{split}_{key}", value)
 
 
-def transform_step(config_path: str, beam_args: list, examples: Input[Dataset], transformed: Output[Dataset]):
+def transform_step(config: str, examples: Input[Dataset], transformed: Output[Dataset],
+                   beam_runner: Optional[str] = None, beam_options: Optional[list] = None):
     """tf.Transform: analyze train, transform train and eval, keep the transform graph."""
+    from components.beam_runner import beam_args
     from components.transform import transform
-    from esmm_model.config import load_config
+    from esmm_model.config import config_from_json
 
-    transform(load_config(config_path), examples.path, transformed.path, beam_args)
+    run_config = config_from_json(config)
+    transform(run_config, examples.path, transformed.path, beam_args(run_config.beam, beam_runner, beam_options))
 
 
-def train_step(config_path: str, variant: str, epochs: int, transformed: Input[Dataset], model: Output[Model]):
-    """Trains the ESMM variant and exports the serving SavedModel; its metadata locates it (layout.SAVED_MODEL_KEY)."""
+def train_step(config: str, transformed: Input[Dataset], model: Output[Model], work_root: Optional[str] = None):
+    """Trains the ESMM variant and exports the serving SavedModel; its metadata locates it (layout.SAVED_MODEL_KEY).
+
+    With ``work_root`` (a work volume or an object-store URI), checkpoints go to a directory
+    keyed by this task's output URI, which KFP hands a retried pod unchanged and no other task
+    or run shares: a retried pod resumes where the last one stopped. Without it they stay
+    inside the model artifact.
+    """
+    import hashlib
+
     from components import layout
     from components.train import train
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import config_from_json
 
-    overrides = {"model": {"variant": variant} if variant else {}, "training": {"epochs": epochs} if epochs else {}}
-    config = with_overrides(load_config(config_path), overrides)
-    result = train(config, transformed.path, model.path)
+    run_config = config_from_json(config)
+    run_key = hashlib.sha256(model.uri.encode()).hexdigest()[:20]
+    checkpoints = layout.checkpoint_dir(work_root, run_key) if work_root else None
+    print(f"checkpoints: {checkpoints or 'inside the model artifact'}")
+    result = train(run_config, transformed.path, model.path, checkpoint_dir=checkpoints)
     model.metadata[layout.SAVED_MODEL_KEY] = layout.TrainLayout(model.path).relative(result.export_dir)
-    model.metadata["variant"] = config.model.variant
+    model.metadata["variant"] = run_config.model.variant
     model.metadata["steps"] = result.step
 
 
-def evaluate_step(config_path: str, beam_args: list, ground_truth: str, examples: Input[Dataset], model: Input[Model],
-                  evaluation: Output[Metrics], report: Output[HTML]):
-    """TFMA through serving_default on the raw eval split, sliced all/clicked/unclicked, with report."""
+def evaluate_step(config: str, input_fingerprint: str, examples: Input[Dataset], model: Input[Model],
+                  evaluation: Output[Metrics], report: Output[HTML], beam_runner: Optional[str] = None,
+                  beam_options: Optional[list] = None, ground_truth: Optional[str] = None):
+    """TFMA through serving_default on the raw eval split, sliced all/clicked/unclicked, with report.
+
+    ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache."""
     import tensorflow as tf
 
     from components import layout
+    from components.beam_runner import beam_args
     from components.evaluate import evaluate
-    from esmm_model.config import load_config
+    from esmm_model.config import config_from_json
 
+    run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
-    result = evaluate(load_config(config_path), saved_model, examples.path, evaluation.path, beam_args,
-                      ground_truth=ground_truth or None)
+    result = evaluate(run_config, saved_model, examples.path, evaluation.path,
+                      beam_args(run_config.beam, beam_runner, beam_options), ground_truth=ground_truth)
+    evaluation.metadata["input_fingerprint"] = input_fingerprint
     for name, value in result.headline().items():
         evaluation.log_metric(name, value)
     tf.io.gfile.copy(layout.EvaluationLayout(evaluation.path).report_html, report.path, overwrite=True)
 
 
-def push_step(config_path: str, serving_base: str, thresholds: list, examples: Input[Dataset], model: Input[Model],
+def push_step(config: str, serving_base: str, examples: Input[Dataset], model: Input[Model],
               evaluation: Input[Metrics], blessing: Output[Blessing], pushed: Output[Model]):
     """Blesses the model against the thresholds and the pushed baseline; pushes it atomically only if blessed,
     with warmup requests from the eval examples."""
@@ -95,14 +137,11 @@ def push_step(config_path: str, serving_base: str, thresholds: list, examples: I
     from components import layout
     from components.blessing import read_json
     from components.push import validate_and_push
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import config_from_json
 
-    config = load_config(config_path)
-    if thresholds:
-        config = with_overrides(config, {"evaluation": {"thresholds": thresholds}})
     metrics = read_json(layout.EvaluationLayout(evaluation.path).metrics, "evaluation metrics")
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
-    verdict, result = validate_and_push(config, saved_model, metrics, serving_base, blessing.path,
+    verdict, result = validate_and_push(config_from_json(config), saved_model, metrics, serving_base, blessing.path,
                                         layout.IngestLayout(examples.path).split_pattern(layout.EVAL))
     blessing.metadata.update({"blessed": verdict.blessed, "status": verdict.status, "reasons": list(verdict.reasons)})
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason})
@@ -113,9 +152,10 @@ def push_step(config_path: str, serving_base: str, thresholds: list, examples: I
 
 
 def build_steps(image: str) -> SimpleNamespace:
-    """The five steps as kfp components running in ``image``."""
+    """The six steps as kfp components running in ``image``."""
     def component(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
-    return SimpleNamespace(ingest=component(ingest_step), transform=component(transform_step),
-                           train=component(train_step), evaluate=component(evaluate_step), push=component(push_step))
+    return SimpleNamespace(snapshot=component(snapshot_step), ingest=component(ingest_step),
+                           transform=component(transform_step), train=component(train_step),
+                           evaluate=component(evaluate_step), push=component(push_step))

@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from kfp import components
 
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
-from esmm_model.config import load_config, read_config_text
+from esmm_model.config import load_config, read_config_text, with_overrides
 from esmm_model.errors import EsmmError
+from pipelines import cluster
 from pipelines.compile import compile_pipeline
 from pipelines.local_run import run_local
 from serving_client.client import PredictionClient
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer
 
-BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
-TASKS = {"ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"}
+BEAM_OPTIONS = ["--direct_running_mode=in_memory"]
+TASKS = {"snapshot-step", "ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def tiny(tmp_path_factory):
 
 def run(tiny: Path, thresholds, out: str):
     return run_local(str(tiny / "config.yaml"), str(tiny / "sim"), str(tiny / "serving"), str(tiny / out),
-                     beam_args=BEAM_ARGS, epochs=1, thresholds=thresholds,
+                     beam_options=BEAM_OPTIONS, epochs=1, thresholds=thresholds,
                      ground_truth=str(tiny / "sim" / GROUND_TRUTH_FILE))
 
 
@@ -87,25 +89,84 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
     assert sorted(p.name for p in (tiny / "serving" / "esmm").iterdir()) == ["1"]
 
 
-def test_compiled_yaml_lists_five_tasks_in_the_image(tmp_path):
-    path = compile_pipeline(str(tmp_path / "esmm.yaml"), "registry.example/esmm:1.2.3")
-    spec = yaml.safe_load(Path(path).read_text())
+def compiled(tmp_path, config=None, work_pvc="esmm-pipeline-work") -> tuple[dict, dict]:
+    """The compiled pipeline spec and its Kubernetes platform spec."""
+    path = compile_pipeline(str(tmp_path / "esmm.yaml"), "registry.example/esmm:1.2.3", config or load_config("simulator"),
+                            model_store_pvc="esmm-model-store", work_pvc=work_pvc)
+    spec, *platform = yaml.safe_load_all(Path(path).read_text())
+    return spec, (platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {})
+
+
+def test_compiled_yaml_lists_six_tasks_in_the_image_and_loads_back(tmp_path):
+    spec, _ = compiled(tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == TASKS
-    assert tasks["transform-step"]["dependentTasks"] == ["ingest-step"]
-    assert sorted(tasks["push-step"]["dependentTasks"]) == ["evaluate-step", "ingest-step", "train-step"]  # eval examples warm it
-    assert {name: task["cachingOptions"].get("enableCache", False) for name, task in tasks.items()} == {
-        "ingest-step": True, "transform-step": True, "train-step": True, "evaluate-step": True, "push-step": False}
+    assert tasks["ingest-step"]["dependentTasks"] == ["snapshot-step"]
+    assert sorted(tasks["transform-step"]["dependentTasks"]) == ["ingest-step", "snapshot-step"]
+    assert sorted(tasks["push-step"]["dependentTasks"]) == ["evaluate-step", "ingest-step", "snapshot-step", "train-step"]
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 5
+    assert len(executors) == 6
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/esmm:1.2.3"}
-    params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"config_path", "input_path", "serving_base", "beam_args", "variant", "epochs", "thresholds",
-            "ground_truth"} <= set(params)
     outputs = spec["components"]["comp-push-step"]["outputDefinitions"]["artifacts"]
     assert outputs["blessing"]["artifactType"]["schemaTitle"] == "system.Artifact"
     assert spec["components"]["comp-evaluate-step"]["outputDefinitions"]["artifacts"]["evaluation"][
         "artifactType"]["schemaTitle"] == "system.Metrics"
+    loaded = components.load_component_from_file(str(tmp_path / "esmm.yaml"))
+    assert loaded.name == "esmm"
+    assert {"config_path", "input_path", "serving_base", "work_root", "beam_runner"} <= set(loaded.component_spec.inputs)
+
+
+def test_run_time_overrides_are_optional_parameters_without_sentinels(tmp_path):
+    params = compiled(tmp_path)[0]["root"]["inputDefinitions"]["parameters"]
+    assert {name for name, p in params.items() if not p.get("isOptional")} == {"config_path", "input_path"}
+    overrides = ("beam_runner", "beam_options", "variant", "epochs", "thresholds", "ground_truth")
+    assert all("defaultValue" not in params[name] for name in overrides)  # None: the config decides
+    assert params["serving_base"]["defaultValue"] == cluster.MODEL_STORE_MOUNT
+    assert params["work_root"]["defaultValue"] == cluster.WORK_MOUNT
+    without_work_volume = compiled(tmp_path, work_pvc=None)[0]["root"]["inputDefinitions"]["parameters"]
+    assert "defaultValue" not in without_work_volume["work_root"]  # checkpoints stay in the model artifact
+
+
+def test_caches_key_on_config_contents_and_input_fingerprint(tmp_path):
+    tasks = compiled(tmp_path)[0]["root"]["dag"]["tasks"]
+    assert {name: task["cachingOptions"].get("enableCache", False) for name, task in tasks.items()} == {
+        "snapshot-step": False, "ingest-step": True, "transform-step": True, "train-step": True,
+        "evaluate-step": True, "push-step": False}
+    for name in ("ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"):
+        parameters = tasks[name]["inputs"]["parameters"]
+        assert "config_path" not in parameters  # a path would replay a cache after the file was edited
+        assert parameters["config"]["taskOutputParameter"] == {"producerTask": "snapshot-step", "outputParameterKey": "config"}
+    for name in ("ingest-step", "evaluate-step"):
+        assert tasks[name]["inputs"]["parameters"]["input_fingerprint"]["taskOutputParameter"] == {
+            "producerTask": "snapshot-step", "outputParameterKey": "input_fingerprint"}
+
+
+def test_every_step_has_requests_limits_from_the_config_and_transient_steps_retry(tmp_path):
+    config = with_overrides(load_config("simulator"), {"kubernetes": {
+        "retries": 3, "retry_backoff_s": 30,
+        "resources": {"default": {"memory_limit": "16Gi"}, "train": {"cpu": "6", "memory": "12Gi", "cpu_limit": "8"}}}})
+    spec, _ = compiled(tmp_path, config)
+    resources = {name[len("exec-"):-len("-step")]: e["container"]["resources"]
+                 for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert resources["train"]["resourceCpuRequest"] == "6" and resources["train"]["resourceCpuLimit"] == "8"
+    assert resources["train"]["resourceMemoryRequest"] == "12Gi"
+    assert resources["ingest"]["resourceCpuRequest"] == "2" and resources["ingest"]["resourceCpuLimit"] == "2"
+    for step, entry in resources.items():
+        assert entry["resourceMemoryLimit"] == "16Gi", step  # the default's limit reaches every step
+        assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest"} <= set(entry), step
+    tasks = spec["root"]["dag"]["tasks"]
+    retried = {name for name, task in tasks.items() if "retryPolicy" in task}
+    assert retried == {"snapshot-step", "ingest-step", "transform-step", "train-step", "evaluate-step"}
+    assert tasks["train-step"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["train-step"]["retryPolicy"]["backoffDuration"] == "30s"
+
+
+def test_push_mounts_the_model_store_and_train_the_work_volume(tmp_path):
+    _, volumes = compiled(tmp_path)
+    mounts = {name: [(m["constant"], m["mountPath"]) for m in e["pvcMount"]] for name, e in volumes.items()}
+    assert mounts == {"exec-push-step": [("esmm-model-store", cluster.MODEL_STORE_MOUNT)],
+                      "exec-train-step": [("esmm-pipeline-work", cluster.WORK_MOUNT)]}
+    assert compiled(tmp_path, work_pvc=None)[1].keys() == {"exec-push-step"}
 
 
 @pytest.mark.slow
@@ -118,8 +179,8 @@ def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
     skeleton.write_text("\n".join(lines + bad) + "\n")
     with pytest.raises(EsmmError, match="ingest-step"):
         run_local(str(tiny / "config.yaml"), str(sim), str(tmp_path / "serving"), str(tmp_path / "run"),
-                  beam_args=BEAM_ARGS, epochs=1)
+                  beam_options=BEAM_OPTIONS, epochs=1)
     (run_dir,) = (tmp_path / "run" / "kfp_root").iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"ingest-step"}  # nothing downstream ran
+    assert {p.name for p in run_dir.iterdir()} == {"snapshot-step", "ingest-step"}  # nothing downstream ran
     assert json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())["rejected"] == {"bad_click": 80}
     assert not (tmp_path / "serving").exists()

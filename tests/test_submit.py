@@ -1,0 +1,116 @@
+"""`esmm submit`: the request it sends (stubbed kfp.Client), schedules, dry runs, and one-line failures."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines import compile as compile_module
+from pipelines.cli import main
+from pipelines.compile import Submission, kfp_cron, submit
+
+
+class StubClient:
+    """Records what the CLI asks of kfp.Client."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, host, namespace):
+        self.calls.append(("client", {"host": host, "namespace": namespace}))
+
+    def create_run_from_pipeline_package(self, package, **kwargs):
+        self.calls.append(("run", {"package": package, **kwargs}))
+        return SimpleNamespace(run_id="run-123")
+
+    def create_experiment(self, name, namespace=None):
+        self.calls.append(("experiment", {"name": name, "namespace": namespace}))
+        return SimpleNamespace(experiment_id="exp-9")
+
+    def create_recurring_run(self, experiment_id, **kwargs):
+        self.calls.append(("recurring", {"experiment_id": experiment_id, **kwargs}))
+        return SimpleNamespace(recurring_run_id="rec-7")
+
+
+@pytest.fixture
+def package(tmp_path):
+    path = tmp_path / "esmm.yaml"
+    path.write_text("# compiled pipeline\n")
+    return str(path)
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    StubClient.calls = []
+    monkeypatch.setattr(compile_module, "_client", StubClient)
+    return StubClient.calls
+
+
+ARGS = {"config_path": "simulator", "input_path": "gs://bucket/logs/2026-11-27"}
+
+
+def test_submit_sends_every_flag_to_kfp(package, stub, capsys):
+    code = main(["submit", "--package", package, "--host", "http://kfp.example", "--arguments", json.dumps(ARGS),
+                 "--namespace", "ranking-ml", "--service-account", "runner", "--experiment", "esmm-daily",
+                 "--run-name", "esmm-2026-11-27", "--pipeline-root", "gs://bucket/root", "--no-cache"])
+    assert code == 0
+    assert stub == [("client", {"host": "http://kfp.example", "namespace": "ranking-ml"}),
+                    ("run", {"package": package, "arguments": ARGS, "run_name": "esmm-2026-11-27",
+                             "experiment_name": "esmm-daily", "namespace": "ranking-ml",
+                             "pipeline_root": "gs://bucket/root", "enable_caching": False, "service_account": "runner"})]
+    assert "created run run-123 on http://kfp.example" in capsys.readouterr().out
+
+
+def test_caching_is_left_to_the_compiled_pipeline_without_no_cache(package, stub):
+    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS)]) == 0
+    (_, run), = [call for call in stub if call[0] == "run"]
+    assert run["enable_caching"] is None and run["service_account"] == "esmm-pipeline"
+
+
+def test_schedule_creates_a_recurring_run_with_kfp_cron(package, stub, capsys):
+    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS), "--experiment", "daily",
+                 "--run-name", "esmm-nightly", "--schedule", "0 3 * * *"]) == 0
+    assert stub[1] == ("experiment", {"name": "daily", "namespace": None})
+    kind, recurring = stub[2]
+    assert kind == "recurring" and recurring["experiment_id"] == "exp-9"
+    assert recurring["cron_expression"] == "0 0 3 * * *"  # KFP's cron has seconds first
+    assert recurring["job_name"] == "esmm-nightly" and recurring["params"] == ARGS
+    assert recurring["pipeline_package_path"] == package
+    assert "created recurring run rec-7 (0 0 3 * * *)" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_request_and_sends_nothing(package, stub, capsys):
+    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS), "--no-cache",
+                 "--schedule", "*/30 * * * *", "--dry-run"]) == 0
+    assert stub == []
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"host": "h", "package": package, "arguments": ARGS, "enable_caching": False,
+                       "service_account": "esmm-pipeline", "schedule": "0 */30 * * * *"}
+
+
+def test_an_unreachable_host_fails_in_one_line_naming_it(package, capsys):
+    code = main(["submit", "--package", package, "--host", "http://127.0.0.1:9", "--arguments", json.dumps(ARGS)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("esmm submit: error: cannot reach the KFP endpoint http://127.0.0.1:9")
+
+
+def test_a_refused_credential_says_so(package):
+    from kfp_server_api.exceptions import ApiException
+
+    def refusing(host, namespace):
+        raise ApiException(status=403, reason="Forbidden")
+
+    with pytest.raises(Exception, match=r"the KFP endpoint https://kfp.example refused the request \(HTTP 403 Forbidden\)"):
+        submit(Submission(host="https://kfp.example", package=package, arguments=ARGS), client_factory=refusing)
+
+
+@pytest.mark.parametrize("bad", ["daily", "0 3 * *", "0 3 * * * * *", "0 3 * * $"])
+def test_a_malformed_schedule_is_refused(bad, package, stub, capsys):
+    assert main(["submit", "--package", package, "--host", "h", "--schedule", bad]) == 2
+    assert "is not a cron expression" in capsys.readouterr().err and stub == []
+
+
+def test_cron_keeps_six_fields():
+    assert kfp_cron("30 0 3 * * 1-5") == "30 0 3 * * 1-5"
