@@ -13,6 +13,7 @@ from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config, read_config_text, with_overrides
 from esmm_model.errors import EsmmError
 from pipelines import cluster
+from pipelines.cli import main
 from pipelines.compile import compile_pipeline
 from pipelines.local_run import run_local
 from serving_client.client import PredictionClient
@@ -184,3 +185,14 @@ def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
     assert {p.name for p in run_dir.iterdir()} == {"snapshot-step", "ingest-step"}  # nothing downstream ran
     assert json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())["rejected"] == {"bad_click": 80}
     assert not (tmp_path / "serving").exists()
+
+
+def test_esmm_compile_takes_the_config_and_volume_names(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--config", "aliccp", "--image", "registry.example/esmm:2", "--out", str(out),
+                 "--model-store-pvc", "models-rwx", "--work-pvc", ""]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors == {"exec-push-step": {"pvcMount": [{"constant": "models-rwx", "mountPath": "/models",
+                                                           "pvcNameParameter": {"runtimeValue": {"constant": "models-rwx"}}}]}}
+    assert "model store PVC models-rwx on push, no work PVC" in capsys.readouterr().out
