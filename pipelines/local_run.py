@@ -7,10 +7,11 @@ dispatcher never consults it, so every local run executes all six steps.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from components import layout
 from components.blessing import read_json
@@ -46,6 +47,38 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+@contextlib.contextmanager
+def _unset_optional_inputs_allowed() -> Iterator[None]:
+    """Lets kfp.local leave an ``Optional`` pipeline parameter unset, as the KFP backend does.
+
+    kfp 2.17.0's local orchestrator fails on a pipeline input that is optional and has no
+    default ("Unknown value type"), and refuses None as an argument. Within this context an
+    unset one reaches its tasks unset, so each component's own default (None) applies.
+    """
+    from unittest import mock
+
+    from kfp.local import executor_input_utils
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    join, construct = OrchestratorUtils.join_user_inputs_and_defaults.__func__, executor_input_utils.construct_executor_input
+
+    def join_set_inputs(cls, dag_arguments, dag_inputs_spec):
+        unset = [name for name, spec in dag_inputs_spec.parameters.items()
+                 if name not in dag_arguments and spec.is_optional and not spec.HasField("default_value")]
+        spec = type(dag_inputs_spec)()
+        spec.CopyFrom(dag_inputs_spec)
+        for name in unset:
+            del spec.parameters[name]
+        return {**join(cls, dag_arguments, spec), **dict.fromkeys(unset)}
+
+    def construct_without_unset(component_spec, arguments, *args, **kwargs):
+        return construct(component_spec, {k: v for k, v in arguments.items() if v is not None}, *args, **kwargs)
+
+    with (mock.patch.object(OrchestratorUtils, "join_user_inputs_and_defaults", classmethod(join_set_inputs)),
+          mock.patch.object(executor_input_utils, "construct_executor_input", construct_without_unset)):
+        yield
+
+
 def _task_dir(run_dir: Path, task: str) -> Path:
     matches = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(task))
     if not matches:
@@ -61,7 +94,8 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     """Runs snapshot -> ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts.
 
     Every override left None keeps the config's value, as in the compiled pipeline; Beam's
-    arguments come from ``components.beam_runner.beam_args`` inside each step.
+    arguments come from ``components.beam_runner.beam_args`` inside each step. Checkpoints go
+    to ``<out_dir>/work``, keyed by run as on a cluster's work volume.
     """
     from kfp import local
 
@@ -73,9 +107,10 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
                  "thresholds": thresholds, "ground_truth": _absolute(ground_truth) if ground_truth else None,
                  "max_rejected_fraction": max_rejected_fraction}
     try:
-        create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
-                          serving_base=_absolute(serving_base),
-                          **{name: value for name, value in overrides.items() if value is not None})
+        with _unset_optional_inputs_allowed():
+            create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+                              serving_base=_absolute(serving_base), work_root=str(root.parent / "work"),
+                              **{name: value for name, value in overrides.items() if value is not None})
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before

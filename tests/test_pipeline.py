@@ -50,6 +50,8 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
                      "evaluate-step/evaluation/metrics.json", "evaluate-step/evaluation/report.html",
                      "evaluate-step/evaluation/plots/cvr.png", "evaluate-step/report", "push-step/blessing"):
         assert (run_dir / artifact).exists(), artifact
+    (checkpoints,) = (tiny / "run" / "work").glob("*/train/checkpoints")  # keyed by this run's train task
+    assert tf.train.latest_checkpoint(str(checkpoints)) is not None
     metrics = first.metrics
     assert metrics["ctr"]["clicked"]["example_count"] + metrics["ctr"]["unclicked"]["example_count"] == 2_000
     assert 0.0 < metrics["entire_space"]["oracle_cvr_auc"] <= 1.0
