@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from components import push as push_module
 from components import storage
 from components.blessing import bless, read_blessing
 from components.push import latest_pushed, push, pushed_versions
