@@ -136,7 +136,7 @@ class TrainingConfig:
     """Optimisation: the paper's Adam by default, Adagrad as the seed uses."""
 
     optimizer: Literal["adam", "adagrad"] = "adam"
-    embedding_optimizer: Literal["same", "lazy_adam", "adagrad", "sgd"] = "same"
+    embedding_optimizer: Literal["same", "lazy_adam", "adagrad", "sgd"] = "lazy_adam"
     learning_rate: float = 0.001
     embedding_learning_rate: Optional[float] = None
     adam_beta_1: float = 0.9
