@@ -12,6 +12,7 @@ them (the paper's protocol), and the entire-space CVR AUC against ``would_conver
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -286,6 +287,23 @@ def run_experiment(data: Data, *, repeats: int = 5, rows: tuple[str, ...] = tupl
     return result
 
 
+def read_runs(paths: list[str]) -> Result:
+    """A Result from the runs.csv (and the oracle.json beside the first) of earlier experiments,
+    e.g. seeds or variants run in parallel processes."""
+    result = Result()
+    for path in paths:
+        if not tf.io.gfile.exists(path):
+            raise InputError(f"runs file {path!r} does not exist")
+        with tf.io.gfile.GFile(path) as f:
+            for run in csv.DictReader(f):
+                result.runs.append({k: v if k == "row" else int(v) if k == "seed" else float(v) for k, v in run.items()})
+    oracle = os.path.join(os.path.dirname(paths[0]), "oracle.json")
+    if tf.io.gfile.exists(oracle):
+        with tf.io.gfile.GFile(oracle) as f:
+            result.oracle = json.loads(f.read())
+    return result
+
+
 def _cell(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}" if math.isfinite(std) else f"{mean:.4f}"
 
@@ -319,9 +337,12 @@ def sweep_markdown(result: Result, rows: tuple[str, ...], fractions: tuple[float
 
 def write_outputs(result: Result, out_dir: str, rows: tuple[str, ...], sweep_rows: tuple[str, ...],
                   fractions: tuple[float, ...]) -> dict[str, str]:
-    """table2.md, table2.csv, table2.png, runs.csv and, with a sweep, sparsity.md and sparsity.png."""
+    """table2.md, table2.csv, table2.png, runs.csv, oracle.json and, with a sweep, sparsity.md and sparsity.png."""
     tf.io.gfile.makedirs(out_dir)
-    paths = {name: os.path.join(out_dir, name) for name in ("table2.md", "table2.csv", "table2.png", "runs.csv")}
+    paths = {name: os.path.join(out_dir, name)
+             for name in ("table2.md", "table2.csv", "table2.png", "runs.csv", "oracle.json")}
+    with tf.io.gfile.GFile(paths["oracle.json"], "w") as f:
+        f.write(json.dumps(result.oracle))
     with tf.io.gfile.GFile(paths["table2.md"], "w") as f:
         f.write(table2_markdown(result, rows))
     summary = result.summary(rows)

@@ -226,21 +226,29 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    from components.experiment import load_data, run_experiment, table2_markdown, write_outputs
+    from components.experiment import load_data, read_runs, run_experiment, table2_markdown, write_outputs
     from esmm_model.config import load_config, with_overrides
 
+    rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")
+    fractions = _fractions(args.fractions)
+    if args.from_runs:
+        result = read_runs(args.from_runs)
+        paths = write_outputs(result, args.out, rows, sweep_rows, fractions)
+        print(table2_markdown(result, rows))
+        print("wrote " + ", ".join(paths.values()))
+        return
+    if not (args.transform_dir and args.ingest_dir):
+        raise EsmmError("--transform-dir and --ingest-dir are required unless --from-runs is given")
     config = load_config(args.config)
     if args.epochs:
         config = with_overrides(config, {"training": {"epochs": args.epochs}})
     if args.repeats < 1:
         raise EsmmError(f"--repeats: give at least 1, got {args.repeats}")
-    rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")
-    fractions = _fractions(args.fractions)
     data = load_data(config, args.transform_dir, args.ingest_dir, args.ground_truth)
     print(f"experiment: {len(data.train):,} train / {len(data.eval):,} eval rows, {args.repeats} repeats, "
           f"{config.training.epochs} epochs", flush=True)
     result = run_experiment(data, repeats=args.repeats, rows=rows, fractions=fractions, sweep_rows=sweep_rows,
-                            progress=lambda line: print(line, flush=True))
+                            seed=args.seed, progress=lambda line: print(line, flush=True))
     paths = write_outputs(result, args.out, rows, sweep_rows, fractions)
     print(table2_markdown(result, rows))
     print("wrote " + ", ".join(paths.values()))
@@ -381,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="the paper's comparison: seven variants x N seeds on one dataset, mean ± std "
                                           "of four AUCs (Table 2), and a training-sparsity sweep (Figure 3)")
     _add_config(p)
-    p.add_argument("--transform-dir", required=True, help="output of `esmm transform`")
-    p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (its eval/ split is scored)")
+    p.add_argument("--transform-dir", help="output of `esmm transform`")
+    p.add_argument("--ingest-dir", help="output of `esmm ingest` (its eval/ split is scored)")
     p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space CVR AUC and the oracle row")
     p.add_argument("--out", required=True, help="output directory (table2.md/.csv/.png, runs.csv, sparsity.md/.png)")
     p.add_argument("--repeats", type=int, default=5, help="seeds per variant (default: %(default)s; the paper used 10)")
@@ -392,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "(default: %(default)s; 1 alone skips it)")
     p.add_argument("--sweep-variants", default="BASE,ESMM-NS,ESMM", help="variants of the sweep (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--seed", type=int, help="seed of the first repeat (default: training.seed); repeat i uses seed + i")
+    p.add_argument("--from-runs", nargs="+", metavar="RUNS_CSV",
+                   help="train nothing: write the tables and charts from the runs.csv of earlier experiments "
+                        "(e.g. seeds or variants run in parallel)")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded simulator default")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
-from components.experiment import (METRICS, epoch_order, load_data, run_experiment, table2_markdown,
+from components.experiment import (METRICS, epoch_order, load_data, read_runs, run_experiment, table2_markdown,
                                    write_outputs)
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
@@ -96,6 +96,10 @@ def test_two_repeats_give_the_table_shape_and_std_across_repeats(data, tmp_path)
         rows = list(csv.DictReader(f))
     assert [r["model"] for r in rows] == [*ROWS, "oracle"]
     assert float(rows[0]["ctr_auc_std"]) == pytest.approx(summary["BASE"]["ctr_auc"][1], abs=1e-6)
+    # Runs written by separate processes merge back into the same table.
+    again = read_runs([paths["runs.csv"]])
+    assert again.oracle == result.oracle
+    assert table2_markdown(again, ROWS) == table2_markdown(result, ROWS)
 
 
 def test_experiment_command_rejects_a_bad_sampling_rate(capsys):
