@@ -199,7 +199,10 @@ def fit_and_predict(data: Data, config: Config, *, seed: int, fraction: float = 
 
 def predict(model: EsmmModel, split: Split, batch_size: int = 16384) -> dict[str, np.ndarray]:
     """ctr, cvr, ctcvr for every row of the split."""
-    call = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    @tf.function(reduce_retracing=True)
+    def call(inputs):
+        return model(inputs, training=False)
+
     parts: dict[str, list[np.ndarray]] = {"ctr": [], "cvr": [], "ctcvr": []}
     for start in range(0, len(split), batch_size):
         outputs = call(split.batch(np.arange(start, min(start + batch_size, len(split))))[0])
