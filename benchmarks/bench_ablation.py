@@ -136,7 +136,7 @@ def main() -> None:
             values = [r[metric] for r in runs]
             mean, std = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
             delta = "" if name == "shipped" or shipped is None else f" ({mean - shipped[metric]:+.4f})"
-            cells.append(f"{mean:.4f} ± {std:.4f}{delta}")
+            cells.append((f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}") + delta)
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
