@@ -326,7 +326,7 @@ def sweep_markdown(result: Result, rows: tuple[str, ...], fractions: tuple[float
     """Mean ± std of each metric by training fraction, one table per metric."""
     blocks = []
     for metric, title in METRICS.items():
-        lines = [f"{title}", "", "| model | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
+        lines = [f"**{title}**", "", "| model | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
                  "|---|" + "---|" * len(fractions)]
         for row in rows:
             cells = []
