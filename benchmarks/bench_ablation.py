@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +29,8 @@ import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.T
 from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.transform import TRANSFORM_GRAPH, TRANSFORMED, transform  # noqa: E402
+from components import layout  # noqa: E402
+from components.transform import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config, with_overrides  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
@@ -111,9 +113,9 @@ def main() -> None:
         key = "transform_" + "_".join(re.findall(r"[a-z0-9]+", name)) if preprocessing else "transform"
         if key not in loaded:
             out = work_dir / key
-            if not (out / TRANSFORM_GRAPH / "transform_fn").is_dir():
-                transform(config, work_dir / "ingest", out, BEAM)
-            loaded[key] = load_data(config, str(out / TRANSFORM_GRAPH), str(out / TRANSFORMED), str(work_dir / "ingest"),
+            if not tf.io.gfile.isdir(layout.join(layout.TransformLayout(str(out)).graph, "transform_fn")):
+                transform(config, str(work_dir / "ingest"), str(out), BEAM)
+            loaded[key] = load_data(config, str(out), str(work_dir / "ingest"),
                                     str(work_dir / "raw" / GROUND_TRUTH_FILE))
         data = loaded[key]
         oracle = oracle or oracle_scores(data.eval)
