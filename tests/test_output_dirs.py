@@ -38,7 +38,7 @@ def test_each_step_refuses_a_directory_holding_an_earlier_run(step, used, tmp_pa
         elif step == "transform":
             transform(CONFIG, tmp_path, used, ["--runner=DirectRunner"])
         elif step == "train":
-            train(CONFIG, tmp_path, tmp_path, used)
+            train(CONFIG, str(tmp_path), str(used))
         else:
             model = tmp_path / "model"
             model.mkdir()
@@ -58,4 +58,4 @@ def test_train_resumes_its_own_directory_but_refuses_foreign_files(tmp_path):
     require_empty(str(out), "train", resumable=frozenset({"checkpoints", "tensorboard", "metrics.json", "model"}))
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match=r"it holds notes.txt\)"):
-        train(CONFIG, tmp_path, tmp_path, out)
+        train(CONFIG, str(tmp_path), str(out))

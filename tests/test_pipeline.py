@@ -20,7 +20,9 @@ from serving_client.client import PredictionClient
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer
 
-BEAM_OPTIONS = ["--direct_running_mode=in_memory"]
+# One in-process worker: with several, Beam does not fix the order of the transformed records, and the
+# determinism check below compares two runs.
+BEAM_OPTIONS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 TASKS = {"snapshot-step", "ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"}
 
 
