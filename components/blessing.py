@@ -3,10 +3,12 @@
 Metrics are the evaluator's nested mapping, addressed by path: ``cvr/clicked/auc`` reads
 ``metrics["cvr"]["clicked"]["auc"]``. Each ``evaluation.thresholds`` entry applies up to three
 rules: ``min`` and ``max`` on the candidate alone, and ``max_regression`` against the baseline,
-the currently pushed model. The gate fails closed: a metric the candidate lacks, or that is
-not a finite number, fails. A change rule is skipped, with its reason recorded, when there is
-no baseline (the first model is judged on absolute thresholds alone) or the baseline lacks
-that metric.
+the currently pushed model re-scored by the evaluator on the same rows (TFX's way: a change
+measured on one split, not against metrics recorded on an older one). Where TFMA computed the
+metric and checked the threshold (``components.thresholds``), the rule's outcome is TFMA's.
+The gate fails closed: a metric the candidate lacks, or that is not a finite number, fails.
+A change rule is skipped, with its reason recorded, when there is no baseline (the first
+model is judged on absolute thresholds alone) or the baseline lacks that metric.
 
 The artifact is one JSON file (see ``write_blessing``)::
 
@@ -27,6 +29,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import tensorflow as tf
 
+from components.thresholds import TfmaVerdicts
 from esmm_model.config import EvaluationConfig, Threshold
 from esmm_model.errors import InputError
 
@@ -85,21 +88,23 @@ class Blessing:
 
 
 def bless(candidate_metrics: Mapping[str, Any], baseline_metrics: Optional[Mapping[str, Any]],
-          evaluation: EvaluationConfig, *, baseline_version: Optional[int] = None) -> Blessing:
+          evaluation: EvaluationConfig, *, baseline_version: Optional[int] = None,
+          tfma: Optional[TfmaVerdicts] = None) -> Blessing:
     """Judges the candidate's metrics against ``evaluation.thresholds``.
 
-    ``baseline_metrics`` are the pushed model's; pass None, with ``baseline_version`` None, for
-    the first model. ``baseline_version`` names the pushed version they came from; the Pusher
-    refuses a blessing whose baseline is no longer the latest pushed version.
+    ``baseline_metrics`` are the pushed model's, on the candidate's eval rows; pass None, with
+    ``baseline_version`` None, for the first model. ``baseline_version`` names the pushed
+    version they came from; the Pusher refuses a blessing whose baseline is no longer the
+    latest pushed version. ``tfma``: TFMA's verdicts on the thresholds it checked.
     """
     checks: list[Check] = []
     for threshold in evaluation.thresholds:
-        checks.extend(_check_threshold(threshold, candidate_metrics, baseline_metrics, baseline_version))
+        checks.extend(_check_threshold(threshold, candidate_metrics, baseline_metrics, baseline_version, tfma))
     return Blessing(checks=tuple(checks), baseline_version=baseline_version)
 
 
 def _check_threshold(threshold: Threshold, candidate: Mapping[str, Any], baseline: Optional[Mapping[str, Any]],
-                     baseline_version: Optional[int]) -> list[Check]:
+                     baseline_version: Optional[int], tfma: Optional[TfmaVerdicts]) -> list[Check]:
     path = threshold.metric
     try:
         value = metric_value(candidate, path)
@@ -118,7 +123,19 @@ def _check_threshold(threshold: Threshold, candidate: Mapping[str, Any], baselin
                             value=value, bound=threshold.max))
     if threshold.max_regression is not None:
         checks.append(_check_regression(threshold, threshold.max_regression, value, baseline, baseline_version))
+    if tfma is not None and path in tfma.checked:
+        checks = [_tfma_outcome(check, tfma) for check in checks]
     return checks
+
+
+def _tfma_outcome(check: Check, tfma: TfmaVerdicts) -> Check:
+    """The check with TFMA's outcome: failed where TFMA's validation failed it, passed otherwise."""
+    if check.outcome == "skip":
+        return check
+    failure = tfma.failures.get((check.metric, check.rule))
+    if failure is not None:
+        return dataclasses.replace(check, outcome="fail", reason=f"{check.reason} [TFMA: {failure}]")
+    return dataclasses.replace(check, outcome="pass", reason=f"{check.reason} [TFMA]")
 
 
 def _check_regression(threshold: Threshold, delta: float, value: float, baseline: Optional[Mapping[str, Any]],

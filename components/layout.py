@@ -177,6 +177,23 @@ class EvaluationLayout:
     def tfma(self) -> str:
         return join(self.root, "tfma")
 
+    @property
+    def tfma_input(self) -> str:
+        """TFMA's input while it runs: blocks of scored rows (removed afterwards)."""
+        return join(self.root, "tfma_input")
+
+    @property
+    def blessing(self) -> str:
+        return join(self.root, RECORD_BLESSING)
+
+    @property
+    def roc(self) -> str:
+        """The headline ROC curves the kfp step logs as ClassificationMetrics."""
+        return join(self.root, "roc.json")
+
+    def plot(self, name: str) -> str:
+        return join(self.root, "plots", f"{name}.png")
+
 
 def model_base(serving_base: str, model_name: str) -> str:
     """TF Serving's ``--model_base_path`` for ``model_name``: its integer versions live below."""

@@ -3,7 +3,7 @@
 Versions are integers, each one more than the highest present. Every pushed version carries
 its evaluation record in ``<version>/assets.extra/`` (TF Serving ignores that folder):
 ``metrics.json`` (the evaluator's nested metrics) and ``blessing.json`` (the verdict that let
-it through). The next blessing reads the baseline from there (``latest_pushed``), and the
+it through). The evaluator finds the baseline to re-score with ``latest_pushed``; the
 record moves, and is deleted, together with its model. Given eval examples, the version also
 carries ``assets.extra/tf_serving_warmup_requests`` (``serving_client.warmup``), which TF
 Serving replays before the version takes traffic.
@@ -31,10 +31,9 @@ from typing import Any, Mapping, Optional, Sequence
 import tensorflow as tf
 
 from components import layout, storage
-from components.blessing import Blessing, bless, read_json, write_blessing, write_json
-from esmm_model.config import Config
+from components.blessing import Blessing, read_json, write_blessing, write_json
 from esmm_model.errors import EsmmError, InputError
-from serving_client.warmup import BATCH_SIZES, read_examples, warmup_requests, write_warmup_file
+from serving_client.warmup import warmup_requests, write_warmup_file
 
 TMP_PREFIX = ".tmp-"
 _VERSION = re.compile(r"[0-9]+")
@@ -189,18 +188,3 @@ def _remove_if_present(path: str) -> None:
         storage.remove_if_present(path)
     except tf.errors.OpError:
         pass
-
-
-def validate_and_push(config: Config, model_dir: str, metrics: Mapping[str, Any], serving_base: str,
-                      blessing_path: str, warmup_pattern: Optional[str] = None) -> tuple[Blessing, PushResult]:
-    """Blesses ``metrics`` against the config's thresholds and the latest pushed model, writes the
-    blessing to ``blessing_path``, and pushes ``model_dir`` only if it is blessed, with warmup
-    requests built from the eval examples matching ``warmup_pattern`` when given."""
-    baseline = latest_pushed(serving_base, config.push.model_name)
-    blessing = bless(metrics, baseline.metrics if baseline else None, config.evaluation,
-                     baseline_version=baseline.version if baseline else None)
-    write_blessing(blessing, blessing_path)
-    examples = read_examples(warmup_pattern, max(BATCH_SIZES)) if warmup_pattern and blessing.blessed else ()
-    result = push(model_dir, blessing, serving_base, config.push.model_name, config.push.keep_versions, dict(metrics),
-                  examples)
-    return blessing, result

@@ -88,18 +88,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    import posixpath
-
     from components import layout
-    from components.blessing import read_json
-    from components.push import validate_and_push
+    from components.blessing import read_blessing, read_json
+    from components.push import push
     from esmm_model.config import load_config
+    from serving_client.warmup import BATCH_SIZES, read_examples
 
     config = load_config(args.config)
-    metrics = read_json(args.metrics, "metrics")
-    blessing_path = args.blessing_out or layout.join(posixpath.dirname(args.metrics), layout.RECORD_BLESSING)
-    warmup = layout.IngestLayout(args.ingest_dir).split_pattern(layout.EVAL) if args.ingest_dir else None
-    blessing, result = validate_and_push(config, args.model_dir, metrics, args.serving_base, blessing_path, warmup)
+    evaluation = layout.EvaluationLayout(args.evaluation)
+    blessing = read_blessing(evaluation.blessing)
+    metrics = read_json(evaluation.metrics, "metrics")
+    warmup = (read_examples(layout.IngestLayout(args.ingest_dir).split_pattern(layout.EVAL), max(BATCH_SIZES))
+              if args.ingest_dir and blessing.blessed else ())
+    result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions, metrics,
+                  warmup)
     print(blessing.describe())
     print(result.describe())
     return 0 if result.pushed else NOT_PUSHED
@@ -141,11 +143,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from components import layout
     from components.evaluate import evaluate
-    from esmm_model.config import load_config
+    from esmm_model.config import load_config, with_overrides
 
     config = load_config(args.config)
-    result = evaluate(config, args.model_dir, args.ingest_dir, args.out, beam_args(config, args), ground_truth=args.ground_truth)
+    if args.thresholds:
+        config = with_overrides(config, {"evaluation": {"thresholds": _thresholds(args.thresholds)}})
+    result = evaluate(config, args.model_dir, args.ingest_dir, args.out, beam_args(config, args),
+                      serving_base=args.serving_base, ground_truth=args.ground_truth)
     print(result.table())
+    print(result.blessing.describe())
     print(f"report: {layout.EvaluationLayout(args.out).report_html}")
 
 
@@ -299,14 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "a rerun with the same directory resumes")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("push", help="bless the model against the config's thresholds and the pushed model; push it atomically "
-                                    f"if blessed (exit {NOT_PUSHED} when not pushed)")
+    p = sub.add_parser("push", help="push the model atomically if `esmm evaluate` blessed it against the version still "
+                                    f"served (exit {NOT_PUSHED} when not pushed)")
     _add_config(p)
     p.add_argument("--model-dir", required=True, help="the SavedModel export directory (holds saved_model.pb)")
-    p.add_argument("--metrics", required=True, help="the evaluator's metrics JSON for this model")
+    p.add_argument("--evaluation", required=True, help="the output of `esmm evaluate` for this model (blessing.json, metrics.json)")
     p.add_argument("--serving-base", required=True, help="TF Serving's base path (local, mounted volume or gs:// URI); "
                                                          "the model goes to <serving-base>/<push.model_name>/<version>/")
-    p.add_argument("--blessing-out", help="where to write the blessing JSON (default: blessing.json beside --metrics)")
     p.add_argument("--ingest-dir", help="output of `esmm ingest`: its eval examples become the version's TF Serving "
                                         "warmup requests (assets.extra/tf_serving_warmup_requests)")
     p.set_defaults(func=_cmd_push)
@@ -343,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="the exported SavedModel directory (holds saved_model.pb)")
     p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (its eval/ split is evaluated)")
     p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space and oracle AUCs")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, report.md/html, plots/, tfma/)")
+    p.add_argument("--serving-base", help="TF Serving's base path: its latest <push.model_name> version is re-scored "
+                                          "on the same rows as the baseline of the gate")
+    p.add_argument("--thresholds", help="override evaluation.thresholds, as a JSON list")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, blessing.json, report.md/html, plots/, tfma/)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run the whole pipeline locally under kfp.local (DirectRunner), as it runs on Kubernetes")

@@ -114,7 +114,7 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before
-    push_dir = _task_dir(run_dir, "push")
-    blessing = json.loads((push_dir / "blessing").read_text())
-    pushed = json.loads((push_dir / "pushed").read_text())
-    return LocalRun(str(run_dir), str(_task_dir(run_dir, "evaluate") / "evaluation"), blessing, pushed)
+    evaluate_dir = _task_dir(run_dir, "evaluate")
+    blessing = json.loads((evaluate_dir / "blessing").read_text())
+    pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
+    return LocalRun(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed)

@@ -62,13 +62,16 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
                                     examples=ingest.outputs["examples"])
         # The ESMM variant, exported with the transform graph inside serving_default.
         train = steps.train(config=config, work_root=work_root, transformed=transform.outputs["transformed"])
-        # TFMA on the raw eval split, sliced all / clicked / unclicked, plus entire-space metrics.
-        evaluate = steps.evaluate(config=config, input_fingerprint=fingerprint, beam_runner=beam_runner,
-                                  beam_options=beam_options, ground_truth=ground_truth,
+        # The candidate and the served model scored on the raw eval split, TFMA sliced all / clicked /
+        # unclicked, entire-space metrics, and the blessing judged on those same rows.
+        evaluate = steps.evaluate(config=config, input_fingerprint=fingerprint, serving_base=serving_base,
+                                  beam_runner=beam_runner, beam_options=beam_options, ground_truth=ground_truth,
                                   examples=ingest.outputs["examples"], model=train.outputs["model"])
-        # Blessing against thresholds and the serving model; atomic push, with warmup requests, only if blessed.
+        evaluate.set_caching_options(False)  # it reads the serving directory (the baseline): never replayed from cache
+        # Atomic push, with warmup requests, only if blessed against the version still served.
         push = steps.push(config=config, serving_base=serving_base, examples=ingest.outputs["examples"],
-                          model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
+                          model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                          blessing=evaluate.outputs["blessing"])
         push.set_caching_options(False)  # it reads and writes the serving directory: never replayed from cache
         if on_cluster:
             _configure(on_cluster, {"snapshot": snapshot, "ingest": ingest, "transform": transform, "train": train,
@@ -78,7 +81,8 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
 
 
 def _configure(on_cluster: Cluster, tasks: dict) -> None:
-    """Requests, limits and retries from the config; the model store on push, the work volume on train."""
+    """Requests, limits and retries from the config; the model store on evaluate (which re-scores the served
+    version) and push, the work volume on train."""
     from kfp import kubernetes
 
     settings = on_cluster.kubernetes
@@ -89,6 +93,7 @@ def _configure(on_cluster: Cluster, tasks: dict) -> None:
         if name in RETRIED_STEPS and settings.retries:
             task.set_retry(num_retries=settings.retries, backoff_duration=f"{settings.retry_backoff_s}s",
                            backoff_factor=2.0, backoff_max_duration="3600s")
-    kubernetes.mount_pvc(tasks["push"], pvc_name=on_cluster.model_store_pvc, mount_path=cluster.MODEL_STORE_MOUNT)
+    for name in ("evaluate", "push"):
+        kubernetes.mount_pvc(tasks[name], pvc_name=on_cluster.model_store_pvc, mount_path=cluster.MODEL_STORE_MOUNT)
     if on_cluster.work_pvc:
         kubernetes.mount_pvc(tasks["train"], pvc_name=on_cluster.work_pvc, mount_path=cluster.WORK_MOUNT)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
 class Blessing(dsl.Artifact):
@@ -103,51 +103,74 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
     model.metadata["steps"] = result.step
 
 
-def evaluate_step(config: str, input_fingerprint: str, examples: Input[Dataset], model: Input[Model],
-                  evaluation: Output[Metrics], report: Output[HTML], beam_runner: Optional[str] = None,
+def evaluate_step(config: str, input_fingerprint: str, serving_base: str, examples: Input[Dataset],
+                  model: Input[Model], evaluation: Output[Metrics], report: Output[HTML], blessing: Output[Blessing],
+                  roc_ctr: Output[ClassificationMetrics], roc_cvr: Output[ClassificationMetrics],
+                  roc_ctcvr: Output[ClassificationMetrics], beam_runner: Optional[str] = None,
                   beam_options: Optional[list] = None, ground_truth: Optional[str] = None):
-    """TFMA through serving_default on the raw eval split, sliced all/clicked/unclicked, with report.
+    """Scores the candidate and the served model on the raw eval split, TFMA sliced all/clicked/unclicked,
+    the gate on those same rows (TFX's Evaluator: it writes the blessing), the report, and the kfp metrics.
 
     ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache."""
+    import json
+
     import tensorflow as tf
 
     from components import layout
     from components.beam_runner import beam_args
+    from components.blessing import write_blessing
     from components.evaluate import evaluate
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
     result = evaluate(run_config, saved_model, examples.path, evaluation.path,
-                      beam_args(run_config.beam, beam_runner, beam_options), ground_truth=ground_truth)
+                      beam_args(run_config.beam, beam_runner, beam_options), serving_base=serving_base,
+                      ground_truth=ground_truth)
     evaluation.metadata["input_fingerprint"] = input_fingerprint
     for name, value in result.headline().items():
         evaluation.log_metric(name, value)
-    tf.io.gfile.copy(layout.EvaluationLayout(evaluation.path).report_html, report.path, overwrite=True)
+    evaluation.log_metric("blessed", float(result.blessing.blessed))
+    out = layout.EvaluationLayout(evaluation.path)
+    tf.io.gfile.copy(out.report_html, report.path, overwrite=True)
+    write_blessing(result.blessing, blessing.path)
+    blessing.metadata.update({"blessed": result.blessing.blessed, "status": result.blessing.status,
+                              "baseline_version": result.blessing.baseline_version,
+                              "reasons": list(result.blessing.reasons)})
+    with tf.io.gfile.GFile(out.roc) as f:
+        curves = json.load(f)
+    for artifact, output in ((roc_ctr, "ctr"), (roc_cvr, "cvr"), (roc_ctcvr, "ctcvr")):
+        curve = curves[output]
+        artifact.log_roc_curve(curve["fpr"], curve["tpr"], curve["threshold"])
+        artifact.metadata["slice"] = curve["slice"]
+    print(result.blessing.describe())
 
 
 def push_step(config: str, serving_base: str, examples: Input[Dataset], model: Input[Model],
-              evaluation: Input[Metrics], blessing: Output[Blessing], pushed: Output[Model]):
-    """Blesses the model against the thresholds and the pushed baseline; pushes it atomically only if blessed,
-    with warmup requests from the eval examples."""
+              evaluation: Input[Metrics], blessing: Input[Blessing], pushed: Output[Model]):
+    """Pushes the model atomically, with warmup requests from the eval examples, if the evaluator
+    blessed it against the version still served."""
     import json
 
     import tensorflow as tf
 
     from components import layout
-    from components.blessing import read_json
-    from components.push import validate_and_push
+    from components.blessing import read_blessing, read_json
+    from components.push import push
     from esmm_model.config import config_from_json
+    from serving_client.warmup import BATCH_SIZES, read_examples
 
+    run_config = config_from_json(config)
+    verdict = read_blessing(blessing.path)
     metrics = read_json(layout.EvaluationLayout(evaluation.path).metrics, "evaluation metrics")
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
-    verdict, result = validate_and_push(config_from_json(config), saved_model, metrics, serving_base, blessing.path,
-                                        layout.IngestLayout(examples.path).split_pattern(layout.EVAL))
-    blessing.metadata.update({"blessed": verdict.blessed, "status": verdict.status, "reasons": list(verdict.reasons)})
+    warmup = (read_examples(layout.IngestLayout(examples.path).split_pattern(layout.EVAL), max(BATCH_SIZES))
+              if verdict.blessed else ())
+    result = push(saved_model, verdict, serving_base, run_config.push.model_name, run_config.push.keep_versions,
+                  metrics, warmup)
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason})
     with tf.io.gfile.GFile(pushed.path, "w") as f:
         json.dump({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason}, f)
-    print(verdict.describe())
     print(result.describe())
 
 

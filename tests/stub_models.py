@@ -4,7 +4,7 @@ reference tf.Example packing with protobuf message classes.
 The stand-in's ``serving_default`` takes ``examples`` (DT_STRING, [n]) of raw tf.Example,
 parses them with the serving spec and returns ``ctr``, ``cvr`` and ``ctcvr`` (float32, [n])
 as deterministic functions of every feature, shifted by a per-version constant so that
-tests can tell versions apart.
+tests can tell versions apart; a ``backwards`` stand-in ranks by the same score negated.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def version_bias(version: int) -> float:
 
 
 class _StubModel(tf.Module):
-    def __init__(self, config: Config, version: int) -> None:
+    def __init__(self, config: Config, version: int, backwards: bool = False) -> None:
         super().__init__()
+        self._sign = -1.0 if backwards else 1.0
         self._config = config
         self._spec = feature_spec(config, labels=False, defaults=True)
         self._bias = version_bias(version)
@@ -52,16 +53,17 @@ class _StubModel(tf.Module):
                 products = tf.SparseTensor(ids.indices, self._id_value(ids.values) * weights.values, ids.dense_shape)
                 value = tf.sparse.reduce_sum(products, axis=1)
             z += weight * value
+        z = self._sign * z
         ctr = tf.sigmoid(z - 3.0 + self._bias)
         cvr = tf.sigmoid(1.0 - z + self._bias)
         return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
 
 
-def save_stub_model(config: Config, model_dir: Path | str, version: int) -> Path:
+def save_stub_model(config: Config, model_dir: Path | str, version: int, *, backwards: bool = False) -> Path:
     """Pushes a stand-in model as ``<model_dir>/<version>``, renaming a finished sibling into place."""
     final = Path(model_dir) / str(version)
     staging = Path(model_dir) / f".staging-{version}"
-    model = _StubModel(config, version)
+    model = _StubModel(config, version, backwards)
     tf.saved_model.save(model, str(staging), signatures={"serving_default": model.serve})
     staging.rename(final)
     return final

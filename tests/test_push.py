@@ -187,19 +187,29 @@ def test_a_directory_without_saved_model_pb_is_rejected_by_name(tmp_path, servin
     assert pushed_versions(serving_base, "esmm") == []
 
 
-def test_cli_push_blesses_writes_the_artifact_and_pushes(model_dir, serving_base, tmp_path, capsys):
+def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp_path, capsys):
+    from components.blessing import write_blessing
     from pipelines.cli import main
 
-    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
-    good.write_text(json.dumps({"ctr": {"all": {"auc": 0.70}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
-    bad.write_text(json.dumps({"ctr": {"all": {"auc": 0.50}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}))
+    def evaluation(name: str, ctr_auc: float) -> str:
+        """An `esmm evaluate` output: the metrics and the blessing judged against what is pushed now."""
+        out = tmp_path / name
+        out.mkdir()
+        record = {"ctr": {"all": {"auc": ctr_auc}}, "ctcvr": {"all": {"auc": 0.66}}, "cvr": {"clicked": {"auc": 0.60}}}
+        (out / "metrics.json").write_text(json.dumps(record))
+        baseline = latest_pushed(serving_base, "esmm")
+        write_blessing(bless(record, baseline.metrics if baseline else None, EvaluationConfig(),
+                             baseline_version=baseline.version if baseline else None), str(out / "blessing.json"))
+        return str(out)
+
     args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]  # the default config: the shipped simulator
-    assert main([*args, "--metrics", str(good)]) == 0
-    assert read_blessing(str(tmp_path / "blessing.json")).blessed
+    assert main([*args, "--evaluation", evaluation("good", 0.70)]) == 0
     assert latest_pushed(serving_base, "esmm").metrics["ctcvr"]["all"]["auc"] == 0.66
-    assert main([*args, "--metrics", str(bad), "--blessing-out", str(tmp_path / "b2.json")]) == 3  # not pushed
+    assert main([*args, "--evaluation", evaluation("bad", 0.50)]) == 3  # not pushed
     assert "not pushed\n  the model is NOT_BLESSED: ctr/all/auc = 0.5000 is below min 0.5500" in capsys.readouterr().out
-    assert not read_blessing(str(tmp_path / "b2.json")).blessed
     assert pushed_versions(serving_base, "esmm") == [1]
-    assert main(["push", "--model-dir", str(tmp_path / "missing"), "--serving-base", serving_base, "--metrics", str(good)]) == 2
+    assert main(["push", "--model-dir", str(tmp_path / "missing"), "--serving-base", serving_base,
+                 "--evaluation", str(tmp_path / "good")]) == 2
     assert "esmm push: error: model directory" in capsys.readouterr().err
+    assert main([*args, "--evaluation", str(tmp_path / "nothing")]) == 2
+    assert "blessing file" in capsys.readouterr().err
