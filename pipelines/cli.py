@@ -186,7 +186,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
     path = compile_pipeline(args.out, args.image, load_config(args.config), model_store_pvc=args.model_store_pvc,
                             work_pvc=args.work_pvc or None)
-    print(f"wrote {path} (steps run in {args.image}; model store PVC {args.model_store_pvc} on push, "
+    print(f"wrote {path} (steps run in {args.image}; model store PVC {args.model_store_pvc} on evaluate and push, "
           f"{f'work PVC {args.work_pvc} on train' if args.work_pvc else 'no work PVC'})")
 
 

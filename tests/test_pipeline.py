@@ -207,6 +207,7 @@ def test_esmm_compile_takes_the_config_and_volume_names(tmp_path, capsys):
                  "--model-store-pvc", "models-rwx", "--work-pvc", ""]) == 0
     spec, platform = yaml.safe_load_all(out.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors == {"exec-push-step": {"pvcMount": [{"constant": "models-rwx", "mountPath": "/models",
-                                                           "pvcNameParameter": {"runtimeValue": {"constant": "models-rwx"}}}]}}
-    assert "model store PVC models-rwx on push, no work PVC" in capsys.readouterr().out
+    store = {"pvcMount": [{"constant": "models-rwx", "mountPath": "/models",
+                           "pvcNameParameter": {"runtimeValue": {"constant": "models-rwx"}}}]}
+    assert executors == {"exec-evaluate-step": store, "exec-push-step": store}
+    assert "model store PVC models-rwx on evaluate and push, no work PVC" in capsys.readouterr().out
