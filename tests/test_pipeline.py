@@ -89,6 +89,7 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
     # baseline (so it scores what it scored as the first candidate; oneDNN's threaded sums may differ
     # in the last bits); an impossible threshold keeps the new model out of serving.
     second = run(tiny, [{"metric": "ctr/all/auc", "min": 1.01}], "run")
+    assert second.metrics["exact"] == pytest.approx(first.metrics["exact"], rel=1e-6)  # retrained deterministically
     assert second.metrics["baseline"]["version"] == 1
     assert second.metrics["baseline"]["exact"] == pytest.approx(first.metrics["exact"], rel=1e-6)
     assert "Candidate vs served version 1, on the same eval rows" in second.describe()
