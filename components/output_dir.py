@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components import storage
 from esmm_model.errors import EsmmError
 
 _SHOWN = 3
@@ -33,3 +34,13 @@ def require_empty(out_dir: str, step: str, resumable: frozenset[str] = frozenset
         shown = ", ".join(entries[:_SHOWN]) + (f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else "")
         raise OutputExistsError(f"{step} output directory {out_dir!r} is not empty (it holds {shown}); steps never "
                                 f"write over an earlier run: delete it or choose another directory")
+
+
+def clear_task_output(path: str) -> None:
+    """Empties a kfp task's own output artifact before its step writes it.
+
+    KFP hands a retried pod the same output URI, and that artifact belongs to this task
+    alone: whatever it holds was left by an attempt that failed part-way. Without this,
+    ``require_empty`` would refuse every retry of ingest, transform and evaluate.
+    """
+    storage.remove_if_present(path)

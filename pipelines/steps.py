@@ -56,9 +56,11 @@ def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: 
     input files' listing, not on ``input_path``."""
     from components.beam_runner import beam_args
     from components.ingest import ingest
+    from components.output_dir import clear_task_output
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
+    clear_task_output(examples.path)  # a retried pod's leftovers
     result = ingest(run_config, input_path, examples.path, beam_args(run_config.beam, beam_runner, beam_options))
     examples.metadata["input_fingerprint"] = input_fingerprint
     counts.log_metric("rows_read", result.rows_read)
@@ -72,10 +74,12 @@ def transform_step(config: str, examples: Input[Dataset], transformed: Output[Da
                    beam_runner: Optional[str] = None, beam_options: Optional[list] = None):
     """tf.Transform: analyze train, transform train and eval, keep the transform graph."""
     from components.beam_runner import beam_args
+    from components.output_dir import clear_task_output
     from components.transform import transform
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
+    clear_task_output(transformed.path)  # a retried pod's leftovers
     transform(run_config, examples.path, transformed.path, beam_args(run_config.beam, beam_runner, beam_options))
 
 
@@ -120,10 +124,12 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
     from components.beam_runner import beam_args
     from components.blessing import write_blessing
     from components.evaluate import evaluate
+    from components.output_dir import clear_task_output
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
+    clear_task_output(evaluation.path)  # a retried pod's leftovers
     result = evaluate(run_config, saved_model, examples.path, evaluation.path,
                       beam_args(run_config.beam, beam_runner, beam_options), serving_base=serving_base,
                       ground_truth=ground_truth)
