@@ -12,6 +12,7 @@ import tensorflow as tf
 import yaml
 
 from components import layout, storage
+from components.blessing import bless, write_blessing
 from components.transform import transform
 from esmm_model.config import load_config
 from pipelines.cli import main
@@ -54,15 +55,15 @@ def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch
     assert tf.io.gfile.exists(layout.record_file(export, layout.RECORD_CONFIG))
     assert tf.train.latest_checkpoint(checkpoints) is not None
 
-    metrics = layout.EvaluationLayout(layout.join(root, "evaluation")).metrics
-    storage.write_text(metrics, json.dumps({"ctr": {"all": {"auc": 0.61}}}))
-    assert main(["push", "--config", str(config_path), "--model-dir", export, "--metrics", metrics,
+    evaluation = layout.EvaluationLayout(layout.join(root, "evaluation"))  # what the evaluate step leaves
+    metrics = {"ctr": {"all": {"auc": 0.61}}}
+    storage.write_text(evaluation.metrics, json.dumps(metrics))
+    write_blessing(bless(metrics, None, config.evaluation), evaluation.blessing)
+    assert main(["push", "--config", str(config_path), "--model-dir", export, "--evaluation", evaluation.root,
                  "--serving-base", serving]) == 0
     pushed = layout.version_dir(serving, "esmm", 1)
     assert tf.saved_model.contains_saved_model(pushed)
     assert json.loads(storage.read_text(layout.record_file(pushed, layout.RECORD_METRICS))) == {"ctr": {"all": {"auc": 0.61}}}
-    blessing = json.loads(storage.read_text(layout.join(root, "evaluation", layout.RECORD_BLESSING)))
-    assert blessing["status"] == "BLESSED"
 
     requests = [make_example(config, row, labels=False) for row in eval_rows[:8]]
     with ModelServer(layout.model_base(serving, "esmm"), "esmm") as server:
