@@ -61,6 +61,7 @@ def _unset_optional_inputs_allowed() -> Iterator[None]:
     from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 
     join, construct = OrchestratorUtils.join_user_inputs_and_defaults.__func__, executor_input_utils.construct_executor_input
+    to_dict = executor_input_utils.executor_input_to_dict
 
     def join_set_inputs(cls, dag_arguments, dag_inputs_spec):
         unset = [name for name, spec in dag_inputs_spec.parameters.items()
@@ -74,8 +75,18 @@ def _unset_optional_inputs_allowed() -> Iterator[None]:
     def construct_without_unset(component_spec, arguments, *args, **kwargs):
         return construct(component_spec, {k: v for k, v in arguments.items() if v is not None}, *args, **kwargs)
 
+    def to_dict_without_unset(executor_input, component_spec):
+        """A component's own None default arrives as a null value, which kfp.local casts with int()."""
+        trimmed = type(executor_input)()
+        trimmed.CopyFrom(executor_input)
+        values = trimmed.inputs.parameter_values
+        for name in [name for name, value in values.items() if value.WhichOneof("kind") in (None, "null_value")]:
+            del values[name]
+        return to_dict(trimmed, component_spec)
+
     with (mock.patch.object(OrchestratorUtils, "join_user_inputs_and_defaults", classmethod(join_set_inputs)),
-          mock.patch.object(executor_input_utils, "construct_executor_input", construct_without_unset)):
+          mock.patch.object(executor_input_utils, "construct_executor_input", construct_without_unset),
+          mock.patch.object(executor_input_utils, "executor_input_to_dict", to_dict_without_unset)):
         yield
 
 
