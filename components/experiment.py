@@ -35,12 +35,13 @@ from esmm_model.model import PAD_MULTIPLE, EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import SAMPLE_ID, feature_spec
 from esmm_model.training import build_optimizer_state, build_optimizers, make_train_step
+from esmm_model.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
-ROWS = {"BASE": "base", "AMAN": "aman", "OVERSAMPLING": "oversampling", "UNBIAS": "unbias",
-        "DIVISION": "division", "ESMM-NS": "esmm_ns", "ESMM": "esmm"}
-ESMM_ROWS = ("ESMM-NS", "ESMM")
+ROWS = {spec.table_row: name for name, spec in VARIANTS.items()}
+# Rows whose pCTCVR is their own pCTR · pCVR; the others' pCTR comes from the CTR_NETWORK_ROW network.
+ESMM_ROWS = tuple(spec.table_row for spec in VARIANTS.values() if spec.ctcvr_from_towers)
 CTR_NETWORK_ROW = "BASE"
 METRICS = {"cvr_auc_clicked": "CVR AUC on clicked", "ctcvr_auc": "CTCVR AUC",
            "entire_space_cvr_auc": "entire-space CVR AUC", "ctr_auc": "CTR AUC"}

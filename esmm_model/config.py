@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from esmm_model.errors import ConfigError
+from esmm_model.variants import VARIANTS
 
 FeatureKind = Literal["id", "weighted_ids", "dense"]
 Side = Literal["user", "context", "item"]
@@ -118,7 +119,7 @@ class InputConfig:
 class ModelConfig:
     """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
 
-    variant: Literal["esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias"] = "esmm"
+    variant: str = "esmm"  # a key of esmm_model.variants.VARIANTS
     embedding_dim: int = 18
     embedding_init_stddev: Optional[float] = None
     tower_units: tuple[int, ...] = (200, 80)
@@ -387,6 +388,8 @@ def config_from_dict(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping at the top level")
     config = _build(Config, data, "")
+    if config.model.variant not in VARIANTS:
+        raise ConfigError(f"model.variant: {config.model.variant!r} is not one of {', '.join(VARIANTS)}")
     _check_numbers(config)
     _check_features(config)
     _check_evaluation_and_push(config)

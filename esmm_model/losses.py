@@ -7,22 +7,29 @@ uses ``log p = log σ(a) + log σ(b)`` and the exact identity
 so it neither overflows nor takes log(0) when probabilities are tiny or near one.
 
 The competitors train a CTR network on BCE(click) over all impressions, weighted by
-``ctr_loss_weight``, and their second network as follows, weighted by ``ctcvr_loss_weight``:
-- ``division``: BCE(click AND conversion, pCTCVR) over all impressions;
-- ``base``: BCE(conversion, pCVR) over clicked impressions;
-- ``aman``: as base, plus unclicked impressions sampled at ``aman_negative_rate`` as negatives;
-- ``oversampling``: as base, with converted impressions weighted ``oversampling_k`` times
-  (the same gradient as repeating them k times);
-- ``unbias``: as base, each clicked impression weighted by 1 / max(pCTR, ``unbias_min_ctr``),
-  pCTR from the CTR network without gradient; the weighted mean is self-normalised.
+``ctr_loss_weight``, and their second network as their ``VariantSpec`` says, weighted by
+``ctcvr_loss_weight``:
+- a ``ctcvr`` head (division): BCE(click AND conversion, pCTCVR) over all impressions;
+- a ``cvr`` loss: BCE(conversion, pCVR), weighted per impression by ``CVR_WEIGHTS[cvr_weights]``:
+  - ``clicked`` (base): clicked impressions only;
+  - ``clicked_and_sampled_negatives`` (aman): plus unclicked impressions sampled at
+    ``aman_negative_rate`` as negatives;
+  - ``clicked_conversions_k_times`` (oversampling): converted impressions weighted
+    ``oversampling_k`` times (the same gradient as repeating them k times);
+  - ``clicked_inverse_ctr`` (unbias): each clicked impression weighted by 1 / max(pCTR,
+    ``unbias_min_ctr``), pCTR from the CTR network without gradient.
+  The weighted mean is self-normalised.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import tensorflow as tf
 
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, ModelConfig
+from esmm_model.variants import VARIANTS
 
-CVR_ON_CLICKS = ("base", "aman", "oversampling", "unbias")
+LOSS_LABELS = {"ctcvr": LABEL_CTCVR, "cvr": LABEL_CONVERSION}
 
 
 def bce_from_logits(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -43,23 +50,47 @@ def _weighted_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
 
 
+def _clicked(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_logit: tf.Tensor,
+             seed: tf.Tensor) -> tf.Tensor:
+    return tf.cast(labels[LABEL_CLICK], tf.float32)
+
+
+def _clicked_and_sampled_negatives(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_logit: tf.Tensor,
+                                   seed: tf.Tensor) -> tf.Tensor:
+    click = _clicked(model_config, labels, ctr_logit, seed)
+    sampled = tf.random.stateless_uniform(tf.shape(click), seed=seed) < model_config.aman_negative_rate
+    return tf.maximum(click, tf.cast(sampled, tf.float32))
+
+
+def _clicked_conversions_k_times(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_logit: tf.Tensor,
+                                 seed: tf.Tensor) -> tf.Tensor:
+    conversion = tf.cast(labels[LABEL_CONVERSION], tf.float32)
+    return _clicked(model_config, labels, ctr_logit, seed) * (1.0 + (model_config.oversampling_k - 1) * conversion)
+
+
+def _clicked_inverse_ctr(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_logit: tf.Tensor,
+                         seed: tf.Tensor) -> tf.Tensor:
+    p_ctr = tf.stop_gradient(tf.sigmoid(ctr_logit))
+    return _clicked(model_config, labels, ctr_logit, seed) / tf.maximum(p_ctr, model_config.unbias_min_ctr)
+
+
+CvrWeights = Callable[[ModelConfig, dict, tf.Tensor, tf.Tensor], tf.Tensor]
+# VariantSpec.cvr_weights names one of these: (model config, labels, CTR logit, seed) -> [batch] weights.
+CVR_WEIGHTS: dict[str, CvrWeights] = {
+    "clicked": _clicked,
+    "clicked_and_sampled_negatives": _clicked_and_sampled_negatives,
+    "clicked_conversions_k_times": _clicked_conversions_k_times,
+    "clicked_inverse_ctr": _clicked_inverse_ctr,
+}
+
+
 def cvr_weights(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_logit: tf.Tensor,
                 seed: tf.Tensor) -> tf.Tensor:
-    """Per-example weights of the CVR loss for the variants that train CVR on clicks."""
-    click = tf.cast(labels[LABEL_CLICK], tf.float32)
-    variant = model_config.variant
-    if variant == "base":
-        return click
-    if variant == "aman":
-        sampled = tf.random.stateless_uniform(tf.shape(click), seed=seed) < model_config.aman_negative_rate
-        return tf.maximum(click, tf.cast(sampled, tf.float32))
-    if variant == "oversampling":
-        conversion = tf.cast(labels[LABEL_CONVERSION], tf.float32)
-        return click * (1.0 + (model_config.oversampling_k - 1) * conversion)
-    if variant == "unbias":
-        p_ctr = tf.stop_gradient(tf.sigmoid(ctr_logit))
-        return click / tf.maximum(p_ctr, model_config.unbias_min_ctr)
-    raise ValueError(f"variant {variant!r} does not train CVR on clicked impressions")
+    """Per-example weights of the CVR loss of a variant that trains CVR on clicks (its spec's ``cvr_weights``)."""
+    name = VARIANTS[model_config.variant].cvr_weights
+    if name is None:
+        raise ValueError(f"variant {model_config.variant!r} does not train CVR on clicked impressions")
+    return CVR_WEIGHTS[name](model_config, labels, ctr_logit, seed)
 
 
 def variant_loss(model_config: ModelConfig, labels: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor],
@@ -68,18 +99,16 @@ def variant_loss(model_config: ModelConfig, labels: dict[str, tf.Tensor], output
 
     seed: int32/int64 [2], the stateless seed of aman's negative sampling (vary it per step).
     """
+    spec = VARIANTS[model_config.variant]
     ctr_logit = outputs["ctr_logit"]
     ctr_loss = tf.reduce_mean(bce_from_logits(labels[LABEL_CLICK], ctr_logit))
-    variant = model_config.variant
-    if variant in ("esmm", "esmm_ns"):
-        name = "ctcvr_loss"
-        second = tf.reduce_mean(product_bce_from_logits(labels[LABEL_CTCVR], ctr_logit, outputs["cvr_logit"]))
-    elif variant == "division":
-        name = "ctcvr_loss"
-        second = tf.reduce_mean(bce_from_logits(labels[LABEL_CTCVR], outputs["ctcvr_logit"]))
+    label = labels[LOSS_LABELS[spec.loss]]
+    if spec.ctcvr_from_towers:
+        second = tf.reduce_mean(product_bce_from_logits(label, ctr_logit, outputs["cvr_logit"]))
+    elif spec.cvr_weights is None:
+        second = tf.reduce_mean(bce_from_logits(label, outputs[f"{spec.second_head}_logit"]))
     else:
-        name = "cvr_loss"
         weights = cvr_weights(model_config, labels, ctr_logit, seed)
-        second = _weighted_mean(bce_from_logits(labels[LABEL_CONVERSION], outputs["cvr_logit"]), weights)
+        second = _weighted_mean(bce_from_logits(label, outputs[f"{spec.second_head}_logit"]), weights)
     loss = model_config.ctr_loss_weight * ctr_loss + model_config.ctcvr_loss_weight * second
-    return {"loss": loss, "ctr_loss": ctr_loss, name: second}
+    return {"loss": loss, "ctr_loss": ctr_loss, f"{spec.loss}_loss": second}

@@ -1,15 +1,10 @@
-"""The ESMM model and the paper's competitors, selected by ``model.variant``.
+"""The ESMM model and the paper's competitors, built from ``model.variant``'s ``VariantSpec``.
 
-Every variant has a CTR network and a second network with the same towers:
-- ``esmm``: CTR and CVR towers over one set of embedding tables; pCTCVR = pCTR · pCVR.
-- ``esmm_ns``: as esmm, but each tower has its own embedding tables.
-- ``base``, ``aman``, ``oversampling``, ``unbias``: a CVR network with its own tables,
-  trained as the variant prescribes (see ``esmm_model.losses``), beside an independent
-  CTR network that supplies pCTR for pCTCVR = pCTR · pCVR (and for unbias' weights).
-- ``division``: a CTR and a CTCVR network; pCVR = clip(pCTCVR / pCTR, 0, 1).
-
-Every variant outputs ``ctcvr`` = ``ctr`` · ``cvr`` (for division, its CTCVR network's
-output wherever the ratio needed no clipping).
+Every variant has a CTR network and a second network with the same towers, over one set of
+embedding tables (``shared_tables``) or a set each. The second tower predicts pCVR, or pCTCVR
+(``second_head: ctcvr``, division), whence pCVR = clip(pCTCVR / pCTR, 0, 1). Every variant
+outputs ``ctcvr`` = ``ctr`` · ``cvr`` (for a ctcvr head, its own output wherever the ratio
+needed no clipping).
 """
 from __future__ import annotations
 
@@ -18,6 +13,7 @@ import tf_keras as keras
 
 from esmm_model.config import LABELS, Config
 from esmm_model.layers import FeatureEmbeddings, Tower
+from esmm_model.variants import VARIANTS
 
 PAD_MULTIPLE = 8
 
@@ -50,15 +46,15 @@ class EsmmModel(keras.Model):
     def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
         super().__init__(**kwargs)
         self.model_config = config.model
-        self.variant = config.model.variant
-        self.second = "ctcvr" if self.variant == "division" else "cvr"
-        if self.variant == "esmm":
+        self.spec = VARIANTS[config.model.variant]
+        second = self.spec.second_head
+        if self.spec.shared_tables:
             self.ctr_embeddings = self.second_embeddings = FeatureEmbeddings(config, table_sizes, name="embeddings")
         else:
             self.ctr_embeddings = FeatureEmbeddings(config, table_sizes, name="ctr_embeddings")
-            self.second_embeddings = FeatureEmbeddings(config, table_sizes, name=f"{self.second}_embeddings")
+            self.second_embeddings = FeatureEmbeddings(config, table_sizes, name=f"{second}_embeddings")
         self.ctr_tower = Tower(config.model, name="ctr_tower")
-        self.second_tower = Tower(config.model, name=f"{self.second}_tower")
+        self.second_tower = Tower(config.model, name=f"{second}_tower")
 
     def embedding_variables(self) -> list[tf.Variable]:
         """The embedding tables, which ``training.embedding_optimizer`` may update sparsely."""
@@ -71,9 +67,9 @@ class EsmmModel(keras.Model):
         ctr_logit = self.ctr_tower(ctr_x, training=training)
         second_logit = self.second_tower(second_x, training=training)
         p_ctr = tf.sigmoid(ctr_logit)
-        if self.second == "ctcvr":
+        if self.spec.second_head == "ctcvr":
             p_cvr = tf.clip_by_value(tf.math.divide_no_nan(tf.sigmoid(second_logit), p_ctr), 0.0, 1.0)
         else:
             p_cvr = tf.sigmoid(second_logit)
-        return {"ctr_logit": ctr_logit, f"{self.second}_logit": second_logit,
+        return {"ctr_logit": ctr_logit, f"{self.spec.second_head}_logit": second_logit,
                 "ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}

@@ -11,6 +11,7 @@ import os
 import sys
 
 from esmm_model.errors import EsmmError
+from esmm_model.variants import VARIANTS
 from pipelines import cluster
 
 NOT_PUSHED = 3
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the request and send nothing")
     p.set_defaults(func=_cmd_submit)
 
-    p = sub.add_parser("experiment", help="the paper's comparison: seven variants x N seeds on one dataset, mean ± std "
+    p = sub.add_parser("experiment", help="the paper's comparison: every variant x N seeds on one dataset, mean ± std "
                                           "of four AUCs (Table 2), and a training-sparsity sweep (Figure 3)")
     _add_config(p)
     p.add_argument("--transform-dir", help="output of `esmm transform`")
@@ -402,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space CVR AUC and the oracle row")
     p.add_argument("--out", required=True, help="output directory (table2.md/.csv/.png, runs.csv, sparsity.md/.png)")
     p.add_argument("--repeats", type=int, default=5, help="seeds per variant (default: %(default)s; the paper used 10)")
-    p.add_argument("--variants", default="BASE,AMAN,OVERSAMPLING,UNBIAS,DIVISION,ESMM-NS,ESMM",
-                   help="Table 2 rows (default: all seven)")
+    p.add_argument("--variants", default=",".join(spec.table_row for spec in VARIANTS.values()),
+                   help="Table 2 rows (default: all of them, %(default)s)")
     p.add_argument("--fractions", default="0.1,0.25,0.5,1", help="training sampling rates of the sparsity sweep "
                                                                  "(default: %(default)s; 1 alone skips it)")
     p.add_argument("--sweep-variants", default="BASE,ESMM-NS,ESMM", help="variants of the sweep (default: %(default)s)")

@@ -104,7 +104,7 @@ def mutate(change) -> dict:
     (lambda d: d.update(input={"format": "csv", "order_by": "ts", "train_fraction": 0.5}) or d["features"][0].update(name="ts"), "features[0] (ts).name: 'ts' is reserved"),
     (lambda d: d.update(input={"order_by": "ts"}), "input.order_by: Ali-CCP raw logs are ordered by sample_id"),
     (lambda d: d.update(model={"tower_units": []}), "model.tower_units: give one or more positive layer widths"),
-    (lambda d: d.update(model={"variant": "mmoe"}), "model.variant: 'mmoe' is not one of esmm"),
+    (lambda d: d.update(model={"variant": "mmoe"}), "model.variant: 'mmoe' is not one of base, aman, oversampling, unbias, division, esmm_ns, esmm"),
     (lambda d: d.update(training={"batch_size": 0}), "training.batch_size: must be positive"),
     (lambda d: d.update(trainer={}), "trainer: unknown key; known keys are"),
     (lambda d: d.update(features=[]), "features: at least one feature is required"),

@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from esmm_model.config import config_from_dict
-from esmm_model.losses import cvr_weights, product_bce_from_logits, variant_loss
+from esmm_model.losses import CVR_WEIGHTS, cvr_weights, product_bce_from_logits, variant_loss
 from esmm_model.metrics import exact_auc
 from esmm_model.model import EsmmModel
+from esmm_model.variants import VARIANTS, VariantSpec
 
 SIZES = {"user_id": 50, "item": 12, "hour": 4}
 
@@ -169,3 +170,25 @@ def test_exact_auc_counts_ties_half():
     assert exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
     assert exact_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.2, 0.9])) == pytest.approx(0.875)
     assert np.isnan(exact_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_every_variant_names_known_cvr_weights_and_a_distinct_table_row():
+    assert {spec.cvr_weights for spec in VARIANTS.values()} - {None} == set(CVR_WEIGHTS)
+    assert len({spec.table_row for spec in VARIANTS.values()}) == len(VARIANTS)
+    with pytest.raises(ValueError, match="a cvr loss needs cvr_weights"):
+        VariantSpec("cvr", shared_tables=False, loss="cvr", cvr_weights=None, table_row="X")
+
+
+def test_a_variant_is_one_registry_entry(monkeypatch):
+    """unbias over ESMM's shared tables: registering the spec is all it takes to configure, build and train it."""
+    monkeypatch.setitem(VARIANTS, "unbias_shared", VariantSpec("cvr", shared_tables=True, loss="cvr",
+                                                               cvr_weights="clicked_inverse_ctr", table_row="UNBIAS-S"))
+    config = small_config("unbias_shared", unbias_min_ctr=0.1)
+    model = EsmmModel(config, SIZES)
+    assert _tables_read_by(model, "ctr_logit") == _tables_read_by(model, "cvr_logit")
+    ctr_logit, cvr_logit = np.array([0.0, -3.0, 1.0]), np.array([0.5, -1.0, 2.0])
+    outputs = {"ctr_logit": tf.constant(ctr_logit, tf.float32), "cvr_logit": tf.constant(cvr_logit, tf.float32)}
+    losses = variant_loss(config.model, labels([1, 1, 0], [1, 0, 0]), outputs, SEED)
+    weights = 1.0 / np.maximum(sigmoid(ctr_logit[:2]), 0.1)
+    expected = (bce(np.array([1, 0]), sigmoid(cvr_logit[:2])) * weights).sum() / weights.sum()
+    np.testing.assert_allclose(losses["cvr_loss"], expected, rtol=1e-6)

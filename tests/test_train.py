@@ -20,12 +20,12 @@ from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import feature_spec
+from esmm_model.variants import VARIANTS
 from raw_examples import make_example, random_rows, write_ingest_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ROWS, BATCH = 160, 32
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH
-VARIANTS = ("esmm", "esmm_ns", "base", "division", "aman", "oversampling", "unbias")
 
 
 def tiny_config(variant: str = "esmm", **training):
