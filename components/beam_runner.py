@@ -8,6 +8,14 @@ first tries the PrismRunner, which downloads a binary at run time; with no netwo
 fails (or hangs where DNS hangs) before it falls back. ``DirectRunner`` is therefore run
 on the FnApiRunner directly, which is what the fallback would pick for a batch pipeline,
 honouring ``--direct_running_mode`` and ``--direct_num_workers``.
+
+That runner also gets one correction: it sends each bundle's input to its SDK workers through a
+stream whose periodic (time-based) flush thread races the writer: bytes written while a flush
+is in its send callback are cleared unsent. Under load, or whenever the send queue is full, whole
+chunks of a stage's input vanish without an error (seen: 17% of a 1.1M-row train split lost in
+tf.Transform with ``multi_processing``). ``make_runner`` turns that flush off, so the runner sends
+from the writing thread alone (``DATA_BUFFER_TIME_LIMIT_MS = 0``); the steps also count what
+they wrote (``components.record_counts``).
 """
 from __future__ import annotations
 
@@ -44,9 +52,10 @@ def make_runner(options: PipelineOptions):
     if not is_direct(options):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0  # no racing time-based flush on the runner's data streams
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)

@@ -8,9 +8,13 @@ empty (``components.output_dir``):
 - ``transformed/train/part-*.tfrecord.gz`` and ``transformed/eval/part-*.tfrecord.gz``:
   GZIP TFRecords of transformed tf.Example, parsed with
   ``TFTransformOutput.transformed_feature_spec()``.
+
+After the run, the rows written per split are counted and must equal ingestion's
+``counts.json``; a difference fails the step (``components.record_counts``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -21,7 +25,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx_bsl.coders import example_coder
 from tfx_bsl.public import tfxio
 
-from components import layout, storage
+from components import layout, record_counts, storage
 from components.beam_runner import make_pipeline
 from components.output_dir import require_empty
 from esmm_model.config import Config
@@ -37,6 +41,26 @@ def _raw_pattern(ingest: layout.IngestLayout, split: str) -> str:
     if not tf.io.gfile.glob(pattern):
         raise InputError(f"no raw examples at {pattern!r}; run `esmm ingest` first or check --ingest-dir")
     return pattern
+
+
+def _ingested_rows(ingest: layout.IngestLayout) -> dict[str, int] | None:
+    """Rows per split from ingestion's counts.json; None (with a warning) when there is none to compare with."""
+    if not tf.io.gfile.exists(ingest.counts):
+        log.warning("transform: no %s, so the rows written cannot be checked against ingestion's counts", ingest.counts)
+        return None
+    with tf.io.gfile.GFile(ingest.counts) as f:
+        counts = json.load(f)
+    return {split: counts.get(split, {}).get("rows", 0) for split in layout.SPLITS}
+
+
+def check_rows(ingest: layout.IngestLayout, out: layout.TransformLayout) -> dict[str, int]:
+    """Counts the transformed rows per split; RowCountError when they differ from ingestion's counts.json."""
+    expected = _ingested_rows(ingest)
+    written = {split: record_counts.count_records(out.split_pattern(split)) for split in layout.SPLITS}
+    for split in layout.SPLITS:
+        if expected is not None:
+            record_counts.check_written("transform", split, written[split], expected[split], out.transformed)
+    return written
 
 
 def _write(examples: beam.PCollection, out: layout.TransformLayout, split: str) -> beam.pvalue.PDone:
@@ -80,5 +104,7 @@ def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str
             _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(out.raw_metadata, p)
     finally:
         storage.remove_if_present(temp_dir)
-    log.info("transform: wrote %s and %s", out.graph, out.transformed)
+    written = check_rows(ingest, out)
+    log.info("transform: wrote %s and %s (%s)", out.graph, out.transformed,
+             ", ".join(f"{split} {n:,} rows" for split, n in written.items()))
     return out

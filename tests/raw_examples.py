@@ -5,6 +5,7 @@ layout that ingestion produces.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -84,7 +85,11 @@ def random_rows(config: Config, n: int, seed: int, *, vocabulary: int = 20, clic
 
 
 def write_ingest_dir(config: Config, root: Path, train_rows: Sequence[Mapping], eval_rows: Sequence[Mapping]) -> Path:
-    """Writes rows in ingestion's output layout and returns ``root``."""
+    """Writes rows in ingestion's output layout, with the row counts of its counts.json, and returns ``root``."""
+    counts: dict[str, Any] = {"rows_read": len(train_rows) + len(eval_rows), "rejected": {}}
     for split, rows in ((layout.TRAIN, train_rows), (layout.EVAL, eval_rows)):
         write_split(root / split / f"part-00000{layout.RECORD_SUFFIX}", [make_example(config, r) for r in rows])
+        counts[split] = {"rows": len(rows), "clicks": sum(r.get("click", 0) for r in rows),
+                         "conversions": sum(r.get("conversion", 0) for r in rows)}
+    (root / "counts.json").write_text(json.dumps(counts))
     return root

@@ -1,0 +1,34 @@
+"""Counts the records a step wrote, and fails the step when they differ from what ingestion counted.
+
+A Beam runner that drops a bundle's data without an error (see ``components.beam_runner``)
+would otherwise hand training a silently smaller split. The count is read back from the
+written files (``tf.data``, GZIP TFRecords), so it holds whatever the runner did.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from esmm_model.errors import EsmmError
+
+
+class RowCountError(EsmmError):
+    """A step wrote a different number of rows for a split than ingestion counted; the message names both."""
+
+
+def count_records(pattern: str) -> int:
+    """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match)."""
+    files = tf.io.gfile.glob(pattern)
+    if not files:
+        return 0
+    records = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
+    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def check_written(step: str, split: str, written: int, expected: int, where: str) -> None:
+    """Raises RowCountError when ``written`` differs from ``expected`` (ingestion's count for ``split``)."""
+    if written != expected:
+        raise RowCountError(
+            f"{step} wrote {written:,} rows for the {split} split, but ingestion counted {expected:,} "
+            f"({'lost' if written < expected else 'extra'}: {abs(expected - written):,}); outputs in {where} are incomplete")

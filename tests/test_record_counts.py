@@ -1,0 +1,78 @@
+"""Rows lost between Beam stages fail the step: the runner fix, and the written-rows check against counts.json."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.worker import data_plane
+
+from components import layout
+from components.beam_runner import make_runner, pipeline_options
+from components.record_counts import RowCountError, count_records
+from components.transform import check_rows
+from raw_examples import write_split
+
+
+def test_direct_runner_streams_deliver_every_byte_while_the_send_queue_blocks():
+    """The runner's input stream to its workers, written for 1.5 s while each send blocks 0.3 s (a full queue)."""
+    make_runner(pipeline_options(["--runner=DirectRunner", "--direct_running_mode=multi_processing"]))
+    sent: list[int] = []
+
+    def blocking_send(data: bytes) -> None:
+        time.sleep(0.3)
+        sent.append(len(data))
+
+    stream = data_plane.ClosableOutputStream.create(
+        lambda data: sent.append(len(data)), blocking_send, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    for _ in range(100):
+        stream.write(b"x" * 10_000)
+        time.sleep(0.015)
+    stream.close()
+    assert sum(sent) == 1_000_000
+
+
+def _transformed(tmp_path, train: int, eval_: int) -> layout.TransformLayout:
+    out = layout.TransformLayout(str(tmp_path / "transform"))
+    for split, n in ((layout.TRAIN, train), (layout.EVAL, eval_)):
+        write_split(tmp_path / "transform" / "transformed" / split / f"part-00000{layout.RECORD_SUFFIX}",
+                    [f"row {i}".encode() for i in range(n)])
+    return out
+
+
+def _ingest_counts(tmp_path, train: int, eval_: int) -> layout.IngestLayout:
+    ingest = layout.IngestLayout(str(tmp_path / "ingest"))
+    (tmp_path / "ingest").mkdir()
+    (tmp_path / "ingest" / "counts.json").write_text(json.dumps(
+        {"rows_read": train + eval_, "train": {"rows": train}, "eval": {"rows": eval_}}))
+    return ingest
+
+
+def test_count_records_reads_every_shard(tmp_path):
+    out = _transformed(tmp_path, 7, 3)
+    write_split(tmp_path / "transform" / "transformed" / "train" / f"part-00001{layout.RECORD_SUFFIX}", [b"a", b"b"])
+    assert count_records(out.split_pattern(layout.TRAIN)) == 9
+    assert count_records(str(tmp_path / "nothing" / "*.tfrecord.gz")) == 0
+
+
+def test_matching_counts_pass_and_are_returned(tmp_path):
+    assert check_rows(_ingest_counts(tmp_path, 7, 3), _transformed(tmp_path, 7, 3)) == {"train": 7, "eval": 3}
+
+
+def test_lost_train_rows_fail_naming_the_split_and_both_counts(tmp_path):
+    out = _transformed(tmp_path, 5, 3)
+    with pytest.raises(RowCountError) as err:
+        check_rows(_ingest_counts(tmp_path, 7, 3), out)
+    assert str(err.value) == (f"transform wrote 5 rows for the train split, but ingestion counted 7 (lost: 2); "
+                              f"outputs in {out.transformed} are incomplete")
+
+
+def test_extra_eval_rows_fail_too(tmp_path):
+    with pytest.raises(RowCountError, match=r"wrote 4 rows for the eval split, but ingestion counted 3 \(extra: 1\)"):
+        check_rows(_ingest_counts(tmp_path, 7, 3), _transformed(tmp_path, 7, 4))
+
+
+def test_without_counts_json_nothing_is_compared(tmp_path):
+    (tmp_path / "ingest").mkdir()
+    assert check_rows(layout.IngestLayout(str(tmp_path / "ingest")), _transformed(tmp_path, 2, 1)) == {"train": 2, "eval": 1}
