@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from components.example_batch import encode_shared
-from components.rows import FeatureValue, ParsedRow, SharedPart, RowError, check_labels, feature_value, parse_float, parse_label, parse_order_key
+from components.rows import (NO_COMMON, FeatureValue, ParsedRow, RowError, SharedPart, check_labels, feature_value,
+                             parse_float, parse_label, parse_order_key)
 from esmm_model.config import Config
 
 FIELD_SEP, KEY_SEP, VALUE_SEP = "\x01", "\x02", "\x03"
@@ -73,7 +74,7 @@ class AliccpReader:
         """The ordering key (sample_id) alone, for finding the time split point."""
         return parse_order_key(line.split(",", 1)[0], "sample_id")
 
-    def parse(self, line: str, common: Mapping[str, SharedPart]) -> ParsedRow:
+    def parse(self, line: str, common: Mapping[str, SharedPart] = NO_COMMON) -> ParsedRow:
         """One sample_skeleton line, joined with its user's common features (serialized once)."""
         parts = line.rstrip("\r\n").split(",", SKELETON_COLUMNS - 1)
         if len(parts) != SKELETON_COLUMNS:

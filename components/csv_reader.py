@@ -7,8 +7,10 @@ a missing value and gets the feature's default.
 from __future__ import annotations
 
 import csv
+from typing import Mapping
 
-from components.rows import ParsedRow, RowError, check_labels, feature_value, parse_float, parse_label, parse_order_key
+from components.rows import (NO_COMMON, ParsedRow, RowError, SharedPart, check_labels, feature_value, parse_float,
+                             parse_label, parse_order_key)
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 
@@ -18,13 +20,18 @@ def required_columns(config: Config) -> list[str]:
     return list(dict.fromkeys(columns + [f.name for f in config.features]))
 
 
+def check_columns(config: Config, header: list[str], path: str) -> None:
+    """InputError naming the file and the columns its header lacks."""
+    missing = [c for c in required_columns(config) if c not in header]
+    if missing:
+        raise InputError(f"CSV file {path!r} lacks column(s) {', '.join(missing)} named by the config")
+
+
 class CsvReader:
     """Maps a CSV header onto the config's features; one reader per header."""
 
     def __init__(self, config: Config, header: list[str], path: str):
-        missing = [c for c in required_columns(config) if c not in header]
-        if missing:
-            raise InputError(f"CSV file {path!r} lacks column(s) {', '.join(missing)} named by the config")
+        check_columns(config, header, path)
         self._config = config
         self._width = len(header)
         index = {name: i for i, name in enumerate(header)}
@@ -39,8 +46,11 @@ class CsvReader:
             raise RowError("wrong_column_count", f"line has {len(cells)} columns, header has {self._width}")
         return parse_order_key(cells[self._order], self._config.input.order_by)
 
-    def parse(self, line: str) -> ParsedRow:
-        """Parses one CSV line (quoting as the csv module reads it); raises RowError."""
+    def parse(self, line: str, common: Mapping[str, SharedPart] = NO_COMMON) -> ParsedRow:
+        """Parses one CSV line (quoting as the csv module reads it); raises RowError.
+
+        ``common`` is there for the readers' one signature: a CSV row carries all its features.
+        """
         cells = next(csv.reader([line]), [])
         if len(cells) != self._width:
             raise RowError("wrong_column_count", f"line has {len(cells)} columns, header has {self._width}")

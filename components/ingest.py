@@ -8,11 +8,21 @@ Output layout under ``out_dir``:
 - ``rejected/rejected-*.jsonl``: every unusable line with its source, reason code and reason;
 - ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason.
 
-Two passes over the input: the first reads only the ordering keys to find the split
-point (the quantile over every line whose key parses, rejected or not); the second
-parses in batches, encodes each batch columnar in C++, and routes rows to their split.
+The graph is built from named pieces: ``ReadLines`` (byte ranges -> batches of lines),
+``SplitPoint`` (ordering keys -> the time split), ``CommonFeatures`` (Ali-CCP's user lines;
+empty for CSV, so every format fills the same outputs), ``ParseEncodeSplit`` (lines ->
+encoded examples per split, rejected lines, counts), ``WriteSplit``, ``WriteRejected`` and
+``WriteCounts`` (flat ``(key, n)`` counts summed per key, nested into counts.json once).
+
+The impressions are read twice, on purpose: the first pass reads only the ordering keys to
+find the split point (the quantile over every line whose key parses, rejected or not); the
+second parses in batches, encodes each batch columnar in C++, and routes rows to their
+split. Reading once would have to hold (DirectRunner) or shuffle (a cluster) the whole log
+until the split point is known; a second read of the files costs less than either.
 Every line is either written or rejected, a line that is not UTF-8 (``bad_encoding``) or
-longer than ``input.max_line_bytes`` (``line_too_long``) included: the counts add up.
+longer than ``input.max_line_bytes`` (``line_too_long``) included: the counts add up, and
+the rows written per split are counted back from the files and must match them
+(``components.record_counts``).
 
 The output directory must be empty (``components.output_dir``). After writing, the run
 fails (RejectionError, one line) when no line was read, when the share of rejected
@@ -26,7 +36,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -34,10 +44,10 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 
-from components import layout
+from components import layout, record_counts
 from components.aliccp_reader import AliccpReader
 from components.beam_runner import make_pipeline
-from components.csv_reader import CsvReader
+from components.csv_reader import CsvReader, check_columns
 from components.example_batch import encode_rows
 from components.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
 from components.output_dir import require_empty
@@ -94,30 +104,20 @@ class IngestCounts:
         return "\n".join(lines)
 
 
-def merge_counts(dicts: Iterable[dict]) -> dict:
-    """Sums nested count dictionaries."""
-    total: dict = {}
-    for d in dicts:
-        for key, value in d.items():
-            if isinstance(value, dict):
-                total[key] = merge_counts([total.get(key, {}), value])
-            else:
-                total[key] = total.get(key, 0) + value
-    return total
+CountKey = tuple  # ("rows_read",), ("train", "rows"), ("rejected", code), ("common_rejected", code), ...
 
 
-class MergeCounts(beam.CombineFn):
-    def create_accumulator(self) -> dict:
-        return {}
-
-    def add_input(self, accumulator: dict, counts: dict) -> dict:
-        return merge_counts([accumulator, counts])
-
-    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        return merge_counts(accumulators)
-
-    def extract_output(self, accumulator: dict) -> dict:
-        return accumulator
+def nest_counts(pairs: list[tuple[CountKey, int]]) -> dict:
+    """Summed ``(key, n)`` pairs -> counts.json's nested dict; splits and ``rejected`` are always there."""
+    counts: dict = {"rows_read": 0, "rejected": {},
+                    **{split: {"rows": 0, "clicks": 0, "conversions": 0} for split in (TRAIN, EVAL)}}
+    for key, n in sorted(pairs):
+        *parents, leaf = key
+        node = counts
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = node.get(leaf, 0) + n
+    return counts
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def resolve_inputs(config: Config, input_path: str) -> InputFiles:
         if header != first:
             raise InputError(f"CSV file {path!r} has a different header from {files[0]!r}")
     header = tuple(next(csv.reader([first])))
-    CsvReader(config, list(header), files[0])
+    check_columns(config, list(header), files[0])
     return InputFiles("csv", input_path, header=header)
 
 
@@ -202,27 +202,28 @@ class ExtractOrderKeys(_ReadingDoFn):
 
 
 class ParseEncodeSplit(_ReadingDoFn):
-    """A batch of lines -> serialized examples tagged by split, rejected lines, counts."""
+    """A batch of lines -> serialized examples tagged by split, rejected lines, and ``(key, n)`` counts."""
 
-    def process(self, lines: list[bytes], threshold: float | None, common=None) -> Iterator:
+    def process(self, lines: list[bytes], threshold: float | None, common: dict) -> Iterator:
         rows: dict[str, list[ParsedRow]] = {TRAIN: [], EVAL: []}
         rejected: dict[str, int] = {}
         for raw in lines:
             try:
-                line = decode_line(raw)
-                row = self._reader.parse(line, common) if common is not None else self._reader.parse(line)
+                row = self._reader.parse(decode_line(raw), common)
             except RowError as exc:
                 rejected[exc.code] = rejected.get(exc.code, 0) + 1
                 yield beam.pvalue.TaggedOutput("rejected", Rejected.of("impressions", raw, exc))
                 continue
             rows[TRAIN if threshold is not None and row.order_key <= threshold else EVAL].append(row)
-        counts: dict = {"rows_read": len(lines), "rejected": rejected}
+        yield beam.pvalue.TaggedOutput("counts", (("rows_read",), len(lines)))
+        for code, n in rejected.items():
+            yield beam.pvalue.TaggedOutput("counts", (("rejected", code), n))
         for split, split_rows in rows.items():
-            counts[split] = {"rows": len(split_rows), "clicks": sum(r.click for r in split_rows),
-                             "conversions": sum(r.conversion for r in split_rows)}
+            for name, n in (("rows", len(split_rows)), ("clicks", sum(r.click for r in split_rows)),
+                            ("conversions", sum(r.conversion for r in split_rows))):
+                yield beam.pvalue.TaggedOutput("counts", ((split, name), n))
             for example in encode_rows(self._config, split_rows):
                 yield beam.pvalue.TaggedOutput(split, example)
-        yield beam.pvalue.TaggedOutput("counts", counts)
 
 
 class ParseCommon(beam.DoFn):
@@ -269,6 +270,78 @@ def _split_point(quantiles: list[float], fraction: float) -> float | None:
     return float(quantiles[round(fraction * (len(quantiles) - 1))])
 
 
+class ReadLines(beam.PTransform):
+    """The files matching a pattern -> batches of raw lines (``lines``) and the lines over max_line_bytes (``too_long``)."""
+
+    def __init__(self, pattern: str, max_line_bytes: int, skip_header: bool = False):
+        super().__init__()
+        self._pattern, self._max, self._skip_header = pattern, max_line_bytes, skip_header
+
+    def expand(self, p: beam.pvalue.PBegin):
+        return (p | "Ranges" >> beam.Create(line_ranges(self._pattern)) | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(ReadLineBatches(self._max, BATCH_SIZE, self._skip_header))
+                .with_outputs("too_long", main="lines"))
+
+
+@beam.ptransform_fn
+def SplitPoint(lines: beam.PCollection, config: Config, files: InputFiles) -> beam.PCollection:
+    """Batches of impression lines -> the ordering key at ``input.train_fraction`` (None when no key parses)."""
+    return (lines
+            | "OrderKeys" >> beam.ParDo(ExtractOrderKeys(config, files))
+            | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
+            | "Pick" >> beam.Map(_split_point, config.input.train_fraction))
+
+
+class CommonFeatures(beam.PTransform):
+    """Ali-CCP's common_features -> ``features`` ((index, SharedPart), indexes seen once), ``rejected``, ``counts``.
+
+    A format without a companion file (CSV) gets the same three outputs, empty.
+    """
+
+    def __init__(self, config: Config, files: InputFiles):
+        super().__init__()
+        self._config, self._files = config, files
+
+    def expand(self, p: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        if self._files.common is None:
+            return {name: p | f"No{name.title()}" >> beam.Create([]) for name in ("features", "rejected", "counts")}
+        max_line = self._config.input.max_line_bytes
+        lines = p | "ReadLines" >> ReadLines(self._files.common, max_line)
+        parsed = lines.lines | "Parse" >> beam.ParDo(ParseCommon(self._config)).with_outputs("rejected", main="ok")
+        unique = (parsed.ok | "Group" >> beam.GroupByKey()
+                  | "Unique" >> beam.FlatMap(_unique_common).with_outputs("rejected", main="ok"))
+        too_long = lines.too_long | "LongLines" >> beam.Map(_long_line_rejected("common_features", max_line))
+        rejected = (parsed.rejected, unique.rejected, too_long) | "AllRejected" >> beam.Flatten()
+        counts = ((lines.lines | "CountRead" >> beam.Map(lambda batch: (("common_rows_read",), len(batch))),
+                   too_long | "CountLong" >> beam.Map(lambda _: (("common_rows_read",), 1)),
+                   rejected | "CountRejected" >> beam.Map(lambda r: (("common_rejected", r.code), 1)))
+                  | "AllCounts" >> beam.Flatten())
+        return {"features": unique.ok, "rejected": rejected, "counts": counts}
+
+
+@beam.ptransform_fn
+def WriteSplit(examples: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
+    """Serialized examples -> ``<prefix>-NNNNN-of-NNNNN.tfrecord.gz``."""
+    return examples | "Write" >> beam.io.Write(GzipTFRecordSink(prefix, level=GZIP_LEVEL))
+
+
+@beam.ptransform_fn
+def WriteRejected(rejected: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
+    """Rejected records -> JSON lines under ``<prefix>-*.jsonl``."""
+    return (rejected | "Json" >> beam.Map(lambda r: json.dumps(r.to_json()))
+            | "Write" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+
+
+@beam.ptransform_fn
+def WriteCounts(counts: beam.PCollection, path: str) -> beam.pvalue.PDone:
+    """``(key, n)`` pairs -> counts.json at ``path``, summed per key."""
+    return (counts
+            | "Sum" >> beam.CombinePerKey(sum)
+            | "Collect" >> beam.combiners.ToList()
+            | "Json" >> beam.Map(lambda pairs: json.dumps(nest_counts(pairs), indent=2, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(path, shard_name_template="", num_shards=1))
+
+
 def _write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
@@ -310,51 +383,28 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
 
     max_line = config.input.max_line_bytes
     with make_pipeline(beam_args) as p:
-        def read(label: str, pattern: str, skip_header: bool = False):
-            """Batches of raw lines (bytes), and the lines over max_line_bytes apart."""
-            return (p | f"Ranges{label}" >> beam.Create(line_ranges(pattern)) | f"Spread{label}" >> beam.Reshuffle()
-                    | f"Read{label}" >> beam.ParDo(ReadLineBatches(max_line, BATCH_SIZE, skip_header))
-                    .with_outputs("too_long", main="lines"))
-
-        threshold = (read("Keys", files.impressions, skip).lines
-                     | "OrderKeys" >> beam.ParDo(ExtractOrderKeys(config, files))
-                     | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
-                     | "SplitPoint" >> beam.Map(_split_point, config.input.train_fraction))
-        side = {}
-        rejected_common = []
-        common_counts = []
-        if files.format == "aliccp":
-            common_lines = read("Common", files.common)
-            parsed = common_lines.lines | "ParseCommon" >> beam.ParDo(ParseCommon(config)).with_outputs("rejected", main="ok")
-            unique = (parsed.ok | "GroupCommon" >> beam.GroupByKey()
-                      | "UniqueCommon" >> beam.FlatMap(_unique_common).with_outputs("rejected", main="ok"))
-            side["common"] = beam.pvalue.AsDict(unique.ok)
-            long_common = common_lines.too_long | "LongCommon" >> beam.Map(_long_line_rejected("common_features", max_line))
-            rejected_common = [parsed.rejected, unique.rejected, long_common]
-            common_counts += [common_lines.lines | "CountCommon" >> beam.Map(lambda batch: {"common_rows_read": len(batch)}),
-                              long_common | "CountLongCommon" >> beam.Map(lambda _: {"common_rows_read": 1})]
-        rows = read("Rows", files.impressions, skip)
+        threshold = (p | "ReadKeys" >> ReadLines(files.impressions, max_line, skip)).lines | "SplitPoint" >> SplitPoint(
+            config, files)
+        common = p | "CommonFeatures" >> CommonFeatures(config, files)
+        rows = p | "ReadRows" >> ReadLines(files.impressions, max_line, skip)
         long_rows = rows.too_long | "LongRows" >> beam.Map(_long_line_rejected("impressions", max_line))
-        common_counts.append(long_rows | "CountLongRows" >> beam.Map(lambda r: {"rows_read": 1, "rejected": {r.code: 1}}))
-        outputs = (rows.lines
-                   | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files), beam.pvalue.AsSingleton(threshold), **side)
-                   .with_outputs(TRAIN, EVAL, "rejected", "counts"))
+        parsed = (rows.lines
+                  | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files), beam.pvalue.AsSingleton(threshold),
+                                                     beam.pvalue.AsDict(common["features"]))
+                  .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
-            _ = outputs[split] | f"Write{split.title()}" >> beam.io.Write(
-                GzipTFRecordSink(out.split_prefix(split), level=GZIP_LEVEL))
-        rejected = (outputs.rejected, long_rows, *rejected_common) | "AllRejected" >> beam.Flatten()
-        _ = (rejected | "RejectedJson" >> beam.Map(lambda r: json.dumps(r.to_json()))
-             | "WriteRejected" >> beam.io.WriteToText(out.rejected_prefix, file_name_suffix=".jsonl"))
-        rejected_common_counts = [
-            r | f"CountCommonRejected{i}" >> beam.Map(lambda rec: {"common_rejected": {rec.code: 1}})
-            for i, r in enumerate(rejected_common)]
-        _ = ((outputs.counts, *common_counts, *rejected_common_counts) | "AllCounts" >> beam.Flatten()
-             | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
-             | "CountsJson" >> beam.Map(lambda c: json.dumps(c, indent=2, sort_keys=True))
-             | "WriteCounts" >> beam.io.WriteToText(counts_path, shard_name_template="", num_shards=1))
+            _ = parsed[split] | f"Write{split.title()}" >> WriteSplit(out.split_prefix(split))
+        _ = ((parsed.rejected, long_rows, common["rejected"]) | "AllRejected" >> beam.Flatten()
+             | "WriteRejected" >> WriteRejected(out.rejected_prefix))
+        long_counts = long_rows | "CountLongRows" >> beam.FlatMap(lambda r: [(("rows_read",), 1), (("rejected", r.code), 1)])
+        _ = ((parsed.counts, long_counts, common["counts"]) | "AllCounts" >> beam.Flatten()
+             | "WriteCounts" >> WriteCounts(counts_path))
 
     with tf.io.gfile.GFile(counts_path) as f:
         counts = IngestCounts(json.load(f))
     _LOG.info("ingest: done\n%s", counts.describe())
+    for split in (TRAIN, EVAL):
+        written = record_counts.count_records(out.split_pattern(split))
+        record_counts.check_written("ingest", split, written, counts.split(split)["rows"], out.root)
     check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir)
     return counts

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from types import MappingProxyType
+from typing import Mapping, Union
 
 from esmm_model.config import Config, Feature
 from esmm_model.schema import default_value
@@ -52,6 +53,10 @@ class SharedPart:
 
     serialized: bytes
     names: frozenset[str]
+
+
+# What a reader's ``parse`` gets as ``common`` when the format has no shared features (CSV).
+NO_COMMON: Mapping[str, SharedPart] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
