@@ -81,6 +81,10 @@ ABLATIONS = {
     "full shuffle (not 4-batch windows)": (lambda c: c, False, "full"),
     "weighted lists: sum <-> mean pooling": (other_combiner, False, "window"),
     "learning rate 0.002": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.002}}), False, "window"),
+    "tables: lazy_adam at 0.004 (rest at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.004}}), False, "window"),
+    "tables: lazy_adam at 0.008 (rest at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.008}}), False, "window"),
     "learning rate 0.0005": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.0005}}), False, "window"),
 }
 

@@ -11,12 +11,17 @@ esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per see
   weights, price z-scored as a ``DenseFeat``, the hour bucketed as ours is); same towers,
   embedding size, Adam learning rate, batch size and epochs;
 - oracle: the simulator's true probabilities.
+``--tables aliccp`` sizes every embedding table as esmm_model/configs/aliccp.yaml sizes its Ali-CCP field
+(2.4M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
+tables of the same sizes, shared as ours are (one vocabulary per shared group, DeepCTR's
+``embedding_name``). That is the cost a user pays at Ali-CCP scale, where exact vocabularies
+hold millions of ids too.
 Prints the four AUCs (CTR, CTCVR, CVR on clicked, entire-space CVR against would_convert)
 and train examples/s (mean over epochs after the first), mean ± std over seeds.
 
     make peer-venv
     .venv/bin/python benchmarks/bench_peer.py [--rows 400000] [--seeds 3] [--work-dir DIR] \\
-        [--set training.embedding_optimizer=lazy_adam ...]
+        [--tables aliccp] [--set training.embedding_optimizer=lazy_adam ...]
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from components.transform import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
 from esmm_model.metrics import exact_auc  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
+from bench_train import aliccp_sized  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +60,10 @@ COLUMNS = (("ctr_auc", "CTR"), ("ctcvr_auc", "CTCVR"), ("cvr_auc_clicked", "CVR 
            ("entire_space_cvr_auc", "CVR entire space"))
 
 
-def prepare(config: Config, rows: int, work_dir: Path) -> None:
+def prepare(config: Config, rows: int, work_dir: Path, transform_name: str) -> None:
     """Simulate, ingest and transform once into work_dir; later runs reuse them."""
     ingested = layout.IngestLayout(str(work_dir / "ingest"))
-    transformed = layout.TransformLayout(str(work_dir / "transform"))
+    transformed = layout.TransformLayout(str(work_dir / transform_name))
     if not tf.io.gfile.exists(ingested.counts):
         simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
         ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
@@ -87,9 +93,21 @@ def raw_split(config: Config, ingest_dir: Path, split: str) -> dict[str, np.ndar
     return columns
 
 
-def peer_arrays(config: Config, train_raw: dict, eval_raw: dict) -> tuple[dict, dict[str, np.ndarray]]:
-    """DeepCTR's inputs: exact train vocabularies per field (0 pads, n+1 is out-of-vocabulary)."""
+def _train_ids(feature, train_raw: dict) -> np.ndarray:
+    return train_raw[feature.name][1] if feature.kind == "weighted_ids" else train_raw[feature.name]
+
+
+def peer_arrays(config: Config, train_raw: dict, eval_raw: dict, sized: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """DeepCTR's inputs: exact train vocabularies per field (0 pads, n+1 is out-of-vocabulary).
+
+    ``sized``: one vocabulary and one table per shared group, as large as ``config`` makes that
+    group's hash table (DeepCTR's ``embedding_name`` shares it)."""
     features, arrays = [], {}
+    groups: dict[str, list[np.ndarray]] = {}
+    for feature in config.features:
+        if feature.kind != "dense":
+            groups.setdefault(feature.table_name if sized else feature.name, []).append(_train_ids(feature, train_raw))
+    vocabularies = {key: np.unique(np.concatenate(ids)) for key, ids in groups.items()}
     for feature in config.features:
         name = feature.name
         if feature.kind == "dense" and feature.preprocessing.method == "zscore":
@@ -103,9 +121,11 @@ def peer_arrays(config: Config, train_raw: dict, eval_raw: dict) -> tuple[dict, 
                 arrays[f"{split}/{name}"] = np.searchsorted(feature.preprocessing.buckets, raw[name], side="right") + 1
             features.append({"name": name, "kind": "id", "vocabulary_size": len(feature.preprocessing.buckets) + 2})
             continue
-        values = train_raw[name][1] if feature.kind == "weighted_ids" else train_raw[name]
-        vocab = np.unique(values)
+        key = feature.table_name if sized else name
+        vocab = vocabularies[key]
         oov = len(vocab) + 1
+        table = {"embedding_name": key,
+                 "vocabulary_size": max(oov + 1, feature.preprocessing.hash_buckets or 0) if sized else oov + 1}
 
         def encode(ids: np.ndarray) -> np.ndarray:
             position = np.searchsorted(vocab, ids)
@@ -115,7 +135,7 @@ def peer_arrays(config: Config, train_raw: dict, eval_raw: dict) -> tuple[dict, 
         if feature.kind != "weighted_ids":
             for split, raw in (("train", train_raw), ("eval", eval_raw)):
                 arrays[f"{split}/{name}"] = encode(raw[name])
-            features.append({"name": name, "kind": "id", "vocabulary_size": oov + 1})
+            features.append({"name": name, "kind": "id", **table})
             continue
         maxlen = int(max(train_raw[name][0].max(), eval_raw[name][0].max(), 1))
         for split, raw in (("train", train_raw), ("eval", eval_raw)):
@@ -128,11 +148,16 @@ def peer_arrays(config: Config, train_raw: dict, eval_raw: dict) -> tuple[dict, 
             padded_ids[rows, slots] = encode(ids)
             padded_weights[rows, slots, 0] = weights
             arrays[f"{split}/{name}"], arrays[f"{split}/{feature.weight_name}"] = padded_ids, padded_weights
-        features.append({"name": name, "kind": "weighted_ids", "vocabulary_size": oov + 1, "maxlen": maxlen})
+        features.append({"name": name, "kind": "weighted_ids", **table, "maxlen": maxlen})
     for split, raw in (("train", train_raw), ("eval", eval_raw)):
         arrays[f"{split}/click"] = raw[LABEL_CLICK].astype(np.float32)
         arrays[f"{split}/ctcvr"] = (raw[LABEL_CLICK] * raw[LABEL_CONVERSION]).astype(np.float32)
     return {"features": features}, arrays
+
+
+def peer_table_rows(spec: dict) -> int:
+    tables = {f["embedding_name"]: f["vocabulary_size"] for f in spec["features"] if "embedding_name" in f}
+    return sum(tables.values())
 
 
 def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarray,
@@ -144,8 +169,8 @@ def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarr
             "entire_space_cvr_auc": exact_auc(would_convert, cvr)}
 
 
-def run_ours(config: Config, work_dir: Path, truth: dict, out: Path) -> dict[str, float]:
-    result = train(config, str(work_dir / "transform"), str(out), version=1)
+def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, out: Path) -> dict[str, float]:
+    result = train(config, str(work_dir / transform_name), str(out), version=1)
     pred = predict_split(config, result.export_dir, layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
     would_convert = np.array([truth[sid][2] for sid in pred.sample_id])
     rates = [h["examples_per_second"] for h in result.metrics["history"][1:]] or [result.metrics["history"][0]["examples_per_second"]]
@@ -182,6 +207,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "esmm_bench_peer"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override our config, e.g. training.embedding_optimizer=lazy_adam (repeatable)")
+    parser.add_argument("--tables", choices=["small", "aliccp"], default="small",
+                        help="embedding table sizes: the simulator's vocabularies, or Ali-CCP's hash tables for both")
     parser.add_argument("--skip-peer", action="store_true", help="run ours and the oracle only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -189,7 +216,11 @@ def main() -> None:
         raise SystemExit(f"{PEER_PYTHON} is missing: run `make peer-venv` first")
     work_dir = Path(args.work_dir)
     config = load_config("simulator")
-    prepare(config, args.rows, work_dir)
+    sized = args.tables == "aliccp"
+    if sized:
+        config = aliccp_sized(config, load_config("aliccp"))
+    transform_name = "transform_aliccp" if sized else "transform"
+    prepare(config, args.rows, work_dir, transform_name)
     config = apply_overrides(config, args.set)
     truth = load_ground_truth(str(work_dir / "raw" / GROUND_TRUTH_FILE))
     train_raw = raw_split(config, work_dir / "ingest", "train")
@@ -199,22 +230,23 @@ def main() -> None:
     oracle = four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert,
                        p_true[:, 0], p_true[:, 1], p_true[:, 0] * p_true[:, 1])
     training = config.training
+    spec, arrays = peer_arrays(config, train_raw, eval_raw, sized)
     print(f"{len(train_raw[LABEL_CLICK]):,} train / {len(eval_raw[LABEL_CLICK]):,} eval rows "
           f"({int(train_raw[LABEL_CLICK].sum()):,} / {int(eval_raw[LABEL_CLICK].sum()):,} clicks); towers "
           f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate}, batch "
           f"{training.batch_size}, {training.epochs} epochs, seeds {training.seed}..{training.seed + args.seeds - 1}; "
-          f"ours: embedding_optimizer {training.embedding_optimizer}", flush=True)
+          f"ours: embedding_optimizer {training.embedding_optimizer}; tables {args.tables} "
+          f"({peer_table_rows(spec):,} peer embedding rows)", flush=True)
     results: dict[str, list[dict]] = {"ours": [], "peer": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        spec, arrays = peer_arrays(config, train_raw, eval_raw)
         data_path = tmp_path / "peer_data.npz"
         np.savez(data_path, **arrays)
         for i in range(args.seeds):
             seed = training.seed + i
             seeded = with_overrides(config, {"training": {"seed": seed}})
-            results["ours"].append(run_ours(seeded, work_dir, truth, tmp_path / f"ours-{seed}"))
+            results["ours"].append(run_ours(seeded, work_dir, transform_name, truth, tmp_path / f"ours-{seed}"))
             print(f"ours seed {seed}: {json.dumps(results['ours'][-1])}", flush=True)
             if not args.skip_peer:
                 results["peer"].append(run_peer(seeded, spec, data_path, eval_raw, would_convert, seed, tmp_path))

@@ -46,10 +46,12 @@ def feature_columns(spec: dict) -> list:
             columns.append(DenseFeat(f["name"], 1))
         elif f["kind"] == "weighted_ids":
             columns.append(VarLenSparseFeat(SparseFeat(f["name"], vocabulary_size=f["vocabulary_size"],
-                                                       embedding_dim=spec["embedding_dim"]),
+                                                       embedding_dim=spec["embedding_dim"],
+                                                       embedding_name=f.get("embedding_name", f["name"])),
                                             maxlen=f["maxlen"], combiner="sum", weight_name=f["name"] + "_weight"))
         else:
-            columns.append(SparseFeat(f["name"], vocabulary_size=f["vocabulary_size"], embedding_dim=spec["embedding_dim"]))
+            columns.append(SparseFeat(f["name"], vocabulary_size=f["vocabulary_size"], embedding_dim=spec["embedding_dim"],
+                                      embedding_name=f.get("embedding_name", f["name"])))
     return columns
 
 
