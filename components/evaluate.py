@@ -44,7 +44,7 @@ from components.evaluation_report import LABEL_OF, OUTPUTS, SLICES, markdown_tab
 from components.output_dir import require_empty
 from components.push import latest_pushed
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, Config
-from esmm_model.errors import InputError
+from esmm_model.errors import EsmmError, InputError
 from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss
 from esmm_model.schema import SAMPLE_ID
 
@@ -263,6 +263,23 @@ def run_tfma(config: Config, scores: Scores, out_dir: str, beam_args: list[str],
     return metrics, tfma.load_validation_result(output_path)
 
 
+def check_example_counts(tfma_metrics: dict, scores: Scores) -> None:
+    """Fails when TFMA counted other rows than were scored, in any model, output or slice.
+
+    The exact metrics come from the scores; TFMA's thresholds and tables from what its Beam
+    pipeline saw. A runner that lost or repeated input would make the two disagree silently.
+    """
+    expected = {name: int(mask.sum()) for name, mask in scores.slices().items()}
+    for model, by_output in tfma_metrics.items():
+        for output, by_slice in by_output.items():
+            for slice_name, values in by_slice.items():
+                counted = values.get("example_count", float("nan"))
+                if slice_name in expected and math.isfinite(counted) and int(counted) != expected[slice_name]:
+                    raise EsmmError(f"evaluation: TFMA counted {int(counted):,} rows in slice {slice_name!r} of "
+                                    f"{model}/{output} where {expected[slice_name]:,} were scored; its Beam "
+                                    "pipeline lost or repeated input, so its metrics and thresholds are not trusted")
+
+
 def _value(entry: Optional[dict]) -> float:
     if entry and "doubleValue" in entry:
         return float(entry["doubleValue"])
@@ -388,6 +405,7 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
         raise InputError(f"the eval files matching {pattern!r} hold no examples")
     with _timed(timings, "tfma"):
         tfma_metrics, validation = run_tfma(config, scores, out_dir, beam_args, block_rows)
+        check_example_counts(tfma_metrics, scores)
     with _timed(timings, "exact"):
         truth = load_ground_truth(ground_truth) if ground_truth else None
         metrics = model_metrics(scores, CANDIDATE, tfma_metrics, truth)

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from components.blessing import NOT_BLESSED, bless, read_blessing
-from components.evaluate import BASELINE, CANDIDATE, Scores, evaluate, read_block, write_blocks
+from components.evaluate import BASELINE, CANDIDATE, Scores, check_example_counts, evaluate, read_block, write_blocks
 from esmm_model.config import EvaluationConfig, Threshold, load_config
+from esmm_model.errors import EsmmError
 from esmm_model.metrics import exact_auc, log_loss
 from tests.raw_examples import make_example, random_rows, write_ingest_dir
 from tests.stub_models import save_stub_model
@@ -154,3 +155,14 @@ def test_first_model_without_a_served_baseline_is_judged_on_absolute_bounds(tmp_
     assert by_rule[("ctr/all/bce", "max_regression")].outcome == "skip"
     assert by_rule[("ctr/clicked/example_count", "min")].outcome == "fail"
     assert "Candidate vs served" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_rows_lost_by_tfma_fail_the_evaluation():
+    click = np.array([1, 0, 0, 1, 0])
+    scores = Scores(sample_id=np.arange(5), click=click, conversion=np.zeros(5), outputs={})
+    counted = {CANDIDATE: {"ctr": {"all": {"example_count": 5.0}, "clicked": {"example_count": 2.0}},
+                           "cvr": {"clicked": {"example_count": float("nan")}}}}
+    check_example_counts(counted, scores)
+    counted[CANDIDATE]["ctr"]["clicked"]["example_count"] = 1.0
+    with pytest.raises(EsmmError, match=r"TFMA counted 1 rows in slice 'clicked' of candidate/ctr where 2 were scored"):
+        check_example_counts(counted, scores)
