@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from components import layout
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR
+from esmm_model.schema import OUTPUTS
 
-OUTPUTS = ("ctr", "cvr", "ctcvr")
 SLICES = ("all", "clicked", "unclicked")
 COLUMNS = ("auc", "pr_auc", "bce", "mean_prediction", "mean_label", "example_count")
 COMPARED = ("auc", "pr_auc", "bce", "mean_prediction")

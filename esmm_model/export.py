@@ -24,10 +24,9 @@ from components import layout
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
-from esmm_model.schema import feature_spec
+from esmm_model.schema import OUTPUTS, SERVING_INPUT, feature_spec
 
-OUTPUTS = ("ctr", "cvr", "ctcvr")
-EXAMPLES = tf.TensorSpec([None], tf.string, name="examples")
+EXAMPLES = tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
 
 
 class ServingModule(tf.Module):

@@ -1,4 +1,4 @@
-"""The raw tf.Example contract, derived from the feature config.
+"""The raw tf.Example contract, derived from the feature config, and the serving signature's names.
 
 Feature names in tf.Example are the config names:
 - ``id``: one value, bytes or int64;
@@ -18,6 +18,9 @@ import tensorflow as tf
 from esmm_model.config import LABELS, Config, Feature
 
 SAMPLE_ID = "sample_id"
+# serving_default: serialized raw tf.Example [n] in SERVING_INPUT, one probability [n] per name in OUTPUTS.
+SERVING_INPUT = "examples"
+OUTPUTS = ("ctr", "cvr", "ctcvr")
 MISSING_BYTES = b""
 MISSING_INT64 = -1
 MISSING_FLOAT = 0.0

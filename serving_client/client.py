@@ -24,12 +24,11 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from esmm_model.schema import OUTPUTS, SERVING_INPUT
 from serving_client.errors import ServingError
 
 log = logging.getLogger(__name__)
 
-INPUT = "examples"
-OUTPUTS = ("ctr", "cvr", "ctcvr")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 SERVING_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                           grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -166,7 +165,7 @@ class PredictionClient:
         request = predict_pb2.PredictRequest()
         self._fill_spec(request.model_spec)
         request.model_spec.signature_name = self.signature
-        tensor = request.inputs[INPUT]
+        tensor = request.inputs[SERVING_INPUT]
         tensor.dtype = types_pb2.DT_STRING
         tensor.tensor_shape.dim.add().size = len(examples)
         tensor.string_val.extend(examples)

@@ -15,10 +15,10 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from esmm_model.errors import InputError
+from esmm_model.schema import SERVING_INPUT
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
-INPUT = "examples"
 # Batch sizes replayed: one candidate, and the sizes a ranking request usually has (TF Serving caps the file at 1000).
 BATCH_SIZES = (1, 16, 100, 256)
 
@@ -49,7 +49,7 @@ def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str =
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = signature
-        tensor = request.inputs[INPUT]
+        tensor = request.inputs[SERVING_INPUT]
         tensor.dtype = types_pb2.DT_STRING
         tensor.tensor_shape.dim.add().size = len(batch)
         tensor.string_val.extend(batch)

@@ -23,8 +23,9 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from esmm_model.config import load_config
+from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
-from serving_client.client import OUTPUTS, Fallback, PredictionClient, RetryPolicy, VersionStatus
+from serving_client.client import Fallback, PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, servable_versions

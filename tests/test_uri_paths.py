@@ -15,9 +15,10 @@ from components import layout, storage
 from components.blessing import bless, write_blessing
 from components.transform import transform
 from esmm_model.config import load_config
+from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from raw_examples import make_example, random_rows, write_ingest_dir
-from serving_client.client import OUTPUTS, PredictionClient
+from serving_client.client import PredictionClient
 from serving_client.server import ModelServer
 
 
