@@ -12,18 +12,7 @@ from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
-
-
-class Blessing(dsl.Artifact):
-    """The validation verdict: a JSON file, BLESSED or NOT_BLESSED with every reason (TFX's ModelBlessing).
-
-    kfp 2 admits only ``system.*`` and ``google.*`` schemas, so the type travels as
-    ``system.Artifact``; its metadata carries ``blessed``, ``status`` and ``reasons``.
-    """
-
-    schema_title = "system.Artifact"
-    schema_version = "0.0.1"
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
 def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str] = None, variant: Optional[str] = None,
@@ -108,12 +97,14 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
 
 
 def evaluate_step(config: str, input_fingerprint: str, serving_base: str, examples: Input[Dataset],
-                  model: Input[Model], evaluation: Output[Metrics], report: Output[HTML], blessing: Output[Blessing],
+                  model: Input[Model], evaluation: Output[Metrics], report: Output[HTML], blessing: Output[Artifact],
                   roc_ctr: Output[ClassificationMetrics], roc_cvr: Output[ClassificationMetrics],
                   roc_ctcvr: Output[ClassificationMetrics], beam_runner: Optional[str] = None,
                   beam_options: Optional[list] = None, ground_truth: Optional[str] = None):
     """Scores the candidate and the served model on the raw eval split, TFMA sliced all/clicked/unclicked,
     the gate on those same rows (TFX's Evaluator: it writes the blessing), the report, and the kfp metrics.
+    ``blessing`` is the verdict as JSON (TFX's ModelBlessing; kfp 2 admits only system.* and google.* types,
+    so a plain Artifact), its metadata ``blessed``, ``status``, ``baseline_version`` and ``reasons``.
 
     ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache."""
     import json
@@ -153,7 +144,7 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
 
 
 def push_step(config: str, serving_base: str, examples: Input[Dataset], model: Input[Model],
-              evaluation: Input[Metrics], blessing: Input[Blessing], pushed: Output[Model]):
+              evaluation: Input[Metrics], blessing: Input[Artifact], pushed: Output[Model]):
     """Pushes the model atomically, with warmup requests from the eval examples, if the evaluator
     blessed it against the version still served."""
     import json
