@@ -25,7 +25,6 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
 from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402

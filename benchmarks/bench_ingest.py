@@ -39,7 +39,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import components  # noqa: E402,F401
 from components.aliccp_reader import AliccpReader  # noqa: E402
 from components.example_batch import encode_rows  # noqa: E402
 from components.ingest import BATCH_SIZE, EVAL, TRAIN, IngestCounts, ingest  # noqa: E402

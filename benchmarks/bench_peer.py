@@ -40,7 +40,6 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
 from components.evaluate import load_ground_truth, predict_split  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402

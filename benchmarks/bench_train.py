@@ -34,7 +34,6 @@ import tf_keras as keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import components  # noqa: E402,F401  (exit-time fix for processes that ran tf.Transform)
 from components import layout  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import SimulationSpec, simulate  # noqa: E402

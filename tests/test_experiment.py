@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
 from components.experiment import (METRICS, epoch_order, load_data, read_runs, run_experiment, table2_markdown,
                                    write_outputs)
 from components.transform import transform

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
 from components import layout
 from components.train import NonFiniteLossError, train
 from components.transform import transform

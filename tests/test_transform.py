@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
 from components.transform import transform
 from esmm_model.config import config_from_dict
 from esmm_model.errors import InputError
