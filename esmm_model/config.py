@@ -614,13 +614,24 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked against type ``hint`` (and converted: lists to tuples, ints to floats);
+    a ConfigError names ``where`` and what was expected."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if hint is Any:
+        return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where)
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return _coerce(members[0], value, where)
+        for member in members:  # the first member that takes the value, in declared order
+            try:
+                return _coerce(member, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {' or '.join(_describe(m) for m in members)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
@@ -629,6 +640,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_hint, value_hint = args or (str, Any)
+        return types.MappingProxyType({_coerce(key_hint, key, _join(where, str(key))):
+                                       _coerce(value_hint, item, _join(where, str(key))) for key, item in value.items()})
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if hint is bool:
@@ -652,6 +669,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     raise TypeError(f"no coercion for {hint} at {where}")
 
 
+def _describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like in YAML, for error messages."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if origin is tuple:
+        return "a list"
+    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -667,6 +696,8 @@ def _to_plain(value: Any) -> Any:
                 if getattr(value, f.name) is not None}
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
+    if isinstance(value, types.MappingProxyType):
+        return {k: _to_plain(v) for k, v in value.items()}
     return value
 
 

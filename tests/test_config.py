@@ -1,12 +1,14 @@
 """The feature config: the shipped files load, and every mistake names its key."""
 import copy
 import re
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
 
 import pytest
 import yaml
 
-from esmm_model.config import (config_from_dict, config_from_json, config_to_json, load_config, portable_config_ref,
-                               read_config_text, shipped_config_names)
+from esmm_model.config import (Vocab, _build, _to_plain, config_from_dict, config_from_json, config_to_json, load_config,
+                               portable_config_ref, read_config_text, shipped_config_names)
 from esmm_model.errors import ConfigError
 
 
@@ -189,3 +191,46 @@ def test_config_json_round_trips_canonically():
     text = config_to_json(config)
     assert config_from_json(text) == config
     assert config_to_json(config_from_json(text)) == text
+
+
+@dataclass(frozen=True)
+class _Typed:
+    """Field types no shipped config section uses yet, for the coercer."""
+
+    size: Union[int, Literal["auto"]] = "auto"
+    rates: dict[str, float] = field(default_factory=dict)
+    vocabs: Optional[dict[str, Vocab]] = None
+    extra: dict = field(default_factory=dict)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"size": 3}, _Typed(size=3)),
+    ({"size": "auto"}, _Typed(size="auto")),
+    ({"rates": {"ctr": 1, "cvr": 0.5}}, _Typed(rates={"ctr": 1.0, "cvr": 0.5})),
+    ({"vocabs": {"item": {"top_k": 10}}}, _Typed(vocabs={"item": Vocab(top_k=10)})),
+    ({"extra": {"a": [1, "b"]}}, _Typed(extra={"a": [1, "b"]})),
+])
+def test_unions_of_two_types_and_mappings_coerce(data, expected):
+    assert _build(_Typed, data, "typed") == expected
+
+
+def test_a_coerced_mapping_is_read_only_and_converts_back_to_plain_data():
+    built = _build(_Typed, {"rates": {"ctr": 1}, "vocabs": {"item": {"top_k": 10}}}, "typed")
+    assert type(built.rates["ctr"]) is float
+    with pytest.raises(TypeError):
+        built.rates["new"] = 1.0  # a frozen config holds read-only mappings
+    assert _to_plain(built) == {"size": "auto", "rates": {"ctr": 1.0}, "extra": {},
+                                "vocabs": {"item": {"top_k": 10, "min_frequency": 1, "oov_buckets": 1}}}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"size": "big"}, "typed.size: expected an integer or one of auto, got 'big'"),
+    ({"size": 2.5}, "typed.size: expected an integer or one of auto, got 2.5"),
+    ({"rates": [1.0]}, "typed.rates: expected a mapping, got [1.0]"),
+    ({"rates": {"ctr": "high"}}, "typed.rates.ctr: expected a number, got 'high'"),
+    ({"vocabs": {"item": {"top_n": 3}}}, "typed.vocabs.item.top_n: unknown key; known keys are min_frequency, oov_buckets, top_k"),
+])
+def test_union_and_mapping_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        _build(_Typed, data, "typed")
+    assert str(err.value) == message
