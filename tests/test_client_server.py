@@ -104,7 +104,8 @@ def request_with(examples_tensor: tf.Tensor, input_name: str = "examples", model
     (request_with(tf.constant([b"not a tf.Example"])), grpc.StatusCode.INVALID_ARGUMENT, "Could not parse example"),
     (request_with(tf.constant([b"\xff\xfe"])), grpc.StatusCode.INVALID_ARGUMENT,
      "Could not parse example input, value: '\\xff\\xfe'"),
-    (request_with(tf.constant([[b"x"]])), grpc.StatusCode.INVALID_ARGUMENT, ""),
+    (request_with(tf.constant([[b"x"]])), grpc.StatusCode.INVALID_ARGUMENT,
+     "Expected serialized to be a scalar or vector, got shape: [1,1]"),
     (request_with(tf.constant([b""]), model="other"), grpc.StatusCode.NOT_FOUND,
      "Servable not found for request: Latest(other)"),
 ])

@@ -192,3 +192,30 @@ def test_a_variant_is_one_registry_entry(monkeypatch):
     weights = 1.0 / np.maximum(sigmoid(ctr_logit[:2]), 0.1)
     expected = (bce(np.array([1, 0]), sigmoid(cvr_logit[:2])) * weights).sum() / weights.sum()
     np.testing.assert_allclose(losses["cvr_loss"], expected, rtol=1e-6)
+
+
+def test_mean_combiner_divides_the_weighted_sum_by_the_weights_sum():
+    config = small_config()
+    data = config.to_dict()
+    data["features"][1]["combiner"] = "mean"
+    tf.random.set_seed(0)
+    model = EsmmModel(config_from_dict(data), SIZES)
+    table = model.ctr_embeddings.tables["item"].numpy()
+    x = model.ctr_embeddings(model_batch()).numpy()
+    np.testing.assert_allclose(x[0, 4:8], (table[1] + 2 * table[2]) / 3, rtol=1e-6)
+    np.testing.assert_allclose(x[1, 4:8], table[5], rtol=1e-6)
+    np.testing.assert_allclose(x[2, 4:8], 0.0)  # an empty list pools to zeros, not NaN
+
+
+def test_dropout_acts_in_training_only():
+    tf.random.set_seed(0)
+    tower = EsmmModel(small_config(dropout=0.5, tower_units=[64, 64]), SIZES).ctr_tower
+    x = tf.random.normal([32, 17])
+    plain = x
+    for dense in tower.hidden:
+        plain = dense(plain)
+    plain = tf.squeeze(tower.logit(plain), -1).numpy()
+    np.testing.assert_allclose(tower(x, training=False), plain, rtol=1e-5)
+    dropped = tower(x, training=True).numpy()
+    assert np.abs(dropped - plain).max() > 1e-3
+    assert not np.allclose(tower(x, training=True), dropped)  # a fresh mask each call

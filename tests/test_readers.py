@@ -154,25 +154,19 @@ def test_csv_header_must_name_every_feature():
         CsvReader(sim_csv_config(), HEADER[:-1], "log.csv")
 
 
+# The common-features line of user a1b2c3d4e5f60001 (common_features_defects.csv, line 1), as its text reads.
+USER_01_SHARED = {"user_id": b"1001", "user_categorical": b"7", "gender": b"1", "age": b"3",
+                  "hist_categories": ([b"4001", b"4002", b"4003"], [2.0, 5.0, 1.0]),
+                  "hist_intentions": ([b"9001"], [1.0]), "hist_brands": ([b"6001"], [3.0])}
+
+
 def test_shared_part_concatenation_parses_like_a_whole_example(aliccp):
     _, results = parse_fixture(aliccp)
     row = results[1]
-    whole = parse(aliccp, [type(row)(**{**row.__dict__, "shared": None,
-                                        "values": {**row.values, **_shared_values(aliccp, row)}})])
+    assert sorted(row.shared.names) == sorted(USER_01_SHARED)
+    whole = parse(aliccp, [type(row)(**{**row.__dict__, "shared": None, "values": {**row.values, **USER_01_SHARED}})])
     joined = parse(aliccp, [row])
     for name, tensor in whole.items():
         a, b = (t.values if isinstance(t, tf.SparseTensor) else t for t in (tensor, joined[name]))
         assert np.array_equal(a.numpy(), b.numpy()), name
 
-
-def _shared_values(config, row):
-    example = tf.train.Example.FromString(row.shared.serialized)
-    values = {}
-    for name in row.shared.names:
-        feature = config.feature(name)
-        ids = example.features.feature[name].bytes_list.value
-        if feature.kind == "weighted_ids":
-            values[name] = (list(ids), list(example.features.feature[feature.weight_name].float_list.value))
-        else:
-            values[name] = ids[0]
-    return values
