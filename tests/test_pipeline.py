@@ -1,4 +1,5 @@
 """The kfp pipeline: a local end-to-end run through kfp.local, caching, and the compiled YAML."""
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from kfp import components
+from scipy.stats import mannwhitneyu
 
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config, read_config_text, with_overrides
@@ -36,6 +38,20 @@ def tiny(tmp_path_factory):
     return root
 
 
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney U statistic over (positive, negative) pairs, ties counted half."""
+    return float(mannwhitneyu(scores[labels], scores[~labels]).statistic / (labels.sum() * (~labels).sum()))
+
+
+def entire_space_truth(tiny: Path, records: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The simulator's p_cvr and would_convert of these raw eval records, joined by sample_id."""
+    with open(tiny / "sim" / GROUND_TRUTH_FILE, newline="") as f:
+        truth = {row["sample_id"]: row for row in csv.DictReader(f)}
+    ids = [tf.train.Example.FromString(r).features.feature["sample_id"].bytes_list.value[0].decode() for r in records]
+    return (np.array([float(truth[i]["p_cvr"]) for i in ids]),
+            np.array([truth[i]["would_convert"] == "1" for i in ids]))
+
+
 def run(tiny: Path, thresholds, out: str):
     return run_local(str(tiny / "config.yaml"), str(tiny / "sim"), str(tiny / "serving"), str(tiny / out),
                      beam_options=BEAM_OPTIONS, epochs=1, thresholds=thresholds,
@@ -57,12 +73,17 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
     assert tf.train.latest_checkpoint(str(checkpoints)) is not None
     metrics = first.metrics
     assert metrics["ctr"]["clicked"]["example_count"] + metrics["ctr"]["unclicked"]["example_count"] == 2_000
-    assert 0.0 < metrics["entire_space"]["oracle_cvr_auc"] <= 1.0
     assert first.blessing["status"] == "BLESSED" and first.pushed["pushed"] and first.pushed["version"] == 1
 
     served = tf.saved_model.load(first.pushed["path"]).signatures["serving_default"]
-    records = list(tf.data.TFRecordDataset(sorted(map(str, (run_dir / "ingest-step/examples/eval").glob("*.gz"))),
-                                           compression_type="GZIP").take(16).as_numpy_iterator())
+    all_records = list(tf.data.TFRecordDataset(sorted(map(str, (run_dir / "ingest-step/examples/eval").glob("*.gz"))),
+                                               compression_type="GZIP").as_numpy_iterator())
+    # The entire-space AUCs, recomputed here from the simulator's truth and the pushed model's scores.
+    p_cvr, would_convert = entire_space_truth(tiny, all_records)
+    assert metrics["entire_space"]["oracle_cvr_auc"] == pytest.approx(auc(would_convert, p_cvr), abs=1e-9)
+    scored_cvr = served(examples=tf.constant(all_records))["cvr"].numpy()
+    assert metrics["entire_space"]["cvr_auc"] == pytest.approx(auc(would_convert, scored_cvr), abs=1e-4)
+    records = all_records[:16]
     outputs = served(examples=tf.constant(records))
     assert set(outputs) == {"ctr", "cvr", "ctcvr"}
     np.testing.assert_allclose(outputs["ctcvr"].numpy(), outputs["ctr"].numpy() * outputs["cvr"].numpy(), rtol=1e-5)
