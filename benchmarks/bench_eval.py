@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
+from components import layout  # noqa: E402
 from components.evaluate import evaluate  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
 
@@ -76,18 +77,20 @@ def eval_subset(ingest_dir: str, rows: int, work_dir: Path) -> Path:
     if done.exists() and int(done.read_text()) == rows:
         return out
     shutil.rmtree(out, ignore_errors=True)
-    (out / "eval").mkdir(parents=True)
-    files = sorted(tf.io.gfile.glob(os.path.join(ingest_dir, "eval", "*.tfrecord.gz")))
+    subset = layout.IngestLayout(str(out))
+    (out / layout.EVAL).mkdir(parents=True)
+    files = sorted(tf.io.gfile.glob(layout.IngestLayout(ingest_dir).split_pattern(layout.EVAL)))
     written = 0
-    with tf.io.TFRecordWriter(str(out / "eval" / "part-00000.tfrecord.gz"), options="GZIP") as writer:
+    with tf.io.TFRecordWriter(subset.split_prefix(layout.EVAL) + "-00000-of-00001" + layout.RECORD_SUFFIX,
+                              options="GZIP") as writer:
         for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(rows):
             writer.write(record.numpy())
             written += 1
     if written < rows:
         raise SystemExit(f"{ingest_dir} has only {written:,} eval rows, fewer than {rows:,}")
-    counts = Path(ingest_dir) / "counts.json"
-    if counts.exists():
-        shutil.copy(counts, out / "counts.json")
+    counts = layout.IngestLayout(ingest_dir).counts
+    if os.path.exists(counts):
+        shutil.copy(counts, subset.counts)
     done.write_text(str(rows))
     return out
 

@@ -85,6 +85,7 @@ def train_tiny_export(work: str) -> str:
     """Trains one epoch of a small model with the real CLI steps; returns its export directory."""
     import yaml
 
+    from components import layout
     from esmm_model.config import read_config_text
 
     config = yaml.safe_load(read_config_text("simulator"))
@@ -100,7 +101,7 @@ def train_tiny_export(work: str) -> str:
         print(f"serving-compat: esmm {step[0]}", flush=True)
         subprocess.run([sys.executable, "-m", "pipelines.cli", step[0], "--config", config_path, *step[1:]],
                        check=True, stdout=subprocess.DEVNULL)
-    (export,) = glob.glob(f"{work}/train/model/*/saved_model.pb")
+    (export,) = glob.glob(layout.join(layout.TrainLayout(f"{work}/train").export_base, "*", layout.SAVED_MODEL_PB))
     return os.path.dirname(export)
 
 
@@ -108,7 +109,9 @@ def write_reference(export_dir: str, work: str, limit: int = 256) -> None:
     """Scores eval examples with this (the trainer's) TensorFlow and writes both for the check."""
     import tensorflow as tf
 
-    files = sorted(glob.glob(f"{work}/ingest/eval/*.tfrecord.gz"))
+    from components import layout
+
+    files = sorted(glob.glob(layout.IngestLayout(f"{work}/ingest").split_pattern(layout.EVAL)))
     examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit)]
     outputs = tf.saved_model.load(export_dir).signatures["serving_default"](examples=tf.constant(examples))
     with tf.io.TFRecordWriter(os.path.join(work, EXAMPLES_FILE)) as writer:
