@@ -137,6 +137,29 @@ def test_real_format_rows_ingest_with_the_shipped_config_rejecting_nothing(tmp_p
     assert counts.split(TRAIN)["rows"] == counts.split(EVAL)["rows"] == 20
 
 
+def test_a_duplicated_common_feature_index_rejects_both_lines_and_that_users_rows(tmp_path):
+    """A user's common line repeated with other values: neither can be trusted, so no row joins either."""
+    real = tmp_path / "real"
+    real.mkdir()
+    skeleton = (REAL / "sample_skeleton_train.csv").read_text()
+    (real / "sample_skeleton_train.csv").write_text(skeleton)
+    common = (REAL / "common_features_train.csv").read_text().splitlines()
+    index = common[0].split(",", 1)[0]
+    changed = common[0].replace("\x01101\x02", "\x01101\x0299", 1)
+    assert changed != common[0]
+    (real / "common_features_train.csv").write_text("\n".join([*common, changed]) + "\n")
+    users_rows = sum(1 for line in skeleton.splitlines() if line.split(",")[3] == index)
+    config = with_overrides(load_config("aliccp"), {"input": {"max_rejected_fraction": 0.5}})
+    counts = ingest(config, str(real), str(tmp_path / "out"), BEAM_ARGS)
+    assert counts.data["common_rejected"] == {"duplicate_common_feature_index": 2}
+    assert counts.rejected == {"unknown_common_feature_index": users_rows} and users_rows == 8
+    assert counts.split(TRAIN)["rows"] + counts.split(EVAL)["rows"] == 40 - users_rows
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(tmp_path / "out")).rejected_dir).glob("*.jsonl")
+                for line in p.read_text().splitlines()]
+    duplicates = [r for r in rejected if r["code"] == "duplicate_common_feature_index"]
+    assert len(duplicates) == 2 and all(index in r["reason"] and "2 lines" in r["reason"] for r in duplicates)
+
+
 def _defective_log(root: Path) -> Path:
     """1,945 simulated rows plus 55 defective lines: 11 each of five reason codes, 2.75 % of 2,000."""
     sim = root / "sim"
