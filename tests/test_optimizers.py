@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
@@ -110,3 +111,26 @@ def test_training_config_builds_lazy_adam_for_tables_with_adams_hyperparameters(
     assert optimizers.embedding.epsilon == 1e-6
     assert float(optimizers.embedding.learning_rate) == np.float32(0.002)
     assert set(optimizers.trackables()) == {"optimizer", "embedding_optimizer"}
+
+
+@pytest.mark.parametrize("name, kind", [("same", None), ("lazy_adam", LazyAdam), ("adagrad", keras.optimizers.Adagrad),
+                                        ("sgd", keras.optimizers.SGD)])
+def test_every_embedding_optimizer_takes_its_own_rate_and_updates_only_looked_up_rows(name, kind):
+    optimizers = build_optimizers(TrainingConfig(optimizer="adagrad", embedding_optimizer=name, learning_rate=0.01,
+                                                 embedding_learning_rate=0.05))
+    assert type(optimizers.main) is keras.optimizers.Adagrad
+    assert float(optimizers.main.learning_rate) == np.float32(0.01)
+    if kind is None:  # the main optimizer updates the tables too
+        assert optimizers.embedding is None and set(optimizers.trackables()) == {"optimizer"}
+        return
+    assert type(optimizers.embedding) is kind and float(optimizers.embedding.learning_rate) == np.float32(0.05)
+    assert set(optimizers.trackables()) == {"optimizer", "embedding_optimizer"}
+    fallback = build_optimizers(TrainingConfig(embedding_optimizer=name, learning_rate=0.003)).embedding
+    assert float(fallback.learning_rate) == np.float32(0.003)  # no embedding_learning_rate: the main rate
+    variable = table()
+    before = variable.numpy()
+    optimizers.embedding.apply_gradients([(sparse_gradient(variable, TOUCHED, np.ones(DIM, np.float32)), variable)])
+    changed = np.flatnonzero(np.any(variable.numpy() != before, axis=1))
+    assert changed.tolist() == TOUCHED
+    if name == "sgd":
+        np.testing.assert_allclose(variable.numpy()[TOUCHED], before[TOUCHED] - 0.05, rtol=1e-6)
