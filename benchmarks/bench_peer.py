@@ -40,7 +40,7 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.evaluate import load_ground_truth, predict_split  # noqa: E402
+from components.evaluate import CANDIDATE, load_ground_truth, score_split  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
 from components.train import train  # noqa: E402
@@ -170,10 +170,12 @@ def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarr
 
 def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, out: Path) -> dict[str, float]:
     result = train(config, str(work_dir / transform_name), str(out), version=1)
-    pred = predict_split(config, result.export_dir, layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
-    would_convert = np.array([truth[sid][2] for sid in pred.sample_id])
+    scores = score_split({CANDIDATE: result.export_dir},
+                         layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
+    would_convert = np.array([truth[sid][2] for sid in scores.sample_id])
+    pred = scores.outputs[CANDIDATE]
     rates = [h["examples_per_second"] for h in result.metrics["history"][1:]] or [result.metrics["history"][0]["examples_per_second"]]
-    return {**four_aucs(pred.click, pred.conversion, would_convert, pred.ctr, pred.cvr, pred.ctcvr),
+    return {**four_aucs(scores.click, scores.conversion, would_convert, pred["ctr"], pred["cvr"], pred["ctcvr"]),
             "examples_per_second": float(np.mean(rates))}
 
 
