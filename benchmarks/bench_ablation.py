@@ -25,10 +25,10 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import layout  # noqa: E402
 from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components import layout  # noqa: E402
 from components.transform import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config, with_overrides  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
@@ -71,12 +71,14 @@ def other_table_optimizer(config: Config) -> Config:
 # name -> (how the config changes, whether preprocessing changes, shuffle)
 ABLATIONS = {
     "shipped": (lambda c: c, False, "window"),
-    "embedding init N(0, 1e-4)": (lambda c: with_overrides(c, {"model": {"embedding_init_stddev": 1e-4}}), False, "window"),
+    "embedding init N(0, 1e-4)": (lambda c: with_overrides(c, {"model": {"embedding_init_stddev": 1e-4}}), False,
+                                  "window"),
     "no shared tables": (unshared, True, "window"),
     "user_id exact vocabulary (not 20k hash buckets)": (exact_user_vocab, True, "window"),
     "tables: dense Adam <-> lazy_adam": (other_table_optimizer, False, "window"),
     "tables: adagrad 0.05": (lambda c: with_overrides(c, {"training": {"embedding_optimizer": "adagrad",
-                                                                        "embedding_learning_rate": 0.05}}), False, "window"),
+                                                                        "embedding_learning_rate": 0.05}}), False,
+                             "window"),
     "full shuffle (not 4-batch windows)": (lambda c: c, False, "full"),
     "weighted lists: sum <-> mean pooling": (other_combiner, False, "window"),
     "learning rate 0.002": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.002}}), False, "window"),
@@ -125,7 +127,8 @@ def main() -> None:
         results[name] = []
         for i in range(args.seeds):
             seed = config.training.seed + i
-            run = fit_and_predict(data, with_overrides(config, {"training": {"seed": seed}}), seed=seed, shuffle=shuffle)
+            run = fit_and_predict(data, with_overrides(config, {"training": {"seed": seed}}), seed=seed,
+                                  shuffle=shuffle)
             results[name].append(score(data.eval, **run.predictions))
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name][-1].items())
                   + f" ({run.seconds:.0f} s, {run.examples_per_second:,.0f} ex/s)", flush=True)

@@ -134,7 +134,8 @@ def benchmark(args, config) -> None:
             assert count == rows, f"TFMA counted {count:,} rows, expected {rows:,}"
             assert result.metrics["baseline"]["ctr"]["all"]["example_count"] == rows
             print(f"| {rows:,} | {mode}{' x2' if mode == 'multi_processing' else ''} | {seconds:.1f} | "
-                  f"{rows / seconds:,.0f} | {cpu:.1f} | {rows / cpu:,.0f} | {t['score']:.1f} | {t['tfma']:.1f} | {t['exact']:.1f} | {t['report']:.1f} | "
+                  f"{rows / seconds:,.0f} | {cpu:.1f} | {rows / cpu:,.0f} | "
+                  f"{t['score']:.1f} | {t['tfma']:.1f} | {t['exact']:.1f} | {t['report']:.1f} | "
                   f"{before} | {after} |", flush=True)
     print(f"target: >= {TARGET_ROWS_PER_S:,} rows/s end to end at 1M rows")
 
@@ -196,12 +197,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ingest-dir", required=True, help="an `esmm ingest` output whose eval split is cut to --rows")
     parser.add_argument("--model", required=True, help="the candidate SavedModel directory")
-    parser.add_argument("--baseline", required=True, help="the SavedModel served as version 1 (re-scored as the baseline)")
+    parser.add_argument("--baseline", required=True,
+                        help="the SavedModel served as version 1 (re-scored as the baseline)")
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["multi_processing", "in_memory"])
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "esmm_bench_eval"))
-    parser.add_argument("--config", default="simulator", help="a shipped config name or a YAML path (default: %(default)s)")
-    parser.add_argument("--profile", type=int, metavar="ROWS", help="profile one in_memory evaluation of ROWS rows instead")
+    parser.add_argument("--config", default="simulator",
+                        help="a shipped config name or a YAML path (default: %(default)s)")
+    parser.add_argument("--profile", type=int, metavar="ROWS",
+                        help="profile one in_memory evaluation of ROWS rows instead")
     parser.add_argument("--top", type=int, default=0, help="with --profile, also print the top N functions by own time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -106,7 +106,8 @@ def benchmark(args: argparse.Namespace, config: Config) -> None:
     startup = {mode: s for rows, mode, s, *_ in results if rows == args.startup_rows}
     print("\nIngestion, DirectRunner, wall clock from the ingest() call to its return "
           f"(default simulator preset, seed {args.seed}, {os.cpu_count()} CPUs)")
-    header = f"{'rows':>9}  {'mode':<16} {'seconds':>8} {'rows/s':>9} {'rows/s excl. startup':>21}  {'load before -> after':<32} counts check"
+    header = (f"{'rows':>9}  {'mode':<16} {'seconds':>8} {'rows/s':>9} {'rows/s excl. startup':>21}  "
+              f"{'load before -> after':<32} counts check")
     print(header)
     print("-" * len(header))
     for rows, mode, seconds, counts, before, after, label in results:
@@ -120,7 +121,8 @@ def benchmark(args: argparse.Namespace, config: Config) -> None:
     for rows, mode, seconds, *_ in results:
         if rows == big:
             verdict = "meets" if rows / seconds >= TARGET_ROWS_PER_S else "misses"
-            print(f"target >= {TARGET_ROWS_PER_S:,} rows/s at {big:,} rows, {mode}: {rows / seconds:,.0f} rows/s ({verdict})")
+            print(f"target >= {TARGET_ROWS_PER_S:,} rows/s at {big:,} rows, {mode}: "
+                  f"{rows / seconds:,.0f} rows/s ({verdict})")
 
 
 def profile(args: argparse.Namespace, config: Config) -> None:
@@ -166,10 +168,12 @@ def profile(args: argparse.Namespace, config: Config) -> None:
         return rows
     rows = stage("parse rows (pass 2)", parse_all)
     examples = stage("encode_rows (batches of %d)" % BATCH_SIZE,
-                     lambda: [e for i in range(0, len(rows), BATCH_SIZE) for e in encode_rows(config, rows[i:i + BATCH_SIZE])])
+                     lambda: [e for i in range(0, len(rows), BATCH_SIZE)
+                              for e in encode_rows(config, rows[i:i + BATCH_SIZE])])
     with tempfile.TemporaryDirectory() as tmp:
         def write():
-            with gzip.open(os.path.join(tmp, "x.gz"), "wb", compresslevel=6) as f:  # TFRecord framing omitted; GZIP dominates
+            # TFRecord framing omitted; GZIP dominates
+            with gzip.open(os.path.join(tmp, "x.gz"), "wb", compresslevel=6) as f:
                 for e in examples:
                     f.write(e)
         stage("gzip write (level 6, as Beam)", write)

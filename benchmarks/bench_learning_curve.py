@@ -22,10 +22,10 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import layout  # noqa: E402
 from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components import layout  # noqa: E402
 from components.transform import transform  # noqa: E402
 from esmm_model.config import load_config, with_overrides  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
@@ -53,7 +53,8 @@ def main() -> None:
     if not tf.io.gfile.isdir(layout.join(layout.TransformLayout(str(work_dir / "transform")).graph, "transform_fn")):
         transform(config, str(work_dir / "ingest"), str(work_dir / "transform"), BEAM)
     started = time.perf_counter()
-    data = load_data(config, str(work_dir / "transform"), str(work_dir / "ingest"), str(work_dir / "raw" / GROUND_TRUTH_FILE))
+    data = load_data(config, str(work_dir / "transform"), str(work_dir / "ingest"),
+                     str(work_dir / "raw" / GROUND_TRUTH_FILE))
     oracle = oracle_scores(data.eval)
     lines = []
     for size in (int(s) for s in args.sizes.split(",")):

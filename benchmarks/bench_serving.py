@@ -93,8 +93,10 @@ def bench_packing(config: Config, repeat: int) -> list[tuple[str, float]]:
     keys = [(i, 1) for i in picks]
     packer.pack_rows(work.user_row, work.context_row, work.item_rows, item_keys=[(i, 1) for i in range(ITEM_POOL)])
     return [
-        ("message classes, full Example per candidate", time_per_call(lambda: reference_pack(config, shared, dicts), repeat)),
-        ("message classes, shared part serialized once", time_per_call(lambda: reference_pack_shared(config, shared, dicts), repeat)),
+        ("message classes, full Example per candidate",
+         time_per_call(lambda: reference_pack(config, shared, dicts), repeat)),
+        ("message classes, shared part serialized once",
+         time_per_call(lambda: reference_pack_shared(config, shared, dicts), repeat)),
         ("wire encoder, shared part once, from dicts", time_per_call(lambda: packer.pack(shared, dicts), repeat)),
         ("wire encoder, shared part once, from pipe rows", time_per_call(
             lambda: packer.pack_rows(work.user_row, work.context_row, rows), repeat)),
@@ -105,7 +107,8 @@ def bench_packing(config: Config, repeat: int) -> list[tuple[str, float]]:
 
 def start_server(config_path: Path, serving_base: Path, model_name: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config_path), "--serving-base", str(serving_base),
+        [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config_path), "--serving-base",
+         str(serving_base),
          "--model-name", model_name, "--port", "0", "--workers", "8"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
@@ -115,7 +118,8 @@ def start_server(config_path: Path, serving_base: Path, model_name: str) -> tupl
     return process, line.split(" on ")[1].split()[0]
 
 
-def bench_latency(config: Config, target: str, model_name: str, clients: int, requests: int) -> tuple[float, float, float]:
+def bench_latency(config: Config, target: str, model_name: str, clients: int,
+                  requests: int) -> tuple[float, float, float]:
     """p50 and p99 end-to-end latency (pack + Predict) in ms, and requests/s, over all clients."""
     latencies: list[float] = []
     lock = threading.Lock()

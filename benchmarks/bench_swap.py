@@ -70,7 +70,8 @@ def main() -> None:
     port = 8500 + os.getpid() % 1000
     server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--serving-base", str(base),
                               "--model-name", "esmm", "--port", str(port), "--poll-interval", "0.5"],
-                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
     rows: list[tuple[float, float, str, int]] = []
     stop = threading.Event()
     batch = [b""] * args.batch

@@ -50,7 +50,8 @@ def feature_columns(spec: dict) -> list:
                                                        embedding_name=f.get("embedding_name", f["name"])),
                                             maxlen=f["maxlen"], combiner="sum", weight_name=f["name"] + "_weight"))
         else:
-            columns.append(SparseFeat(f["name"], vocabulary_size=f["vocabulary_size"], embedding_dim=spec["embedding_dim"],
+            columns.append(SparseFeat(f["name"], vocabulary_size=f["vocabulary_size"],
+                                      embedding_dim=spec["embedding_dim"],
                                       embedding_name=f.get("embedding_name", f["name"])))
     return columns
 

@@ -13,8 +13,18 @@ from __future__ import annotations
 from typing import Mapping
 
 from components.example_batch import encode_shared
-from components.rows import (NO_COMMON, FeatureValue, ParsedRow, RowError, SharedPart, check_labels, feature_value,
-                             parse_float, parse_label, parse_order_key)
+from components.rows import (
+    NO_COMMON,
+    FeatureValue,
+    ParsedRow,
+    RowError,
+    SharedPart,
+    check_labels,
+    feature_value,
+    parse_float,
+    parse_label,
+    parse_order_key,
+)
 from esmm_model.config import Config
 
 FIELD_SEP, KEY_SEP, VALUE_SEP = "\x01", "\x02", "\x03"
@@ -32,7 +42,8 @@ def parse_feature_list(text: str, feature_num: str) -> dict[str, list[tuple[str,
     except ValueError:
         raise RowError("bad_feature_num", f"feature_num {feature_num!r} is not an integer") from None
     if declared != len(entries):
-        raise RowError("feature_num_mismatch", f"feature_num says {declared} but feature_list has {len(entries)} entries")
+        raise RowError("feature_num_mismatch",
+                       f"feature_num says {declared} but feature_list has {len(entries)} entries")
     fields: dict[str, list[tuple[str, float]]] = {}
     for entry in entries:
         field, sep1, rest = entry.partition(KEY_SEP)
@@ -64,7 +75,8 @@ class AliccpReader:
         """One common_features line -> (common_feature_index, its features serialized once)."""
         parts = line.rstrip("\r\n").split(",", COMMON_COLUMNS - 1)
         if len(parts) != COMMON_COLUMNS:
-            raise RowError("wrong_column_count", f"common_features line has {len(parts)} columns, expected {COMMON_COLUMNS}")
+            raise RowError("wrong_column_count",
+                           f"common_features line has {len(parts)} columns, expected {COMMON_COLUMNS}")
         index, feature_num, feature_list = parts
         if not index:
             raise RowError("missing_common_feature_index", "common_feature_index is empty")
@@ -78,7 +90,8 @@ class AliccpReader:
         """One sample_skeleton line, joined with its user's common features (serialized once)."""
         parts = line.rstrip("\r\n").split(",", SKELETON_COLUMNS - 1)
         if len(parts) != SKELETON_COLUMNS:
-            raise RowError("wrong_column_count", f"sample_skeleton line has {len(parts)} columns, expected {SKELETON_COLUMNS}")
+            raise RowError("wrong_column_count",
+                           f"sample_skeleton line has {len(parts)} columns, expected {SKELETON_COLUMNS}")
         sample_id, click_text, conversion_text, index, feature_num, feature_list = parts
         click = parse_label(click_text, "click")
         conversion = parse_label(conversion_text, "conversion")
@@ -90,7 +103,8 @@ class AliccpReader:
         values = self._extract(parse_feature_list(feature_list, feature_num))
         both = values.keys() & user.names
         if both:
-            raise RowError("field_in_both_files", f"feature {sorted(both)[0]} appears in both the skeleton and the common line")
+            raise RowError("field_in_both_files",
+                           f"feature {sorted(both)[0]} appears in both the skeleton and the common line")
         for feature, _ in self._features:
             if feature.name not in values and feature.name not in user.names:
                 values[feature.name] = feature_value(feature, [])

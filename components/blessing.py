@@ -83,7 +83,8 @@ class Blessing:
         return tuple(check.reason for check in self.checks if check.outcome == "fail")
 
     def describe(self) -> str:
-        against = "no pushed baseline" if self.baseline_version is None else f"baseline: pushed version {self.baseline_version}"
+        against = ("no pushed baseline" if self.baseline_version is None
+                   else f"baseline: pushed version {self.baseline_version}")
         return "\n".join([f"{self.status} ({against})", *(f"  {reason}" for reason in self.reasons)])
 
 
@@ -148,13 +149,15 @@ def _check_regression(threshold: Threshold, delta: float, value: float, baseline
     try:
         base = metric_value(baseline, path)
     except KeyError as exc:
-        return Check(path, "max_regression", "skip", f"baseline: {exc.args[0]}; max_regression not applied", value=value)
+        return Check(path, "max_regression", "skip", f"baseline: {exc.args[0]}; max_regression not applied",
+                     value=value)
     regression = base - value if threshold.higher_is_better else value - base
     bound = base - delta if threshold.higher_is_better else base + delta
     ok = regression <= delta + _REGRESSION_TOLERANCE
     direction = "higher" if threshold.higher_is_better else "lower"
     against = "the baseline" if baseline_version is None else f"pushed version {baseline_version}"
-    verdict = f"within max_regression {delta:.4f}" if ok else f"worse by {regression:.4f}, more than max_regression {delta:.4f}"
+    verdict = (f"within max_regression {delta:.4f}" if ok
+               else f"worse by {regression:.4f}, more than max_regression {delta:.4f}")
     return Check(path, "max_regression", "pass" if ok else "fail",
                  f"{path} = {value:.4f} vs {base:.4f} in {against} ({direction} is better): {verdict}",
                  value=value, bound=bound, baseline=base)
@@ -191,9 +194,11 @@ def read_blessing(path: str) -> Blessing:
                             baseline_version=record["baseline_version"])
         status = record["status"]
     except (KeyError, TypeError) as exc:
-        raise InputError(f"blessing file {path!r} is not a blessing artifact ({exc!r}); write it with write_blessing") from None
+        raise InputError(f"blessing file {path!r} is not a blessing artifact ({exc!r}); "
+                         f"write it with write_blessing") from None
     if status != blessing.status:
-        raise InputError(f"blessing file {path!r} says {status} but its checks say {blessing.status}; it was edited or corrupted")
+        raise InputError(f"blessing file {path!r} says {status} but its checks say {blessing.status}; "
+                         f"it was edited or corrupted")
     return blessing
 
 

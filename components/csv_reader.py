@@ -9,8 +9,17 @@ from __future__ import annotations
 import csv
 from typing import Mapping
 
-from components.rows import (NO_COMMON, ParsedRow, RowError, SharedPart, check_labels, feature_value, parse_float,
-                             parse_label, parse_order_key)
+from components.rows import (
+    NO_COMMON,
+    ParsedRow,
+    RowError,
+    SharedPart,
+    check_labels,
+    feature_value,
+    parse_float,
+    parse_label,
+    parse_order_key,
+)
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 

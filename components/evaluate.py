@@ -219,8 +219,13 @@ def eval_config(config: Config, models: list[str]):
 
 def block_extractors(config_proto) -> list:
     """TFMA's model-agnostic extractors, without the unbatching one: an extract stays a block of rows."""
-    from tensorflow_model_analysis.extractors import (example_weights_extractor, features_extractor, labels_extractor,
-                                                      materialized_predictions_extractor, slice_key_extractor)
+    from tensorflow_model_analysis.extractors import (
+        example_weights_extractor,
+        features_extractor,
+        labels_extractor,
+        materialized_predictions_extractor,
+        slice_key_extractor,
+    )
 
     return [features_extractor.FeaturesExtractor(config_proto), labels_extractor.LabelsExtractor(config_proto),
             example_weights_extractor.ExampleWeightsExtractor(config_proto),
@@ -328,14 +333,16 @@ def load_ground_truth(path: str) -> dict[bytes, tuple[float, float, int]]:
     with tf.io.gfile.GFile(path) as f:
         table = np.genfromtxt(f, delimiter=",", names=True, dtype=None, encoding="utf-8")
     ids = np.char.encode(table["sample_id"].astype(str))
-    return {sid: (pc, pv, int(w)) for sid, pc, pv, w in zip(ids, table["p_click"], table["p_cvr"], table["would_convert"])}
+    return {sid: (pc, pv, int(w))
+            for sid, pc, pv, w in zip(ids, table["p_click"], table["p_cvr"], table["would_convert"])}
 
 
 def entire_space_metrics(scores: Scores, model: str, truth: dict[bytes, tuple[float, float, int]]) -> dict[str, float]:
     """CVR AUC against would_convert over all impressions, and the oracle AUCs."""
     missing = [sid for sid in scores.sample_id[:5] if sid not in truth]
     if missing:
-        raise InputError(f"ground truth has no row for sample_id {missing[0]!r}; was it written by the same simulation?")
+        raise InputError(f"ground truth has no row for sample_id {missing[0]!r}; "
+                         f"was it written by the same simulation?")
     rows = np.array([truth[sid] for sid in scores.sample_id])
     p_click, p_cvr, would_convert = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
     click = scores.click.astype(bool)
@@ -417,7 +424,8 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     metrics["model"] = {"path": model_dir, **{k: v for k, v in read_training_record(model_dir).items() if k != "final"}}
     metrics["data"] = {"eval_rows": scores.rows, "eval_clicks": int(labels["ctr"].sum()),
                        "eval_conversions": int(labels["ctcvr"].sum()), "ingest": read_ingest_counts(ingest_dir)}
-    blessing = bless(metrics, metrics["baseline"], config.evaluation, baseline_version=served.version if served else None,
+    blessing = bless(metrics, metrics["baseline"], config.evaluation,
+                     baseline_version=served.version if served else None,
                      tfma=tfma_thresholds.verdicts(config.evaluation, validation))
     write_blessing(blessing, out.blessing)
     with _timed(timings, "report"):

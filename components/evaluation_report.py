@@ -63,9 +63,11 @@ def headline_rows(metrics: dict[str, Any]) -> list[list[str]]:
     space = metrics.get("entire_space", {})
     rows = [["CTR AUC, all impressions", _fmt(exact.get("ctr_auc")), _fmt(space.get("oracle_ctr_auc_all"))],
             ["CTCVR AUC, all impressions", _fmt(exact.get("ctcvr_auc")), _fmt(space.get("oracle_ctcvr_auc_all"))],
-            ["CVR AUC, clicked impressions", _fmt(exact.get("cvr_auc_clicked")), _fmt(space.get("oracle_cvr_auc_clicked"))]]
+            ["CVR AUC, clicked impressions", _fmt(exact.get("cvr_auc_clicked")),
+             _fmt(space.get("oracle_cvr_auc_clicked"))]]
     if space:
-        rows.append(["CVR AUC, entire space (vs would_convert)", _fmt(space.get("cvr_auc")), _fmt(space.get("oracle_cvr_auc"))])
+        rows.append(["CVR AUC, entire space (vs would_convert)", _fmt(space.get("cvr_auc")),
+                     _fmt(space.get("oracle_cvr_auc"))])
     return rows
 
 
@@ -99,7 +101,8 @@ def data_rows(metrics: dict[str, Any]) -> list[list[str]]:
         counts = ingest.get(split)
         if counts:
             rows.append([split, *(_fmt(counts.get(k), count=True) for k in ("rows", "clicks", "conversions"))])
-    rows.append(["evaluated", *(_fmt(data.get(k), count=True) for k in ("eval_rows", "eval_clicks", "eval_conversions"))])
+    rows.append(["evaluated",
+                 *(_fmt(data.get(k), count=True) for k in ("eval_rows", "eval_clicks", "eval_conversions"))])
     rejected = ingest.get("rejected")
     if rejected is not None:
         detail = ", ".join(f"{code} {n:,}" for code, n in sorted(rejected.items()))
@@ -127,7 +130,8 @@ def training_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     history = (metrics.get("model") or {}).get("history") or []
     keys = [k for k in ("train_loss", "ctr_auc", "ctcvr_auc", "cvr_auc_clicked", "ctr_logloss", "ctcvr_logloss")
             if any(k in entry for entry in history)]
-    return ["epoch", "step", *keys], [[str(e.get("epoch")), _fmt(e.get("step"), count=True), *(_fmt(e.get(k)) for k in keys)]
+    return ["epoch", "step", *keys], [[str(e.get("epoch")), _fmt(e.get("step"), count=True),
+                                       *(_fmt(e.get(k)) for k in keys)]
                                       for e in history]
 
 
@@ -163,7 +167,8 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate([[0.0], fps / max(fps[-1], 1)]), np.concatenate([[0.0], tps / max(tps[-1], 1)])
 
 
-def calibration_curve(labels: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray]:
+def calibration_curve(labels: np.ndarray, scores: np.ndarray,
+                      bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray]:
     """Mean prediction and observed rate per quantile bin of the prediction (equal counts)."""
     order = np.argsort(scores, kind="stable")
     chunks = [c for c in np.array_split(order, min(bins, len(order))) if len(c)]
@@ -205,7 +210,8 @@ def write_plots(scores, plot_dir: str) -> list[str]:
                             label=label)
                 lows.append(float(min(mean_pred[shown].min(initial=1.0), rate[shown].min(initial=1.0))))
         roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        roc_ax.set(title=f"ROC: {output} vs {LABEL_OF[output]}", xlabel="false positive rate", ylabel="true positive rate")
+        roc_ax.set(title=f"ROC: {output} vs {LABEL_OF[output]}", xlabel="false positive rate",
+                   ylabel="true positive rate")
         low = max(min(lows, default=1e-4) / 2, 1e-6)
         cal_ax.plot([low, 1], [low, 1], color="grey", linestyle=":")
         cal_ax.set(xscale="log", yscale="log", title=f"Calibration: {output} ({CALIBRATION_BINS} quantile bins)",
@@ -276,8 +282,10 @@ def write_report(metrics: dict[str, Any], scores, blessing, out_dir: str) -> Non
     ]
     if baseline:
         sections.append((f"Candidate vs served version {baseline['version']}, same eval rows",
-                         _markdown(comparison_header(), comparison_rows(metrics)), (comparison_header(), comparison_rows(metrics))))
-    sections.append(("Candidate per output and slice", _markdown(["output", "slice", *COLUMNS], metric_rows(metrics)) + "\n\n" + CVR_ALL_NOTE,
+                         _markdown(comparison_header(), comparison_rows(metrics)),
+                         (comparison_header(), comparison_rows(metrics))))
+    sections.append(("Candidate per output and slice",
+                     _markdown(["output", "slice", *COLUMNS], metric_rows(metrics)) + "\n\n" + CVR_ALL_NOTE,
                      (["output", "slice", *COLUMNS], metric_rows(metrics))))
     if training:
         sections.append(("Training (per epoch)", _markdown(training_header, training), (training_header, training)))
@@ -289,13 +297,15 @@ def write_report(metrics: dict[str, Any], scores, blessing, out_dir: str) -> Non
     for title, text, table in sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
         if table is None:
-            body.append("<ul>" + "".join(f"<li>{html.escape(line.lstrip('- '))}</li>" for line in text.splitlines()) + "</ul>")
+            items = "".join(f"<li>{html.escape(line.lstrip('- '))}</li>" for line in text.splitlines())
+            body.append(f"<ul>{items}</ul>")
         else:
             body.append(_html_table(*table))
     body.append(f"<p>{html.escape(CVR_ALL_NOTE)}</p>")
     body += [f"<h2>{os.path.basename(p)[:-4]}</h2><img src='data:image/png;base64,{_base64(p)}'>" for p in plots]
     page = ("<html><head><meta charset='utf-8'><title>ESMM evaluation</title><style>"
             "body{font-family:sans-serif} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-            f"</style></head><body><h1>ESMM evaluation: {html.escape(blessing.status)}</h1>" + "".join(body) + "</body></html>")
+            f"</style></head><body><h1>ESMM evaluation: {html.escape(blessing.status)}</h1>"
+            + "".join(body) + "</body></html>")
     with tf.io.gfile.GFile(paths.report_html, "w") as f:
         f.write(page)

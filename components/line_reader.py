@@ -96,7 +96,8 @@ def _line(start: int, pieces: list[bytes], size: int, max_line_bytes: int) -> tu
 
 
 class ReadLineBatches(beam.DoFn):
-    """A LineRange -> lists of up to ``batch_size`` lines (bytes); too-long lines to the ``too_long`` output as LongLine."""
+    """A LineRange -> lists of up to ``batch_size`` lines (bytes); too-long lines go to the ``too_long``
+    output as LongLine."""
 
     def __init__(self, max_line_bytes: int, batch_size: int, skip_header: bool = False):
         self._max, self._batch_size, self._skip_header = max_line_bytes, batch_size, skip_header

@@ -13,12 +13,13 @@ Serving skips because the name is not an integer, and only the finished copy is 
 ``<version>``. On local disks and mounted volumes (POSIX rename) a version appears whole or
 not at all: a crash before the rename leaves a stray temporary directory and the previous
 version serving; the next push deletes a temporary directory once no file in it has changed
-for ``STALE_TMP_AGE_S`` (a live concurrent push keeps writing into its own). Object stores (``gs://``, ``s3://``) have no rename; gfile would copy object
-by object in any order. There the finished copy is promoted by server-side copies with
-``saved_model.pb`` last, then deleted. What remains guaranteed: nothing is uploaded under the
-version name, and a version holds ``saved_model.pb`` only once all its other files are in
-place, so a crash mid-promote leaves a version TF Serving cannot load, never
-one it loads half-written. ``latest_pushed`` skips such incomplete versions.
+for ``STALE_TMP_AGE_S`` (a live concurrent push keeps writing into its own). Object stores
+(``gs://``, ``s3://``) have no rename; gfile would copy object by object in any order. There
+the finished copy is promoted by server-side copies with ``saved_model.pb`` last, then
+deleted. What remains guaranteed: nothing is uploaded under the version name, and a version
+holds ``saved_model.pb`` only once all its other files are in place, so a crash mid-promote
+leaves a version TF Serving cannot load, never one it loads half-written. ``latest_pushed``
+skips such incomplete versions.
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
 
     ``metrics`` (the evaluator's) are recorded with the version so that the next blessing can
     compare against them. ``warmup_examples`` (serialized raw tf.Examples) become the
-    version's warmup requests, written before the version appears. An unblessed model, or a blessing judged against a baseline that is no
-    longer the latest pushed version, is not pushed; the result says why.
+    version's warmup requests, written before the version appears. An unblessed model, or a
+    blessing judged against a baseline that is no longer the latest pushed version, is not
+    pushed; the result says why.
     """
     if keep_versions < 1:
         raise EsmmError(f"keep_versions must be at least 1, got {keep_versions}")

@@ -79,7 +79,8 @@ def decode_line(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RowError("bad_encoding", f"line is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason})") from None
+        raise RowError("bad_encoding",
+                       f"line is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason})") from None
 
 
 def parse_label(text: str, name: str) -> int:

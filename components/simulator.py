@@ -87,7 +87,8 @@ class SimulationSummary:
     def describe(self) -> str:
         return (f"simulated {self.rows:,} impressions into {self.out_dir}: "
                 f"CTR {self.clicks / self.rows:.4f} (target mean p_click {self.mean_p_click:.4f}), "
-                f"CVR|click {self.conversions / max(self.clicks, 1):.4f} (mean p_cvr on clicked {self.mean_p_cvr_clicked:.4f}), "
+                f"CVR|click {self.conversions / max(self.clicks, 1):.4f} "
+                f"(mean p_cvr on clicked {self.mean_p_cvr_clicked:.4f}), "
                 f"CVR over all impressions {self.would_convert / self.rows:.4f}")
 
 
@@ -130,8 +131,8 @@ def build_world(spec: SimulationSpec, rng: np.random.Generator) -> World:
     item_category = rng.choice(spec.categories, size=spec.items, p=_zipf_weights(spec.categories, 0.8, rng))
     brand_category = rng.choice(spec.categories, size=spec.brands)
     brands_by_category = [np.flatnonzero(brand_category == c) for c in range(spec.categories)]
-    item_brand = np.array([rng.choice(brands_by_category[c]) if len(brands_by_category[c]) else rng.integers(spec.brands)
-                           for c in item_category])
+    item_brand = np.array([rng.choice(brands_by_category[c]) if len(brands_by_category[c])
+                           else rng.integers(spec.brands) for c in item_category])
     item_shop = rng.integers(spec.shops, size=spec.items)
     item_shared = cat_s[item_category] + 0.5 * brand_s[item_brand] + 0.5 * rng.normal(size=(spec.items, d))
     item_purchase = cat_p[item_category] + 0.5 * brand_p[item_brand] + 0.5 * rng.normal(size=(spec.items, d))
@@ -310,7 +311,8 @@ def simulate(spec: SimulationSpec, config: Config, out_dir: str, *, write_csv: b
                            f"{_common_feature_index(user)},{num},{features}\n")
             truth.write(f"{sample_id},{imp.p_click[row]:.6g},{imp.p_cvr[row]:.6g},{int(imp.would_convert[row])}\n")
             if csv_writer:
-                csv_writer.write(sample_id, int(imp.click[row]), int(conversion[row]), {**user_fields(world, user), **fields})
+                csv_writer.write(sample_id, int(imp.click[row]), int(conversion[row]),
+                                 {**user_fields(world, user), **fields})
     if csv_file:
         csv_file.close()
     summary = SimulationSummary(

@@ -28,7 +28,8 @@ def _masked_crc32c(data: bytes) -> int:
 def frame_record(value: bytes) -> bytes:
     """One TFRecord: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
     length = struct.pack("<Q", len(value))
-    return b"".join((length, struct.pack("<I", _masked_crc32c(length)), value, struct.pack("<I", _masked_crc32c(value))))
+    return b"".join((length, struct.pack("<I", _masked_crc32c(length)), value,
+                     struct.pack("<I", _masked_crc32c(value))))
 
 
 class _GzipWriter:

@@ -33,7 +33,9 @@ def slicing_spec(slice_name: str):
     from tensorflow_model_analysis.proto import config_pb2
 
     value = SLICE_VALUES[slice_name]
-    return config_pb2.SlicingSpec() if value is None else config_pb2.SlicingSpec(feature_values={LABEL_CLICK: str(value)})
+    if value is None:
+        return config_pb2.SlicingSpec()
+    return config_pb2.SlicingSpec(feature_values={LABEL_CLICK: str(value)})
 
 
 def slice_name(slice_key: tuple) -> str:
@@ -95,7 +97,8 @@ def verdicts(evaluation: EvaluationConfig, validation) -> TfmaVerdicts:
                 rule = "max_regression"
             else:
                 bounds = failure.metric_threshold.value_threshold
-                below = bounds.HasField("lower_bound") and failure.metric_value.double_value.value < bounds.lower_bound.value
+                value = failure.metric_value.double_value.value
+                below = bounds.HasField("lower_bound") and value < bounds.lower_bound.value
                 rule = "min" if below else "max"
             failures[(path, rule)] = failure.message or f"{path} failed TFMA's {rule} threshold"
     checked = frozenset(t.metric for t in evaluation.thresholds if tfma_checked(t))

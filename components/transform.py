@@ -96,7 +96,8 @@ def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str
             train_dataset = (data[layout.TRAIN], raw[layout.TRAIN].TensorAdapterConfig())
             (train_out, _), transform_fn = train_dataset | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True)
-            eval_out, _ = ((data[layout.EVAL], raw[layout.EVAL].TensorAdapterConfig()), transform_fn) | "TransformEval" >> (
+            eval_dataset = (data[layout.EVAL], raw[layout.EVAL].TensorAdapterConfig())
+            eval_out, _ = (eval_dataset, transform_fn) | "TransformEval" >> (
                 tft_beam.TransformDataset(output_record_batches=True))
             _write(train_out, out, layout.TRAIN)
             _write(eval_out, out, layout.EVAL)

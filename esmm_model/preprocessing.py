@@ -55,7 +55,8 @@ def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Ten
         vocab = features[0].preprocessing.vocab
         ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
         threshold = vocab.min_frequency if vocab.min_frequency > 1 else None
-        vocabularies[table] = tft.vocabulary(ids, top_k=vocab.top_k, frequency_threshold=threshold, vocab_filename=table)
+        vocabularies[table] = tft.vocabulary(ids, top_k=vocab.top_k, frequency_threshold=threshold,
+                                             vocab_filename=table)
     return vocabularies
 
 

@@ -14,7 +14,8 @@ from pipelines.pipeline import Cluster, create_pipeline
 _CRON_FIELD = re.compile(r"[0-9*,/?LW#A-Za-z-]+")
 
 
-def compile_pipeline(out_path: str, image: str, config: Config, *, model_store_pvc: str, work_pvc: Optional[str]) -> str:
+def compile_pipeline(out_path: str, image: str, config: Config, *, model_store_pvc: str,
+                     work_pvc: Optional[str]) -> str:
     """Writes the pipeline YAML whose steps run in ``image`` with the config's resources and retries,
     the model store mounted on push and the work volume (if any) on train; returns the path."""
     import posixpath
@@ -85,7 +86,8 @@ def _client(host: str, namespace: Optional[str]):
     import kfp
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+        warnings.simplefilter("ignore", FutureWarning)
         return kfp.Client(host=host, namespace=namespace)
 
 
@@ -97,7 +99,8 @@ def _explain(host: str, exc: Exception) -> str:
     if isinstance(exc, ApiException):
         if exc.status in (401, 403):
             return (f"the KFP endpoint {host} refused the request (HTTP {exc.status} {exc.reason}): check the "
-                    f"credentials (KF_PIPELINES_SA_TOKEN_PATH, a kubeflow-userid header or an IAP token) and --namespace")
+                    f"credentials (KF_PIPELINES_SA_TOKEN_PATH, a kubeflow-userid header or an IAP token) "
+                    f"and --namespace")
         return f"the KFP endpoint {host} answered HTTP {exc.status} {exc.reason}: {str(exc.body or '').strip()[:200]}"
     if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
         reason = getattr(exc, "reason", None) or exc

@@ -19,6 +19,7 @@ from esmm_model.config import portable_config_ref
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import create_pipeline
 
+
 @dataclass(frozen=True)
 class LocalRun:
     """Where a local run left its artifacts."""
@@ -39,7 +40,8 @@ class LocalRun:
                 else f"not pushed: {self.pushed['reason']}")
         return "\n".join([markdown_tables(self.metrics), "", f"blessing: {self.blessing['status']}",
                           *(f"  {reason}" for reason in self.blessing["reasons"]), push,
-                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}", f"run: {self.run_dir}"])
+                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}",
+                          f"run: {self.run_dir}"])
 
 
 def _absolute(path: str) -> str:
@@ -60,7 +62,8 @@ def _unset_optional_inputs_allowed() -> Iterator[None]:
     from kfp.local import executor_input_utils
     from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 
-    join, construct = OrchestratorUtils.join_user_inputs_and_defaults.__func__, executor_input_utils.construct_executor_input
+    join = OrchestratorUtils.join_user_inputs_and_defaults.__func__
+    construct = executor_input_utils.construct_executor_input
     to_dict = executor_input_utils.executor_input_to_dict
 
     def join_set_inputs(cls, dag_arguments, dag_inputs_spec):

@@ -35,7 +35,8 @@ def read_candidates(path: str | Path, config: Config) -> Candidates:
         raise InputError(f"candidate file {str(path)!r} does not exist")
     if path.suffix == ".csv":
         with path.open(newline="") as f:
-            rows = [(f"{path}:{i + 2}", _typed_row(row, config, f"{path}:{i + 2}")) for i, row in enumerate(csv.DictReader(f))]
+            rows = [(f"{path}:{i + 2}", _typed_row(row, config, f"{path}:{i + 2}"))
+                    for i, row in enumerate(csv.DictReader(f))]
     elif path.suffix in (".jsonl", ".json"):
         rows = [(f"{path}:{i + 1}", _json_object(line, f"{path}:{i + 1}"))
                 for i, line in enumerate(path.read_text().splitlines()) if line.strip()]

@@ -21,8 +21,13 @@ import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from esmm_model.schema import OUTPUTS, SERVING_INPUT
 from serving_client.errors import ServingError
@@ -48,7 +53,8 @@ def is_outage(code: grpc.StatusCode, details: str) -> bool:
 
 
 def _check_timeout(timeout_s: float) -> float:
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (math.isfinite(timeout_s) and timeout_s > 0):
+    if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+            or not (math.isfinite(timeout_s) and timeout_s > 0)):
         raise ValueError(f"timeout_s must be a positive, finite number of seconds, got {timeout_s!r}")
     return float(timeout_s)
 
@@ -126,7 +132,8 @@ class PredictionClient:
     """
 
     def __init__(self, target: str, model_name: str, signature: str = "serving_default", *,
-                 version: int | None = None, version_label: str | None = None, timeout_s: float = 0.5, retry: RetryPolicy = RetryPolicy(),
+                 version: int | None = None, version_label: str | None = None, timeout_s: float = 0.5,
+                 retry: RetryPolicy = RetryPolicy(),
                  fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (), keepalive_s: float | None = None,
                  max_message_bytes: int = 64 << 20, channel_options: Sequence[tuple[str, Any]] = ()) -> None:

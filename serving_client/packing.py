@@ -71,7 +71,8 @@ class ExamplePacker:
 
     def __init__(self, config: Config, *, field_sep: str = "|", list_sep: str = ",", weight_sep: str = ":",
                  item_cache: ItemCache | None = None) -> None:
-        if len({field_sep, list_sep, weight_sep}) != 3 or not all(len(s) == 1 for s in (field_sep, list_sep, weight_sep)):
+        separators = (field_sep, list_sep, weight_sep)
+        if len(set(separators)) != 3 or not all(len(s) == 1 for s in separators):
             raise ValueError("field_sep, list_sep and weight_sep must be three different single characters")
         self.config = config
         self.field_sep = field_sep.encode()
@@ -95,7 +96,8 @@ class ExamplePacker:
             encoder = self._value_encoders.get(name)
             if encoder is None:
                 raise PackingError(f"{where}: unknown feature {name!r}; the config {self.config.name!r} has "
-                                   f"{', '.join(self._value_encoders)} (weighted ids go under their own name as (ids, weights))")
+                                   f"{', '.join(self._value_encoders)} "
+                                   f"(weighted ids go under their own name as (ids, weights))")
             if value is not None:
                 try:
                     entries.append(encoder(value))
@@ -203,7 +205,8 @@ def _encoders(feature: Feature, list_sep: bytes, weight_sep: bytes) -> tuple[_En
             weights = list(map(float, parts[1::2]))
             return entries(ids, weights)
         except ValueError:
-            raise ValueError(f"weights must be numbers, got {b','.join(parts[1::2]).decode(errors='replace')!r:.80}") from None
+            weights = b",".join(parts[1::2]).decode(errors="replace")
+            raise ValueError(f"weights must be numbers, got {weights!r:.80}") from None
         except OverflowError:
             raise OverflowError(f"a weight in {b','.join(parts[1::2]).decode(errors='replace')!r:.80} "
                                 f"is outside the float32 range") from None

@@ -32,8 +32,13 @@ import grpc
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from components import layout
 from esmm_model.errors import EsmmError, InputError
@@ -65,7 +70,8 @@ def servable_versions(model_dir: str) -> list[int]:
         return []
     names = (entry.rstrip("/") for entry in tf.io.gfile.listdir(model_dir))
     return sorted(int(name) for name in names
-                  if _VERSION.fullmatch(name) and tf.io.gfile.exists(layout.join(model_dir, name, layout.SAVED_MODEL_PB)))
+                  if _VERSION.fullmatch(name)
+                  and tf.io.gfile.exists(layout.join(model_dir, name, layout.SAVED_MODEL_PB)))
 
 
 def load_version(model_dir: str, version: int) -> LoadedVersion:
@@ -89,7 +95,8 @@ def _warm_up(loaded: LoadedVersion, version_dir: str) -> int:
         try:
             _predict(loaded, request)
         except _Abort as exc:
-            raise InputError(f"{warmup_file(version_dir)}: warmup request {i} failed: {exc.code.name}: {exc.details}") from None
+            raise InputError(f"{warmup_file(version_dir)}: warmup request {i} failed: "
+                             f"{exc.code.name}: {exc.details}") from None
     return len(requests)
 
 
@@ -304,7 +311,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, versions: ModelVersions) -> None:
         self._versions = versions
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    def Predict(self, request: predict_pb2.PredictRequest,
+                context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         try:
             return _run_predict(self._versions, request)
         except _Abort as exc:
@@ -317,7 +325,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except _Abort as exc:
             context.abort(exc.code, exc.details)
         if not request.metadata_field:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != "signature_def":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
@@ -343,7 +352,8 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         if spec.HasField("version_label"):
             version = self._versions.resolve_label(spec.version_label)
             if version is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"Unrecognized servable version label: {spec.version_label}")
         if version is not None:
             states = {v: s for v, s in states.items() if v == version}
         if spec.name != self._versions.model_name or not states:
@@ -366,7 +376,8 @@ class ModelServer:
 
     def __init__(self, model_base_path: str | None, model_name: str, *, model_config_file: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 1.0, max_workers: int = 8,
-                 max_message_bytes: int = 64 << 20, max_load_retries: int = 5, load_retry_interval_s: float = 5.0) -> None:
+                 max_message_bytes: int = 64 << 20, max_load_retries: int = 5,
+                 load_retry_interval_s: float = 5.0) -> None:
         if (model_base_path is None) == (model_config_file is None):
             raise InputError("give the server either a model base path or a model config file, not both or neither")
         retries = {"max_load_retries": max_load_retries, "load_retry_interval_s": load_retry_interval_s}
@@ -380,7 +391,8 @@ class ModelServer:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
             options=[("grpc.max_send_message_length", max_message_bytes),
                      ("grpc.max_receive_message_length", max_message_bytes)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.versions), self._server)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.versions),
+                                                                            self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.versions), self._server)
         self.port = 0
 

@@ -19,7 +19,8 @@ from esmm_model.schema import SAMPLE_ID, default_value
 
 def _feature(values: Sequence[Any], dtype: tf.dtypes.DType) -> tf.train.Feature:
     if dtype == tf.string:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode() for v in values]))
+        encoded = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded))
     if dtype == tf.int64:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
@@ -62,6 +63,11 @@ def write_split(path: Path, examples: Sequence[bytes]) -> None:
             writer.write(example)
 
 
+def _draw_id(rng: np.random.Generator, vocabulary: int, int64: bool) -> int | str:
+    value = int(rng.integers(vocabulary))
+    return value if int64 else f"v{value}"
+
+
 def random_rows(config: Config, n: int, seed: int, *, vocabulary: int = 20, click_rate: float = 0.3,
                 conversion_rate: float = 0.3) -> list[dict[str, Any]]:
     """n random rows over small id spaces, with clicks and conversions (conversion implies click)."""
@@ -73,11 +79,12 @@ def random_rows(config: Config, n: int, seed: int, *, vocabulary: int = 20, clic
             if feature.kind == "dense":
                 row[feature.name] = float(rng.normal(10.0, 3.0))
                 continue
-            draw = (lambda: int(rng.integers(vocabulary))) if feature.dtype == "int64" else (lambda: f"v{rng.integers(vocabulary)}")
+            int64 = feature.dtype == "int64"
             if feature.kind == "weighted_ids":
-                row[feature.name] = [(draw(), float(rng.integers(1, 4))) for _ in range(rng.integers(0, 5))]
+                row[feature.name] = [(_draw_id(rng, vocabulary, int64), float(rng.integers(1, 4)))
+                                     for _ in range(rng.integers(0, 5))]
             else:
-                row[feature.name] = draw()
+                row[feature.name] = _draw_id(rng, vocabulary, int64)
         click = int(rng.random() < click_rate)
         row["click"], row["conversion"] = click, int(click and rng.random() < conversion_rate)
         rows.append(row)

@@ -133,7 +133,8 @@ def test_artifact_round_trips_and_is_readable_json(tmp_path):
     assert record["status"] == "NOT_BLESSED" and record["baseline_version"] == 3
     assert record["reasons"][0] == "fail: ctr/all/auc = 0.5010 is below min 0.5500"
     assert record["checks"][0] == {"metric": "ctr/all/auc", "rule": "min", "outcome": "fail", "value": 0.501,
-                                   "bound": 0.55, "baseline": None, "reason": "ctr/all/auc = 0.5010 is below min 0.5500"}
+                                   "bound": 0.55, "baseline": None,
+                                   "reason": "ctr/all/auc = 0.5010 is below min 0.5500"}
     assert read_blessing(path) == blessing
 
 
@@ -159,7 +160,8 @@ def _config(**sections) -> dict:
 
 def test_shipped_configs_gate_the_three_paper_aucs():
     for name in ("simulator", "aliccp"):
-        assert {"evaluation", "push"} <= set(yaml.safe_load(read_config_text(name)))  # stated, not left to code defaults
+        # stated, not left to code defaults
+        assert {"evaluation", "push"} <= set(yaml.safe_load(read_config_text(name)))
         config = load_config(name)
         assert {t.metric: (t.min, t.max_regression) for t in config.evaluation.thresholds} == {
             "ctr/all/auc": (0.55, 0.01), "ctcvr/all/auc": (0.55, 0.01), "cvr/clicked/auc": (0.52, 0.01)}
@@ -181,8 +183,10 @@ def test_config_parses_thresholds_and_round_trips():
     ({"thresholds": [{"metric": "cvr//auc", "min": 0.5}]}, {}, r"evaluation.thresholds\[0\].metric"),
     ({"thresholds": [{"metric": "cvr/all/auc"}]}, {}, r"thresholds\[0\] \(cvr/all/auc\): give at least one of"),
     ({"thresholds": [{"metric": "cvr/all/auc", "min": 0.6, "max": 0.5}]}, {}, "min 0.6 exceeds max 0.5"),
-    ({"thresholds": [{"metric": "cvr/all/auc", "max_regression": -0.1}]}, {}, r"thresholds\[0\].max_regression: must be zero"),
-    ({"thresholds": [{"metric": "cvr/all/auc", "min": float("nan")}]}, {}, r"thresholds\[0\].min: must be a finite number"),
+    ({"thresholds": [{"metric": "cvr/all/auc", "max_regression": -0.1}]}, {},
+     r"thresholds\[0\].max_regression: must be zero"),
+    ({"thresholds": [{"metric": "cvr/all/auc", "min": float("nan")}]}, {},
+     r"thresholds\[0\].min: must be a finite number"),
     ({"thresholds": [{"metric": "ctr/all/mean_prediction", "max_regression": 0.1}]}, {}, "has no better direction"),
     ({"thresholds": [{"metric": "a/b", "min": 0.1}, {"metric": "a/b", "max": 0.9}]}, {},
      r"thresholds\[1\].metric: 'a/b' is already gated by evaluation.thresholds\[0\]"),

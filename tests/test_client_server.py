@@ -90,7 +90,8 @@ def raw_predict(server: ModelServer, request: predict_pb2.PredictRequest) -> grp
     return caught.value
 
 
-def request_with(examples_tensor: tf.Tensor, input_name: str = "examples", model: str = "esmm") -> predict_pb2.PredictRequest:
+def request_with(examples_tensor: tf.Tensor, input_name: str = "examples",
+                 model: str = "esmm") -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.inputs[input_name].CopyFrom(tf.make_tensor_proto(examples_tensor))
@@ -140,7 +141,8 @@ class FakePredictionService(prediction_service_pb2_grpc.PredictionServiceService
         self.metadata: list[dict[str, str]] = []
         self._lock = threading.Lock()
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    def Predict(self, request: predict_pb2.PredictRequest,
+                context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         with self._lock:
             self.calls += 1
             self.metadata.append(dict(context.invocation_metadata()))
@@ -196,7 +198,8 @@ def test_does_not_retry_invalid_argument_nor_fall_back_on_it() -> None:
 def test_deadline_is_enforced_per_attempt_and_retried() -> None:
     service = FakePredictionService([], delay_s=0.6)
     with fake_server(service) as target:
-        with PredictionClient(target, "esmm", timeout_s=0.1, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01)) as client:
+        with PredictionClient(target, "esmm", timeout_s=0.1,
+                              retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01)) as client:
             start = time.monotonic()
             with pytest.raises(ServingError) as caught:
                 client.predict([b""])
@@ -274,7 +277,8 @@ def test_esmm_predict_ranks_jsonl_and_csv_alike(server: ModelServer, tmp_path: P
     (tmp_path / "shared.json").write_text('{"user_id": "u-1", "hist_categories": [["c1", "c2"], [2.0, 1.0]]}')
     (tmp_path / "c.jsonl").write_text('{"item_id": "a", "price": 1.0, "sim_score": 0.5}\n'
                                       '{"item_id": "b", "price": 30.0, "category": "c1"}\n'
-                                      '{"item_id": "c", "position": 3, "hist_items": [["x"], [1.5]], "sim_score": 0.1}\n')
+                                      '{"item_id": "c", "position": 3, "hist_items": [["x"], [1.5]], '
+                                      '"sim_score": 0.1}\n')
     (tmp_path / "c.csv").write_text("item_id,price,category,position,hist_items,sim_score\n"
                                     "a,1.0,,,,0.5\nb,30.0,c1,,,\nc,,,3,x:1.5,0.1\n")
     target = f"127.0.0.1:{server.port}"
@@ -335,7 +339,8 @@ def test_a_version_that_keeps_failing_is_given_up_after_the_retries(tmp_path: Pa
     (model_dir / "2").mkdir()
     (model_dir / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
     with ModelServer(model_dir, "esmm", poll_interval_s=0.02, max_load_retries=2, load_retry_interval_s=0.05) as server:
-        assert wait_until(lambda: server.versions._failed.get(2) is not None and server.versions._failed[2].attempts == 3)
+        assert wait_until(lambda: (server.versions._failed.get(2) is not None
+                                   and server.versions._failed[2].attempts == 3))
         time.sleep(0.3)
         assert server.versions._failed[2].attempts == 3  # 1 try + 2 retries, then no more
         assert wait_until(lambda: server.versions.current is not None and server.versions.current.version == 1)
@@ -364,7 +369,8 @@ def self_signed_certificate() -> tuple[bytes, bytes]:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
             .sign(key, hashes.SHA256()))
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
             cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -393,7 +399,8 @@ def test_an_untrusted_tls_certificate_raises_instead_of_falling_back() -> None:
 def test_an_oversized_request_raises_but_an_overloaded_server_falls_back() -> None:
     too_big = [b"x" * 1000] * 2_000  # ~2 MB
     with fake_server(FakePredictionService([grpc.StatusCode.RESOURCE_EXHAUSTED])) as target:
-        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(), max_message_bytes=1 << 20) as client:
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(),
+                              max_message_bytes=1 << 20) as client:
             with pytest.raises(ServingError, match="RESOURCE_EXHAUSTED: CLIENT: Sent message larger than max"):
                 client.predict(too_big)
             assert client.predict([b""]).fallback  # the server's own RESOURCE_EXHAUSTED: an overload

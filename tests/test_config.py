@@ -7,8 +7,18 @@ from typing import Literal, Optional, Union
 import pytest
 import yaml
 
-from esmm_model.config import (Vocab, _build, _to_plain, config_from_dict, config_from_json, config_to_json, load_config,
-                               portable_config_ref, read_config_text, shipped_config_names)
+from esmm_model.config import (
+    Vocab,
+    _build,
+    _to_plain,
+    config_from_dict,
+    config_from_json,
+    config_to_json,
+    load_config,
+    portable_config_ref,
+    read_config_text,
+    shipped_config_names,
+)
 from esmm_model.errors import ConfigError
 
 
@@ -85,28 +95,44 @@ def mutate(change) -> dict:
 
 
 @pytest.mark.parametrize("change, expected", [
-    (lambda d: d["features"][0].update(kind="categorical"), "features[0].kind: 'categorical' is not one of id, weighted_ids, dense"),
+    (lambda d: d["features"][0].update(kind="categorical"),
+     "features[0].kind: 'categorical' is not one of id, weighted_ids, dense"),
     (lambda d: d["features"][0].pop("preprocessing"), "features[0].preprocessing: required key is missing"),
     (lambda d: d["features"][0].update(preprocessing={}), "features[0].preprocessing: give exactly one of"),
-    (lambda d: d["features"][0].update(preprocessing={"hash": 10}), "features[0].preprocessing: unknown preprocessing 'hash'"),
-    (lambda d: d["features"][3].update(preprocessing={"hash_buckets": 10}), "features[3] (price).preprocessing: a dense feature takes zscore or buckets"),
-    (lambda d: d["features"][0].update(preprocessing="zscore"), "features[0] (user_id).preprocessing: an id feature takes hash_buckets or vocab"),
-    (lambda d: d["features"].append(dict(d["features"][0])), "features[5] (user_id).name: duplicate feature name, first used by features[0]"),
-    (lambda d: d["features"][2].update(preprocessing={"hash_buckets": 1000}), "shared_embedding 'item': hist_items and item_id use different preprocessing"),
-    (lambda d: d["features"][2].update(embedding_dim=8), "shared_embedding 'item': hist_items and item_id have different embedding_dim"),
+    (lambda d: d["features"][0].update(preprocessing={"hash": 10}),
+     "features[0].preprocessing: unknown preprocessing 'hash'"),
+    (lambda d: d["features"][3].update(preprocessing={"hash_buckets": 10}),
+     "features[3] (price).preprocessing: a dense feature takes zscore or buckets"),
+    (lambda d: d["features"][0].update(preprocessing="zscore"),
+     "features[0] (user_id).preprocessing: an id feature takes hash_buckets or vocab"),
+    (lambda d: d["features"].append(dict(d["features"][0])),
+     "features[5] (user_id).name: duplicate feature name, first used by features[0]"),
+    (lambda d: d["features"][2].update(preprocessing={"hash_buckets": 1000}),
+     "shared_embedding 'item': hist_items and item_id use different preprocessing"),
+    (lambda d: d["features"][2].update(embedding_dim=8),
+     "shared_embedding 'item': hist_items and item_id have different embedding_dim"),
     (lambda d: d["features"][0].update(hash_buckets=3), "features[0].hash_buckets: unknown key"),
-    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": "many"}), "features[0].preprocessing.hash_buckets: expected an integer"),
-    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": 0}), "features[0] (user_id).preprocessing.hash_buckets: must be positive"),
-    (lambda d: d["features"][1].update(preprocessing={"vocab": {"top_k": -1}}), "features[1] (hist_items).preprocessing.vocab.top_k: must be positive"),
-    (lambda d: d["features"][4].update(preprocessing={"buckets": [3, 1]}), "features[4] (hour).preprocessing.buckets: boundaries must be strictly increasing"),
+    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": "many"}),
+     "features[0].preprocessing.hash_buckets: expected an integer"),
+    (lambda d: d["features"][0].update(preprocessing={"hash_buckets": 0}),
+     "features[0] (user_id).preprocessing.hash_buckets: must be positive"),
+    (lambda d: d["features"][1].update(preprocessing={"vocab": {"top_k": -1}}),
+     "features[1] (hist_items).preprocessing.vocab.top_k: must be positive"),
+    (lambda d: d["features"][4].update(preprocessing={"buckets": [3, 1]}),
+     "features[4] (hour).preprocessing.buckets: boundaries must be strictly increasing"),
     (lambda d: d["features"][0].update(name="click"), "features[0] (click).name: 'click' is reserved"),
-    (lambda d: d["features"][0].update(combiner="mean"), "features[0] (user_id).combiner: only weighted_ids features are pooled"),
-    (lambda d: d["features"][0].update(side="merchant"), "features[0].side: 'merchant' is not one of user, context, item"),
+    (lambda d: d["features"][0].update(combiner="mean"),
+     "features[0] (user_id).combiner: only weighted_ids features are pooled"),
+    (lambda d: d["features"][0].update(side="merchant"),
+     "features[0].side: 'merchant' is not one of user, context, item"),
     (lambda d: d.update(input={"train_fraction": 1.5}), "input.train_fraction: must lie strictly between 0 and 1"),
-    (lambda d: d.update(input={"format": "csv", "order_by": "ts", "train_fraction": 0.5}) or d["features"][0].update(name="ts"), "features[0] (ts).name: 'ts' is reserved"),
+    (lambda d: d.update(input={"format": "csv", "order_by": "ts",
+                               "train_fraction": 0.5}) or d["features"][0].update(name="ts"),
+     "features[0] (ts).name: 'ts' is reserved"),
     (lambda d: d.update(input={"order_by": "ts"}), "input.order_by: Ali-CCP raw logs are ordered by sample_id"),
     (lambda d: d.update(model={"tower_units": []}), "model.tower_units: give one or more positive layer widths"),
-    (lambda d: d.update(model={"variant": "mmoe"}), "model.variant: 'mmoe' is not one of base, aman, oversampling, unbias, division, esmm_ns, esmm"),
+    (lambda d: d.update(model={"variant": "mmoe"}),
+     "model.variant: 'mmoe' is not one of base, aman, oversampling, unbias, division, esmm_ns, esmm"),
     (lambda d: d.update(training={"batch_size": 0}), "training.batch_size: must be positive"),
     (lambda d: d.update(trainer={}), "trainer: unknown key; known keys are"),
     (lambda d: d.update(features=[]), "features: at least one feature is required"),
@@ -171,10 +197,14 @@ def test_step_resources_resolve_step_then_default_then_builtin():
 
 
 @pytest.mark.parametrize("kubernetes, expected", [
-    ({"resources": {"train": {"cpu": "4 cores"}}}, "kubernetes.resources.train.cpu: '4 cores' is not a Kubernetes quantity"),
-    ({"resources": {"evaluate": {"memory": "8GB"}}}, "kubernetes.resources.evaluate.memory: '8GB' is not a Kubernetes quantity"),
-    ({"resources": {"train": {"memory_limit": "4Gi"}}}, "kubernetes.resources.train.memory_limit: 4Gi is below the request 8Gi"),
-    ({"resources": {"push": {"cpu": "2", "cpu_limit": "1500m"}}}, "kubernetes.resources.push.cpu_limit: 1500m is below the request 2"),
+    ({"resources": {"train": {"cpu": "4 cores"}}},
+     "kubernetes.resources.train.cpu: '4 cores' is not a Kubernetes quantity"),
+    ({"resources": {"evaluate": {"memory": "8GB"}}},
+     "kubernetes.resources.evaluate.memory: '8GB' is not a Kubernetes quantity"),
+    ({"resources": {"train": {"memory_limit": "4Gi"}}},
+     "kubernetes.resources.train.memory_limit: 4Gi is below the request 8Gi"),
+    ({"resources": {"push": {"cpu": "2", "cpu_limit": "1500m"}}},
+     "kubernetes.resources.push.cpu_limit: 1500m is below the request 2"),
     ({"resources": {"default": {"cpu": "0"}}}, "kubernetes.resources.default.cpu: must be positive"),
     ({"resources": {"trainer": {}}}, "kubernetes.resources.trainer: unknown key"),
     ({"retries": -1}, "kubernetes.retries: must be zero or more"),
@@ -228,7 +258,8 @@ def test_a_coerced_mapping_is_read_only_and_converts_back_to_plain_data():
     ({"size": 2.5}, "typed.size: expected an integer or one of auto, got 2.5"),
     ({"rates": [1.0]}, "typed.rates: expected a mapping, got [1.0]"),
     ({"rates": {"ctr": "high"}}, "typed.rates.ctr: expected a number, got 'high'"),
-    ({"vocabs": {"item": {"top_n": 3}}}, "typed.vocabs.item.top_n: unknown key; known keys are min_frequency, oov_buckets, top_k"),
+    ({"vocabs": {"item": {"top_n": 3}}},
+     "typed.vocabs.item.top_n: unknown key; known keys are min_frequency, oov_buckets, top_k"),
 ])
 def test_union_and_mapping_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as err:

@@ -51,11 +51,13 @@ def evaluated(tmp_path_factory):
     ingest = write_ingest_dir(config, root / "ingest", rows[:50], rows)
     (ingest / "counts.json").write_text(json.dumps({"rows_read": 850, "rejected": {"bad_click": 3},
                                                     "train": {"rows": 50, "clicks": 9, "conversions": 2},
-                                                    "eval": {"rows": 800, "clicks": int(clicked.sum()), "conversions": 0}}))
+                                                    "eval": {"rows": 800, "clicks": int(clicked.sum()),
+                                                             "conversions": 0}}))
     recorded = {"ctr": {"all": {"auc": 0.15, "bce": 9.0}}}  # what version 1 scored on an older split
     (served / "assets.extra").mkdir()
     (served / "assets.extra" / "metrics.json").write_text(json.dumps(recorded))
-    result = evaluate(config, str(candidate), str(ingest), str(root / "out"), BEAM_ARGS, serving_base=str(root / "serving"))
+    result = evaluate(config, str(candidate), str(ingest), str(root / "out"), BEAM_ARGS,
+                      serving_base=str(root / "serving"))
     examples = [make_example(config, r) for r in rows]
     return result, rows, _score(served, examples), _score(candidate, examples), recorded, config
 

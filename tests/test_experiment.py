@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.experiment import (METRICS, epoch_order, load_data, read_runs, run_experiment, table2_markdown,
-                                   write_outputs)
+from components.experiment import (
+    METRICS,
+    epoch_order,
+    load_data,
+    read_runs,
+    run_experiment,
+    table2_markdown,
+    write_outputs,
+)
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
 from pipelines.cli import main as esmm
@@ -60,10 +67,12 @@ def data(tmp_path_factory):
 def test_two_repeats_give_the_table_shape_and_std_across_repeats(data, tmp_path):
     loaded, _ = data
     assert len(loaded.train) == 160 and len(loaded.eval) == 96 and loaded.eval.truth.shape == (96, 3)
-    result = run_experiment(loaded, repeats=2, rows=ROWS, fractions=(0.5, 1.0), sweep_rows=SWEEP, progress=lambda _: None)
+    result = run_experiment(loaded, repeats=2, rows=ROWS, fractions=(0.5, 1.0), sweep_rows=SWEEP,
+                            progress=lambda _: None)
 
     assert len(result.runs) == 2 * (len(ROWS) + len(SWEEP))
-    assert {(r["row"], r["fraction"]) for r in result.runs} == {*((row, 1.0) for row in ROWS), *((row, 0.5) for row in SWEEP)}
+    assert {(r["row"], r["fraction"]) for r in result.runs} == {*((row, 1.0) for row in ROWS),
+                                                                *((row, 0.5) for row in SWEEP)}
     seeds = sorted({r["seed"] for r in result.runs})
     assert seeds == [42, 43]
     summary = result.summary(ROWS)
@@ -103,4 +112,5 @@ def test_two_repeats_give_the_table_shape_and_std_across_repeats(data, tmp_path)
 
 def test_experiment_command_rejects_a_bad_sampling_rate(capsys):
     assert esmm(["experiment", "--transform-dir", "x", "--ingest-dir", "y", "--out", "z", "--fractions", "0.5,2"]) == 2
-    assert capsys.readouterr().err.strip() == "esmm experiment: error: --fractions: 2.0 is not a sampling rate in (0, 1]"
+    error = capsys.readouterr().err.strip()
+    assert error == "esmm experiment: error: --fractions: 2.0 is not a sampling rate in (0, 1]"

@@ -25,7 +25,8 @@ KUBERNETES_VERSIONS = ("1.29", "1.33")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 KUBECTL = shutil.which("kubectl")
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the kustomize overlays cannot be built")
+pytestmark = pytest.mark.skipif(KUBECTL is None,
+                                reason="kubectl is not installed: the kustomize overlays cannot be built")
 
 
 def build(overlay: str) -> list[dict]:
@@ -162,7 +163,8 @@ def test_probes_ports_and_service_match_tf_serving(rendered):
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert {(p["port"], ports[p["targetPort"]]) for p in service["spec"]["ports"]} == {(8500, 8500), (8501, 8501)}
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
-        selector = one(docs, kind, "esmm-serving")["spec"].get("selector") or one(docs, kind, "esmm-serving")["spec"]["podSelector"]
+        spec = one(docs, kind, "esmm-serving")["spec"]
+        selector = spec.get("selector") or spec["podSelector"]
         assert selector["matchLabels"].items() <= pod_labels.items(), kind
     hpa = one(docs, "HorizontalPodAutoscaler", "esmm-serving")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "esmm-serving"}

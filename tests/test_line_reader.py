@@ -24,7 +24,8 @@ def read_all(pattern: str, max_line_bytes: int, range_bytes: int, skip_header: b
 @pytest.fixture
 def text_file(tmp_path):
     rng = np.random.default_rng(0)
-    lines = [rng.choice(list(b"ab,\r"), rng.integers(0, 40)).astype(np.uint8).tobytes().rstrip(b"\r") for _ in range(500)]
+    lines = [rng.choice(list(b"ab,\r"), rng.integers(0, 40)).astype(np.uint8).tobytes().rstrip(b"\r")
+             for _ in range(500)]
     lines[17] = b"y" * 300
     lines[401] = b""
     path = tmp_path / "log.csv"

@@ -1,4 +1,5 @@
-"""The built wheel is what the image installs: it carries the configs, and `esmm` runs from it outside the source tree."""
+"""The built wheel is what the image installs: it carries the configs, and `esmm` runs from it outside
+the source tree."""
 from __future__ import annotations
 
 import os
@@ -36,7 +37,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def installed(wheel: Path) -> Path:
     """The wheel installed into its own directory; the shared environment supplies the dependencies."""
     target = wheel.parent.parent / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
+                    "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     return target
 

@@ -1,7 +1,6 @@
 """Packing: the direct wire encoder and the shared-part trick parse exactly like message-class Examples."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -90,7 +90,8 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
 
     # The pushed export, served over gRPC and scored from raw feature dicts, matches in-process.
     config = load_config(tiny / "config.yaml")
-    shared = {"user_id": "12", "gender": "1", "age": "3", "hist_items": (["5", "9"], [2.0, 1.0]), "position": 2, "hour": 9.0}
+    shared = {"user_id": "12", "gender": "1", "age": "3", "hist_items": (["5", "9"], [2.0, 1.0]),
+              "position": 2, "hour": 9.0}
     candidates = [{"item_id": str(i), "category": "3", "price": 10.0 + i} for i in range(8)]
     examples = ExamplePacker(config).pack(shared, candidates)
     server = ModelServer(tiny / "serving" / "esmm", "esmm")
@@ -122,7 +123,8 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
 
 def compiled(tmp_path, config=None, work_pvc="esmm-pipeline-work") -> tuple[dict, dict]:
     """The compiled pipeline spec and its Kubernetes platform spec."""
-    path = compile_pipeline(str(tmp_path / "esmm.yaml"), "registry.example/esmm:1.2.3", config or load_config("simulator"),
+    path = compile_pipeline(str(tmp_path / "esmm.yaml"), "registry.example/esmm:1.2.3",
+                            config or load_config("simulator"),
                             model_store_pvc="esmm-model-store", work_pvc=work_pvc)
     spec, *platform = yaml.safe_load_all(Path(path).read_text())
     return spec, (platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {})
@@ -134,7 +136,8 @@ def test_compiled_yaml_lists_six_tasks_in_the_image_and_loads_back(tmp_path):
     assert set(tasks) == TASKS
     assert tasks["ingest-step"]["dependentTasks"] == ["snapshot-step"]
     assert sorted(tasks["transform-step"]["dependentTasks"]) == ["ingest-step", "snapshot-step"]
-    assert sorted(tasks["push-step"]["dependentTasks"]) == ["evaluate-step", "ingest-step", "snapshot-step", "train-step"]
+    assert sorted(tasks["push-step"]["dependentTasks"]) == [
+        "evaluate-step", "ingest-step", "snapshot-step", "train-step"]
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 6
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/esmm:1.2.3"}
@@ -147,7 +150,8 @@ def test_compiled_yaml_lists_six_tasks_in_the_image_and_loads_back(tmp_path):
         "artifactType"]["schemaTitle"] == "system.Metrics"
     loaded = components.load_component_from_file(str(tmp_path / "esmm.yaml"))
     assert loaded.name == "esmm"
-    assert {"config_path", "input_path", "serving_base", "work_root", "beam_runner"} <= set(loaded.component_spec.inputs)
+    inputs = set(loaded.component_spec.inputs)
+    assert {"config_path", "input_path", "serving_base", "work_root", "beam_runner"} <= inputs
 
 
 def test_run_time_overrides_are_optional_parameters_without_sentinels(tmp_path):
@@ -169,7 +173,8 @@ def test_caches_key_on_config_contents_and_input_fingerprint(tmp_path):
     for name in ("ingest-step", "transform-step", "train-step", "evaluate-step", "push-step"):
         parameters = tasks[name]["inputs"]["parameters"]
         assert "config_path" not in parameters  # a path would replay a cache after the file was edited
-        assert parameters["config"]["taskOutputParameter"] == {"producerTask": "snapshot-step", "outputParameterKey": "config"}
+        assert parameters["config"]["taskOutputParameter"] == {"producerTask": "snapshot-step",
+                                                               "outputParameterKey": "config"}
     for name in ("ingest-step", "evaluate-step"):
         assert tasks[name]["inputs"]["parameters"]["input_fingerprint"]["taskOutputParameter"] == {
             "producerTask": "snapshot-step", "outputParameterKey": "input_fingerprint"}
@@ -218,7 +223,8 @@ def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
                   beam_options=BEAM_OPTIONS)
     (run_dir,) = (tmp_path / "run" / "kfp_root").iterdir()
     assert {p.name for p in run_dir.iterdir()} == {"snapshot-step", "ingest-step"}  # nothing downstream ran
-    assert json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())["rejected"] == {"bad_click": 80}
+    counts = json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())
+    assert counts["rejected"] == {"bad_click": 80}
     assert not (tmp_path / "serving").exists()
 
 

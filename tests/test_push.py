@@ -112,7 +112,8 @@ def test_blessing_judged_against_an_outdated_baseline_is_refused(model_dir, serv
     assert not result.pushed
     assert "compared the model with pushed version 1" in result.reason and "it is version 2" in result.reason
     first_model_blessing = bless(metrics(0.70), None, GATE)
-    assert "compared the model with no baseline" in push(model_dir, first_model_blessing, serving_base, "esmm", 5).reason
+    refused = push(model_dir, first_model_blessing, serving_base, "esmm", 5)
+    assert "compared the model with no baseline" in refused.reason
     assert pushed_versions(serving_base, "esmm") == [1, 2]
 
 
@@ -182,7 +183,8 @@ def test_object_store_promotion_copies_saved_model_pb_last(model_dir, serving_ba
 
 def test_a_directory_without_saved_model_pb_is_rejected_by_name(tmp_path, serving_base):
     (tmp_path / "not_a_model" / "variables").mkdir(parents=True)
-    with pytest.raises(InputError, match=r"model directory '.*not_a_model' is not a SavedModel: it has no saved_model.pb"):
+    with pytest.raises(InputError,
+                       match=r"model directory '.*not_a_model' is not a SavedModel: it has no saved_model.pb"):
         push(str(tmp_path / "not_a_model"), bless(metrics(0.6), None, GATE), serving_base, "esmm", 5)
     assert pushed_versions(serving_base, "esmm") == []
 
@@ -202,7 +204,8 @@ def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp
                              baseline_version=baseline.version if baseline else None), str(out / "blessing.json"))
         return str(out)
 
-    args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]  # the default config: the shipped simulator
+    # the default config: the shipped simulator
+    args = ["push", "--model-dir", model_dir, "--serving-base", serving_base]
     assert main([*args, "--evaluation", evaluation("good", 0.70)]) == 0
     assert latest_pushed(serving_base, "esmm").metrics["ctcvr"]["all"]["auc"] == 0.66
     assert main([*args, "--evaluation", evaluation("bad", 0.50)]) == 3  # not pushed

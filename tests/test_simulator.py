@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from components.simulator import (COMMON_FILE, CSV_FILE, GROUND_TRUTH_FILE, SKELETON_FILE, SimulationSpec,
-                                  build_world, draw_impressions, simulate)
+from components.simulator import (
+    COMMON_FILE,
+    CSV_FILE,
+    GROUND_TRUTH_FILE,
+    SKELETON_FILE,
+    SimulationSpec,
+    build_world,
+    draw_impressions,
+    simulate,
+)
 from esmm_model.config import load_config
 
 SMALL = dict(users=2_000, items=4_000, categories=50, brands=200, shops=300)

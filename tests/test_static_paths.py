@@ -28,7 +28,8 @@ def violations(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in LOCAL_ONLY_MODULES]
+            found += [f"{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.split(".")[0] in LOCAL_ONLY_MODULES]
         elif isinstance(node, ast.ImportFrom) and node.module:
             root = node.module.split(".")[0]
             if root in LOCAL_ONLY_MODULES or node.module == "os.path" or (root == "os" and any(

@@ -57,7 +57,8 @@ def test_submit_sends_every_flag_to_kfp(package, stub, capsys):
     assert stub == [("client", {"host": "http://kfp.example", "namespace": "ranking-ml"}),
                     ("run", {"package": package, "arguments": ARGS, "run_name": "esmm-2026-11-27",
                              "experiment_name": "esmm-daily", "namespace": "ranking-ml",
-                             "pipeline_root": "gs://bucket/root", "enable_caching": False, "service_account": "runner"})]
+                             "pipeline_root": "gs://bucket/root", "enable_caching": False,
+                             "service_account": "runner"})]
     assert "created run run-123 on http://kfp.example" in capsys.readouterr().out
 
 
@@ -68,7 +69,8 @@ def test_caching_is_left_to_the_compiled_pipeline_without_no_cache(package, stub
 
 
 def test_schedule_creates_a_recurring_run_with_kfp_cron(package, stub, capsys):
-    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS), "--experiment", "daily",
+    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS),
+                 "--experiment", "daily",
                  "--run-name", "esmm-nightly", "--schedule", "0 3 * * *"]) == 0
     assert stub[1] == ("experiment", {"name": "daily", "namespace": None})
     kind, recurring = stub[2]
@@ -102,7 +104,8 @@ def test_a_refused_credential_says_so(package):
     def refusing(host, namespace):
         raise ApiException(status=403, reason="Forbidden")
 
-    with pytest.raises(Exception, match=r"the KFP endpoint https://kfp.example refused the request \(HTTP 403 Forbidden\)"):
+    with pytest.raises(Exception,
+                       match=r"the KFP endpoint https://kfp.example refused the request \(HTTP 403 Forbidden\)"):
         submit(Submission(host="https://kfp.example", package=package, arguments=ARGS), client_factory=refusing)
 
 

@@ -30,7 +30,8 @@ CONFIG = config_from_dict({
 TRAIN = [
     {"user_id": "u1", "item_id": "a", "hist_items": [("a", 1.0), ("d", 2.0)], "price": 1.0, "position": 1, "hour": 3.0},
     {"user_id": "u2", "item_id": "a", "hist_items": [("b", 3.0)], "price": 2.0, "position": 1, "hour": 8.0, "click": 1},
-    {"user_id": "u3", "item_id": "b", "hist_items": [("a", 1.5), ("b", 2.0)], "price": 3.0, "position": 1, "hour": 13.0},
+    {"user_id": "u3", "item_id": "b", "hist_items": [("a", 1.5), ("b", 2.0)], "price": 3.0, "position": 1,
+     "hour": 13.0},
     {"user_id": "u1", "item_id": "c", "hist_items": [("c", 1.0)], "price": 4.0, "position": 2, "hour": 20.0,
      "click": 1, "conversion": 1},
 ]

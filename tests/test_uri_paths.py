@@ -64,7 +64,8 @@ def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch
                  "--serving-base", serving]) == 0
     pushed = layout.version_dir(serving, "esmm", 1)
     assert tf.saved_model.contains_saved_model(pushed)
-    assert json.loads(storage.read_text(layout.record_file(pushed, layout.RECORD_METRICS))) == {"ctr": {"all": {"auc": 0.61}}}
+    record = json.loads(storage.read_text(layout.record_file(pushed, layout.RECORD_METRICS)))
+    assert record == {"ctr": {"all": {"auc": 0.61}}}
 
     requests = [make_example(config, row, labels=False) for row in eval_rows[:8]]
     with ModelServer(layout.model_base(serving, "esmm"), "esmm") as server:

@@ -1,4 +1,5 @@
-"""TF Serving's warmup file (written by the pusher, replayed by the local server) and version labels from a model config."""
+"""TF Serving's warmup file (written by the pusher, replayed by the local server) and version labels
+from a model config."""
 from __future__ import annotations
 
 import shutil
@@ -20,8 +21,7 @@ from serving_client.errors import ServingError
 from serving_client.model_config import VersionPolicy, parse_model_config, read_model_config
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
-from serving_client.warmup import (WARMUP_FILE, read_warmup_requests, warmup_file, warmup_requests,
-                                   write_warmup_file)
+from serving_client.warmup import WARMUP_FILE, read_warmup_requests, warmup_file, warmup_requests, write_warmup_file
 from stub_models import save_stub_model
 
 CONFIG = load_config("simulator")
