@@ -30,11 +30,14 @@ import gc
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions, WorkerOptions
 
 from esmm_model.config import BeamConfig
 
 DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
+DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
+# Where kfp keeps artifacts on a MinIO-backed Kubeflow, and Beam's name for an S3-compatible store.
+MINIO_SCHEME, S3_SCHEME = "minio://", "s3://"
 
 
 def beam_args(beam_config: BeamConfig, runner: Optional[str] = None, options: Optional[Sequence[str]] = None) -> list[str]:
@@ -53,6 +56,37 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 def is_direct(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or str(runner).lower() in DIRECT_RUNNERS
+
+
+def artifact_location(args: Sequence[str], uri: str, path: str) -> str:
+    """Where Beam reads or writes a kfp artifact: the pod-local ``path`` on the DirectRunner (the pod is
+    the worker), else the artifact's ``uri``, which Flink, Spark or Dataflow workers can reach
+    (``minio://`` as ``s3://``; point Beam's S3 filesystem at MinIO with ``--s3_endpoint_url``)."""
+    if is_direct(pipeline_options(list(args))):
+        return path
+    return S3_SCHEME + uri[len(MINIO_SCHEME):] if uri.startswith(MINIO_SCHEME) else uri
+
+
+def with_worker_image(args: Sequence[str], image: Optional[str]) -> list[str]:
+    """``args``, plus ``image`` as the remote workers' container when the arguments name none.
+
+    Remote workers run the project's own DoFns and preprocessing, so they need the component
+    image (or ``--setup_file``). Dataflow reads ``--sdk_container_image``; the portable runners
+    (Flink, Spark, PortableRunner) read a DOCKER environment (``--environment_config``), so a
+    runner without an environment of its own gets both. The DirectRunner, an explicit image, or
+    a LOOPBACK/PROCESS/EXTERNAL environment are left as given.
+    """
+    args = list(args)
+    options = pipeline_options(args)
+    portable = options.view_as(PortableOptions)
+    named = (options.view_as(WorkerOptions).sdk_container_image or portable.environment_config
+             or portable.lookup_environment_option("docker_container_image")
+             or (portable.environment_type or "DOCKER").upper() != "DOCKER")
+    if not image or is_direct(options) or named:
+        return args
+    if str(options.view_as(StandardOptions).runner).lower() in DATAFLOW_RUNNERS:
+        return args + [f"--sdk_container_image={image}"]
+    return args + [f"--sdk_container_image={image}", "--environment_type=DOCKER", f"--environment_config={image}"]
 
 
 def make_runner(options: PipelineOptions):

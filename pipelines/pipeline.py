@@ -46,7 +46,7 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
                       work_root: Optional[str] = default_work_root, beam_runner: Optional[str] = None,
                       beam_options: Optional[list] = None, variant: Optional[str] = None, epochs: Optional[int] = None,
                       thresholds: Optional[list] = None, ground_truth: Optional[str] = None,
-                      max_rejected_fraction: Optional[float] = None):
+                      max_rejected_fraction: Optional[float] = None, beam_worker_image: Optional[str] = image):
         # The config with this run's overrides, and a fingerprint of the input files: what the caches key on.
         snapshot = steps.snapshot(config_path=config_path, input_path=input_path, ground_truth=ground_truth,
                                   variant=variant, epochs=epochs, thresholds=thresholds,
@@ -55,18 +55,20 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
         config, fingerprint = snapshot.outputs["config"], snapshot.outputs["input_fingerprint"]
         # Raw impression logs -> raw tf.Example split by time (Beam); fails past input.max_rejected_fraction,
         # so nothing trains on a log the config does not fit.
+        # A remote Beam runner's workers run beam_worker_image (the component image unless overridden).
         ingest = steps.ingest(config=config, input_path=input_path, input_fingerprint=fingerprint,
-                              beam_runner=beam_runner, beam_options=beam_options)
+                              beam_runner=beam_runner, beam_options=beam_options, beam_worker_image=beam_worker_image)
         # Hash, vocabulary, z-score and buckets, analyzed on train only (tf.Transform on Beam).
         transform = steps.transform(config=config, beam_runner=beam_runner, beam_options=beam_options,
-                                    examples=ingest.outputs["examples"])
+                                    beam_worker_image=beam_worker_image, examples=ingest.outputs["examples"])
         # The ESMM variant, exported with the transform graph inside serving_default.
         train = steps.train(config=config, work_root=work_root, transformed=transform.outputs["transformed"])
         # The candidate and the served model scored on the raw eval split, TFMA sliced all / clicked /
         # unclicked, entire-space metrics, and the blessing judged on those same rows.
         evaluate = steps.evaluate(config=config, input_fingerprint=fingerprint, serving_base=serving_base,
                                   beam_runner=beam_runner, beam_options=beam_options, ground_truth=ground_truth,
-                                  examples=ingest.outputs["examples"], model=train.outputs["model"])
+                                  beam_worker_image=beam_worker_image, examples=ingest.outputs["examples"],
+                                  model=train.outputs["model"])
         evaluate.set_caching_options(False)  # it reads the serving directory (the baseline): never replayed from cache
         # Atomic push, with warmup requests, only if blessed against the version still served.
         push = steps.push(config=config, serving_base=serving_base, examples=ingest.outputs["examples"],

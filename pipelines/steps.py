@@ -37,20 +37,23 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
 
 
 def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset], counts: Output[Metrics],
-                beam_runner: Optional[str] = None, beam_options: Optional[list] = None):
+                beam_runner: Optional[str] = None, beam_options: Optional[list] = None,
+                beam_worker_image: Optional[str] = None):
     """Raw logs -> tf.Example TFRecords split by time, schema, counts and rejected rows.
 
     Fails (so nothing downstream runs) when more than the config's input.max_rejected_fraction
     of the lines are rejected or a split is empty. ``input_fingerprint`` keys the cache on the
-    input files' listing, not on ``input_path``."""
-    from components.beam_runner import beam_args
+    input files' listing, not on ``input_path``. A remote Beam runner gets the artifact's URI and
+    ``beam_worker_image`` as its workers' container (``components.beam_runner``)."""
+    from components.beam_runner import artifact_location, beam_args, with_worker_image
     from components.ingest import ingest
     from components.output_dir import clear_task_output
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
     clear_task_output(examples.path)  # a retried pod's leftovers
-    result = ingest(run_config, input_path, examples.path, beam_args(run_config.beam, beam_runner, beam_options))
+    args = with_worker_image(beam_args(run_config.beam, beam_runner, beam_options), beam_worker_image)
+    result = ingest(run_config, input_path, artifact_location(args, examples.uri, examples.path), args)
     examples.metadata["input_fingerprint"] = input_fingerprint
     counts.log_metric("rows_read", result.rows_read)
     counts.log_metric("rows_rejected", sum(result.rejected.values()))
@@ -60,16 +63,20 @@ def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: 
 
 
 def transform_step(config: str, examples: Input[Dataset], transformed: Output[Dataset],
-                   beam_runner: Optional[str] = None, beam_options: Optional[list] = None):
-    """tf.Transform: analyze train, transform train and eval, keep the transform graph."""
-    from components.beam_runner import beam_args
+                   beam_runner: Optional[str] = None, beam_options: Optional[list] = None,
+                   beam_worker_image: Optional[str] = None):
+    """tf.Transform: analyze train, transform train and eval, keep the transform graph.
+    A remote Beam runner gets the artifacts' URIs and ``beam_worker_image`` as its workers' container."""
+    from components.beam_runner import artifact_location, beam_args, with_worker_image
     from components.output_dir import clear_task_output
     from components.transform import transform
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
     clear_task_output(transformed.path)  # a retried pod's leftovers
-    transform(run_config, examples.path, transformed.path, beam_args(run_config.beam, beam_runner, beam_options))
+    args = with_worker_image(beam_args(run_config.beam, beam_runner, beam_options), beam_worker_image)
+    transform(run_config, artifact_location(args, examples.uri, examples.path),
+              artifact_location(args, transformed.uri, transformed.path), args)
 
 
 def train_step(config: str, transformed: Input[Dataset], model: Output[Model], work_root: Optional[str] = None):
@@ -100,19 +107,22 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
                   model: Input[Model], evaluation: Output[Metrics], report: Output[HTML], blessing: Output[Artifact],
                   roc_ctr: Output[ClassificationMetrics], roc_cvr: Output[ClassificationMetrics],
                   roc_ctcvr: Output[ClassificationMetrics], beam_runner: Optional[str] = None,
-                  beam_options: Optional[list] = None, ground_truth: Optional[str] = None):
+                  beam_options: Optional[list] = None, ground_truth: Optional[str] = None,
+                  beam_worker_image: Optional[str] = None):
     """Scores the candidate and the served model on the raw eval split, TFMA sliced all/clicked/unclicked,
     the gate on those same rows (TFX's Evaluator: it writes the blessing), the report, and the kfp metrics.
     ``blessing`` is the verdict as JSON (TFX's ModelBlessing; kfp 2 admits only system.* and google.* types,
     so a plain Artifact), its metadata ``blessed``, ``status``, ``baseline_version`` and ``reasons``.
 
-    ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache."""
+    ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache.
+    Beam (TFMA) reads and writes only the evaluation directory: a remote runner gets its URI and
+    ``beam_worker_image`` as its workers' container."""
     import json
 
     import tensorflow as tf
 
     from components import layout
-    from components.beam_runner import beam_args
+    from components.beam_runner import artifact_location, beam_args, with_worker_image
     from components.blessing import write_blessing
     from components.evaluate import evaluate
     from components.output_dir import clear_task_output
@@ -121,9 +131,9 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
     clear_task_output(evaluation.path)  # a retried pod's leftovers
-    result = evaluate(run_config, saved_model, examples.path, evaluation.path,
-                      beam_args(run_config.beam, beam_runner, beam_options), serving_base=serving_base,
-                      ground_truth=ground_truth)
+    args = with_worker_image(beam_args(run_config.beam, beam_runner, beam_options), beam_worker_image)
+    result = evaluate(run_config, saved_model, examples.path, artifact_location(args, evaluation.uri, evaluation.path),
+                      args, serving_base=serving_base, ground_truth=ground_truth)
     evaluation.metadata["input_fingerprint"] = input_fingerprint
     for name, value in result.headline().items():
         evaluation.log_metric(name, value)

@@ -1,0 +1,177 @@
+"""Scale-out benchmark: how the Beam steps' wall time grows with rows and DirectRunner workers.
+
+Each measurement is a function returning ``Measurement`` rows; ``print_table`` prints any of
+them, so another section (training with 1 and 2 workers, say) adds a function and a
+``--sections`` entry, nothing else.
+
+- ``ingest``: ``components.ingest.ingest`` on the simulator's default preset, at each --rows
+  size, with ``--direct_running_mode=multi_processing --direct_num_workers=N`` for each
+  --workers N (raw data simulated once into --work-dir/raw_<rows>_seed<seed>, reused).
+- ``transform``: ``components.transform.transform`` on that ingest output, the same way.
+
+Wall clock from the step call to its return (Beam start-up included), the load average
+beside each figure, and the exact-count checks the steps themselves make. The closing
+lines give the time ratio between the largest and the smallest size per step and worker
+count (the cost per row as rows grow; 10x the rows should cost <= 11x the time), and the
+speed-up of N workers over 1.
+
+What two cores can show: that the steps scale linearly in rows, and that a second worker
+process gives at most ~2x (less when the machine is shared). What they cannot show: speed-up
+past two workers, or any distributed runner's behaviour (shuffle over a network, worker
+start-up, stragglers); that takes a cluster (see the README's "Scale out").
+
+    .venv/bin/python benchmarks/bench_scale.py [--rows 100000 1000000] [--workers 1 2]
+        [--sections ingest transform] [--work-dir /tmp/esmm_bench_scale] [--seed 7]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import components  # noqa: E402,F401
+from benchmarks.bench_ingest import simulated  # noqa: E402
+from components import layout  # noqa: E402
+from components.ingest import ingest  # noqa: E402
+from components.transform import transform  # noqa: E402
+from esmm_model.config import Config, load_config  # noqa: E402
+
+MAX_COST_RATIO = 1.1  # time ratio / rows ratio allowed between the largest and smallest size
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One timed run: which step, how many rows and workers, the wall time and the load around it."""
+
+    section: str
+    rows: int
+    workers: int
+    seconds: float
+    load_before: str
+    load_after: str
+    note: str = ""
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def direct_args(workers: int) -> list[str]:
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
+def timed(section: str, rows: int, workers: int, run: Callable[[], str]) -> Measurement:
+    """Runs ``run`` (which returns a note) and times it, with the load average before and after."""
+    before = load_avg()
+    started = time.perf_counter()
+    note = run()
+    seconds = time.perf_counter() - started
+    m = Measurement(section, rows, workers, seconds, before, load_avg(), note)
+    print(f"{section:<10} {rows:>9,} rows  {workers} worker(s)  {seconds:8.1f} s  {rows / seconds:>8,.0f} rows/s  "
+          f"load {m.load_before} -> {m.load_after}  {note}", flush=True)
+    return m
+
+
+def ingest_dir(work_dir: Path, rows: int, workers: int) -> Path:
+    return work_dir / f"ingest_{rows}_w{workers}"
+
+
+def measure_ingest(config: Config, work_dir: Path, sizes: list[int], workers: list[int], seed: int) -> list[Measurement]:
+    """Ingestion wall time per size and worker count."""
+    results = []
+    for rows in sizes:
+        raw = simulated(config, rows, seed, work_dir)
+        for n in workers:
+            out = ingest_dir(work_dir, rows, n)
+            shutil.rmtree(out, ignore_errors=True)
+
+            def run(out=out, raw=raw, n=n) -> str:
+                counts = ingest(config, str(raw), str(out), direct_args(n))
+                return f"train {counts.split('train')['rows']:,} + eval {counts.split('eval')['rows']:,}"
+            results.append(timed("ingest", rows, n, run))
+    return results
+
+
+def measure_transform(config: Config, work_dir: Path, sizes: list[int], workers: list[int], seed: int) -> list[Measurement]:
+    """tf.Transform wall time per size and worker count, on an ingest output of that size (made if missing)."""
+    results = []
+    for rows in sizes:
+        source = next((ingest_dir(work_dir, rows, n) for n in workers
+                       if Path(layout.IngestLayout(str(ingest_dir(work_dir, rows, n))).counts).is_file()), None)
+        if source is None:
+            source = ingest_dir(work_dir, rows, max(workers))
+            shutil.rmtree(source, ignore_errors=True)
+            ingest(config, str(simulated(config, rows, seed, work_dir)), str(source), direct_args(max(workers)))
+        for n in workers:
+            out = work_dir / f"transform_{rows}_w{n}"
+            shutil.rmtree(out, ignore_errors=True)
+
+            def run(out=out, n=n) -> str:
+                transform(config, str(source), str(out), direct_args(n))
+                return "rows written == ingestion's counts"
+            results.append(timed("transform", rows, n, run))
+    return results
+
+
+SECTIONS = {"ingest": measure_ingest, "transform": measure_transform}
+
+
+def print_table(results: list[Measurement]) -> None:
+    """The table of every measurement, then the cost ratio as rows grow and the speed-up of more workers."""
+    header = (f"{'step':<10} {'rows':>10} {'workers':>7} {'seconds':>8} {'rows/s':>8}  "
+              f"{'load before -> after':<34} note")
+    print(f"\nDirectRunner (FnApiRunner, multi_processing), {os.cpu_count()} CPUs; wall clock per step call")
+    print(header)
+    print("-" * len(header))
+    for m in results:
+        print(f"{m.section:<10} {m.rows:>10,} {m.workers:>7} {m.seconds:8.1f} {m.rows / m.seconds:>8,.0f}  "
+              f"{m.load_before + ' -> ' + m.load_after:<34} {m.note}")
+    by_key = {(m.section, m.rows, m.workers): m.seconds for m in results}
+    for section in dict.fromkeys(m.section for m in results):
+        sizes = sorted({m.rows for m in results if m.section == section})
+        workers = sorted({m.workers for m in results if m.section == section})
+        small, big = sizes[0], sizes[-1]
+        for n in workers:
+            if big > small and (section, small, n) in by_key and (section, big, n) in by_key:
+                ratio = by_key[(section, big, n)] / by_key[(section, small, n)]
+                bound = MAX_COST_RATIO * big / small
+                print(f"{section}, {n} worker(s): {big:,} rows cost {ratio:.1f}x the time of {small:,} "
+                      f"({'within' if ratio <= bound else 'OVER'} the {bound:.0f}x bound)")
+        for rows in sizes:
+            if (section, rows, 1) in by_key:
+                for n in workers[1:]:
+                    if (section, rows, n) in by_key:
+                        print(f"{section}, {rows:,} rows: {n} workers run {by_key[(section, rows, 1)] / by_key[(section, rows, n)]:.2f}x "
+                              f"as fast as 1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "esmm_bench_scale"))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--config", default="simulator")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {load_avg()}", flush=True)
+    results: list[Measurement] = []
+    for rows in sorted(set(args.rows)):  # smallest size first, every section: the small table comes early
+        for section in args.sections:
+            results += SECTIONS[section](config, work_dir, [rows], sorted(set(args.workers)), args.seed)
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()
