@@ -31,11 +31,18 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 1000 esmm \
     && useradd --uid 1000 --gid esmm --create-home --home-dir /home/esmm --shell /usr/sbin/nologin esmm
 COPY --from=build /opt/esmm /opt/esmm
+# Beam's SDK harness launcher, from the Beam release this project pins: the image then also serves
+# as the workers' container of a remote runner (Dataflow's --sdk_container_image, a DOCKER
+# environment on Flink or Spark), whose runner starts it with flags only (--id=... --control_endpoint=...).
+COPY --from=apache/beam_python3.11_sdk:2.77.0 /opt/apache/beam /opt/apache/beam
 ENV PATH=/opt/esmm/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 USER 1000:1000
 WORKDIR /home/esmm
-# Shipped configs are package data: `esmm --config aliccp`, or a mounted / gs:// YAML.
+# Flags only (a Beam runner starting an SDK worker) run Beam's launcher; a command runs as given.
+# kfp and Kubernetes manifests set the command themselves. Shipped configs are package data:
+# `esmm --config aliccp`, or a mounted / gs:// YAML.
+ENTRYPOINT ["/bin/sh", "-c", "case \"$1\" in --*) exec /opt/apache/beam/boot \"$@\";; *) exec \"$@\";; esac", "entrypoint"]
 CMD ["esmm", "--help"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -105,3 +106,17 @@ def test_make_image_builds_the_dockerfile_with_the_given_tag():
     dry_run = subprocess.run(["make", "--no-print-directory", "-n", "image", "IMAGE=registry.example/esmm:1.2.3"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert dry_run.strip().splitlines() == ["docker build --tag registry.example/esmm:1.2.3 ."]
+
+
+def test_the_image_doubles_as_the_beam_workers_container_of_the_pinned_release():
+    _, final = stages()[-1]
+    beam = re.search(r"^apache-beam==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
+    assert f"COPY --from=apache/beam_python3.11_sdk:{beam} /opt/apache/beam /opt/apache/beam" in final
+    entrypoint = json.loads(next(line for line in final if line.startswith("ENTRYPOINT ")).split(None, 1)[1])
+    run = ["sh", *entrypoint[1:]] if entrypoint[0] == "/bin/sh" else entrypoint
+    script = run[2].replace("exec /opt/apache/beam/boot", "echo boot").replace('exec "$@"', 'echo run "$@"')
+    launch = subprocess.run(["sh", "-c", script, "entrypoint", "--id=1", "--control_endpoint=localhost:1"],
+                            capture_output=True, text=True, check=True)
+    assert launch.stdout.split() == ["boot", "--id=1", "--control_endpoint=localhost:1"]  # a runner starting a worker
+    command = subprocess.run(["sh", "-c", script, "entrypoint", "esmm", "--help"], capture_output=True, text=True, check=True)
+    assert command.stdout.split() == ["run", "esmm", "--help"]
