@@ -84,7 +84,8 @@ def ingest_dir(work_dir: Path, rows: int, workers: int) -> Path:
     return work_dir / f"ingest_{rows}_w{workers}"
 
 
-def measure_ingest(config: Config, work_dir: Path, sizes: list[int], workers: list[int], seed: int) -> list[Measurement]:
+def measure_ingest(config: Config, work_dir: Path, sizes: list[int], workers: list[int],
+                   seed: int) -> list[Measurement]:
     """Ingestion wall time per size and worker count."""
     results = []
     for rows in sizes:
@@ -100,7 +101,8 @@ def measure_ingest(config: Config, work_dir: Path, sizes: list[int], workers: li
     return results
 
 
-def measure_transform(config: Config, work_dir: Path, sizes: list[int], workers: list[int], seed: int) -> list[Measurement]:
+def measure_transform(config: Config, work_dir: Path, sizes: list[int], workers: list[int],
+                      seed: int) -> list[Measurement]:
     """tf.Transform wall time per size and worker count, on an ingest output of that size (made if missing)."""
     results = []
     for rows in sizes:
@@ -149,8 +151,8 @@ def print_table(results: list[Measurement]) -> None:
             if (section, rows, 1) in by_key:
                 for n in workers[1:]:
                     if (section, rows, n) in by_key:
-                        print(f"{section}, {rows:,} rows: {n} workers run {by_key[(section, rows, 1)] / by_key[(section, rows, n)]:.2f}x "
-                              f"as fast as 1")
+                        speedup = by_key[(section, rows, 1)] / by_key[(section, rows, n)]
+                        print(f"{section}, {rows:,} rows: {n} workers run {speedup:.2f}x as fast as 1")
 
 
 def main() -> None:

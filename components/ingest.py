@@ -271,7 +271,8 @@ def _split_point(quantiles: list[float], fraction: float) -> float | None:
 
 
 class ReadLines(beam.PTransform):
-    """The files matching a pattern -> batches of raw lines (``lines``) and the lines over max_line_bytes (``too_long``)."""
+    """The files matching a pattern -> batches of raw lines (``lines``), and the lines over
+    max_line_bytes (``too_long``)."""
 
     def __init__(self, pattern: str, max_line_bytes: int, skip_header: bool = False):
         super().__init__()
@@ -389,14 +390,16 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
         rows = p | "ReadRows" >> ReadLines(files.impressions, max_line, skip)
         long_rows = rows.too_long | "LongRows" >> beam.Map(_long_line_rejected("impressions", max_line))
         parsed = (rows.lines
-                  | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files), beam.pvalue.AsSingleton(threshold),
+                  | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files),
+                                                     beam.pvalue.AsSingleton(threshold),
                                                      beam.pvalue.AsDict(common["features"]))
                   .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
             _ = parsed[split] | f"Write{split.title()}" >> WriteSplit(out.split_prefix(split))
         _ = ((parsed.rejected, long_rows, common["rejected"]) | "AllRejected" >> beam.Flatten()
              | "WriteRejected" >> WriteRejected(out.rejected_prefix))
-        long_counts = long_rows | "CountLongRows" >> beam.FlatMap(lambda r: [(("rows_read",), 1), (("rejected", r.code), 1)])
+        long_counts = long_rows | "CountLongRows" >> beam.FlatMap(
+            lambda r: [(("rows_read",), 1), (("rejected", r.code), 1)])
         _ = ((parsed.counts, long_counts, common["counts"]) | "AllCounts" >> beam.Flatten()
              | "WriteCounts" >> WriteCounts(counts_path))
 

@@ -31,4 +31,5 @@ def check_written(step: str, split: str, written: int, expected: int, where: str
     if written != expected:
         raise RowCountError(
             f"{step} wrote {written:,} rows for the {split} split, but ingestion counted {expected:,} "
-            f"({'lost' if written < expected else 'extra'}: {abs(expected - written):,}); outputs in {where} are incomplete")
+            f"({'lost' if written < expected else 'extra'}: {abs(expected - written):,}); "
+            f"outputs in {where} are incomplete")

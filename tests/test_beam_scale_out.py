@@ -1,4 +1,4 @@
-"""Remote Beam runners get artifact URIs and a worker container; the DirectRunner keeps pod paths and its own workers."""
+"""Remote Beam runners get artifact URIs and a worker container; the DirectRunner keeps pod paths and workers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,5 +89,6 @@ def test_compiled_pipeline_hands_its_image_to_every_beam_step(tmp_path):
     assert spec["root"]["inputDefinitions"]["parameters"]["beam_worker_image"]["defaultValue"] == IMAGE
     tasks = spec["root"]["dag"]["tasks"]
     for name in ("ingest-step", "transform-step", "evaluate-step"):
-        assert tasks[name]["inputs"]["parameters"]["beam_worker_image"] == {"componentInputParameter": "beam_worker_image"}
+        image = tasks[name]["inputs"]["parameters"]["beam_worker_image"]
+        assert image == {"componentInputParameter": "beam_worker_image"}
     assert "beam_worker_image" not in tasks["train-step"]["inputs"]["parameters"]

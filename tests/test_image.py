@@ -118,5 +118,6 @@ def test_the_image_doubles_as_the_beam_workers_container_of_the_pinned_release()
     launch = subprocess.run(["sh", "-c", script, "entrypoint", "--id=1", "--control_endpoint=localhost:1"],
                             capture_output=True, text=True, check=True)
     assert launch.stdout.split() == ["boot", "--id=1", "--control_endpoint=localhost:1"]  # a runner starting a worker
-    command = subprocess.run(["sh", "-c", script, "entrypoint", "esmm", "--help"], capture_output=True, text=True, check=True)
+    command = subprocess.run(["sh", "-c", script, "entrypoint", "esmm", "--help"],
+                             capture_output=True, text=True, check=True)
     assert command.stdout.split() == ["run", "esmm", "--help"]

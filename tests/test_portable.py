@@ -82,7 +82,8 @@ def _portable(endpoint: str) -> list[str]:
 def _row(record: bytes) -> tuple:
     """A tf.Example as sorted (feature, values) pairs: equal rows compare equal whatever their byte order."""
     features = tf.train.Example.FromString(record).features.feature
-    values = {name: getattr(f, f.WhichOneof("kind")).value if f.WhichOneof("kind") else () for name, f in features.items()}
+    values = {name: getattr(f, f.WhichOneof("kind")).value if f.WhichOneof("kind") else ()
+              for name, f in features.items()}
     return tuple(sorted((name, tuple(v)) for name, v in values.items() if len(v)))
 
 

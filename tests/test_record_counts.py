@@ -75,4 +75,5 @@ def test_extra_eval_rows_fail_too(tmp_path):
 
 def test_without_counts_json_nothing_is_compared(tmp_path):
     (tmp_path / "ingest").mkdir()
-    assert check_rows(layout.IngestLayout(str(tmp_path / "ingest")), _transformed(tmp_path, 2, 1)) == {"train": 2, "eval": 1}
+    written = check_rows(layout.IngestLayout(str(tmp_path / "ingest")), _transformed(tmp_path, 2, 1))
+    assert written == {"train": 2, "eval": 1}
