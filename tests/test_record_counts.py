@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 from apache_beam.runners.worker import data_plane
 
 from components import layout
@@ -31,6 +32,19 @@ def test_direct_runner_streams_deliver_every_byte_while_the_send_queue_blocks():
         time.sleep(0.015)
     stream.close()
     assert sum(sent) == 1_000_000
+
+
+def test_direct_runner_sends_a_large_stage_input_in_bounded_messages():
+    """40 MB of 4 MB chunks leave as messages of at most ~10 MB plus a chunk, every byte of them."""
+    make_runner(pipeline_options(["--runner=DirectRunner", "--direct_running_mode=multi_processing"]))
+    sent: list[int] = []
+    record = lambda data: sent.append(len(data))  # noqa: E731
+    stream = data_plane.ClosableOutputStream.create(record, record, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    manager = object.__new__(fn_runner.BundleManager)
+    manager._worker_handler = SimpleNamespace(data_conn=SimpleNamespace(output_stream=lambda *_: stream))
+    manager._send_input_to_worker("bundle_1", "read", [b"x" * 4_000_000] * 10)
+    assert sum(sent) == 40_000_000
+    assert len(sent) >= 3 and max(sent) <= 14_000_000
 
 
 def _transformed(tmp_path, train: int, eval_: int) -> layout.TransformLayout:
