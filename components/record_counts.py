@@ -10,20 +10,26 @@ import tensorflow as tf
 
 from esmm_model.errors import EsmmError
 
+COUNT_BATCH = 8192
+
 
 class RowCountError(EsmmError):
     """A step wrote a different number of rows for a split than ingestion counted; the message names both."""
 
 
 def count_records(pattern: str) -> int:
-    """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match)."""
+    """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match).
+
+    Files are read in parallel and counted in batches, so the cost is about the inflating alone
+    (~10 µs of CPU a row of ~30 features).
+    """
     files = tf.io.gfile.glob(pattern)
     if not files:
         return 0
-    records = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+    batches = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20).batch(COUNT_BATCH),
         cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
-    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+    return int(batches.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, out_type=tf.int64)).numpy())
 
 
 def check_written(step: str, split: str, written: int, expected: int, where: str) -> None:
