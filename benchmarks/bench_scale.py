@@ -37,7 +37,6 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import components  # noqa: E402,F401
 from benchmarks.bench_ingest import simulated  # noqa: E402
 from components import layout  # noqa: E402
 from components.ingest import ingest  # noqa: E402

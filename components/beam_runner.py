@@ -42,7 +42,8 @@ DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
 MINIO_SCHEME, S3_SCHEME = "minio://", "s3://"
 
 
-def beam_args(beam_config: BeamConfig, runner: Optional[str] = None, options: Optional[Sequence[str]] = None) -> list[str]:
+def beam_args(beam_config: BeamConfig, runner: Optional[str] = None,
+              options: Optional[Sequence[str]] = None) -> list[str]:
     """The config's runner and options, with a run's overrides on top.
 
     ``runner`` replaces ``beam.runner``; ``options`` follow ``beam.options``, and Beam's parser

@@ -96,10 +96,12 @@ class IngestCounts:
             lines.append(f"{name:>5}: {s['rows']:,} rows, {s['clicks']:,} clicks (CTR {ctr:.4f}), "
                          f"{s['conversions']:,} conversions (CVR|click {cvr:.4f})")
         rejected = self.rejected
-        lines.append(f"rejected: {sum(rejected.values()):,}" + "".join(f"\n  {code}: {n:,}" for code, n in sorted(rejected.items())))
+        lines.append(f"rejected: {sum(rejected.values()):,}"
+                     + "".join(f"\n  {code}: {n:,}" for code, n in sorted(rejected.items())))
         common = self.data.get("common_rejected", {})
         if self.data.get("common_rows_read"):
-            lines.append(f"common feature rows read: {self.data['common_rows_read']:,}, rejected: {sum(common.values()):,}"
+            lines.append(f"common feature rows read: {self.data['common_rows_read']:,}, "
+                         f"rejected: {sum(common.values()):,}"
                          + "".join(f"\n  {code}: {n:,}" for code, n in sorted(common.items())))
         return "\n".join(lines)
 
@@ -142,7 +144,8 @@ def _first_line(path: str, max_line_bytes: int) -> str:
     with FileSystems.open(path) as f:
         _, line, size, _ = next(iter_lines(f, 0, max_line_bytes), (0, b"", 0, b""))
     if line is None:
-        raise InputError(f"CSV file {path!r}: the header is {size:,} bytes, over input.max_line_bytes ({max_line_bytes:,})")
+        raise InputError(f"CSV file {path!r}: the header is {size:,} bytes, "
+                         f"over input.max_line_bytes ({max_line_bytes:,})")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -248,7 +251,8 @@ def _long_line_rejected(source: str, max_line_bytes: int):
     def reject(line: LongLine) -> Rejected:
         return Rejected.of(source, line.prefix, RowError(
             "line_too_long", f"line at byte {line.offset:,} of {line.path} is {line.size:,} bytes, over "
-                             f"input.max_line_bytes ({max_line_bytes:,}); only its first {len(line.prefix)} bytes are kept here"))
+                             f"input.max_line_bytes ({max_line_bytes:,}); "
+                             f"only its first {len(line.prefix)} bytes are kept here"))
     return reject
 
 
@@ -360,7 +364,8 @@ def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path:
         raise RejectionError(
             f"rejected {fraction:.2%} of {counts.rows_read:,} rows ({total:,}), over input.max_rejected_fraction "
             f"{max_rejected_fraction:.2%} (--max-rejected-fraction to change it); top reasons: "
-            f"{', '.join(f'{code} {n:,}' for code, n in top)}; rejected rows in {layout.IngestLayout(out_dir).rejected_dir}/")
+            f"{', '.join(f'{code} {n:,}' for code, n in top)}; "
+            f"rejected rows in {layout.IngestLayout(out_dir).rejected_dir}/")
     for split in (TRAIN, EVAL):
         if counts.split(split)["rows"] == 0:
             raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
