@@ -36,8 +36,8 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
     return namedtuple("Snapshot", ["config", "input_fingerprint"])(config_to_json(config), fingerprint)
 
 
-def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset], counts: Output[Metrics],
-                beam_runner: Optional[str] = None, beam_options: Optional[list] = None,
+def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset],
+                counts: Output[Metrics], beam_runner: Optional[str] = None, beam_options: Optional[list] = None,
                 beam_worker_image: Optional[str] = None):
     """Raw logs -> tf.Example TFRecords split by time, schema, counts and rejected rows.
 
@@ -175,7 +175,8 @@ def push_step(config: str, serving_base: str, examples: Input[Dataset], model: I
               if verdict.blessed else ())
     result = push(saved_model, verdict, serving_base, run_config.push.model_name, run_config.push.keep_versions,
                   metrics, warmup)
-    pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason})
+    pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path,
+                            "reason": result.reason})
     with tf.io.gfile.GFile(pushed.path, "w") as f:
         json.dump({"pushed": result.pushed, "version": result.version, "path": result.path, "reason": result.reason}, f)
     print(result.describe())

@@ -103,8 +103,8 @@ def in_context(path: str) -> bool:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_image_builds_the_dockerfile_with_the_given_tag():
-    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "image", "IMAGE=registry.example/esmm:1.2.3"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "image", "IMAGE=registry.example/esmm:1.2.3"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert dry_run.strip().splitlines() == ["docker build --tag registry.example/esmm:1.2.3 ."]
 
 

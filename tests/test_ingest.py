@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from components import layout
 from components.ingest import EVAL, TRAIN, RejectionError, ingest
-from components.simulator import COMMON_FILE, CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
+from components.simulator import CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
 from esmm_model.config import config_from_dict, load_config, with_overrides
 from esmm_model.schema import feature_spec
 
@@ -63,7 +63,8 @@ def test_counts_add_up_and_bad_lines_are_rejected_with_reasons(ingested):
     # bad lines (keys 4..8) may pull it down by up to five rows.
     assert ROWS // 2 - 5 <= train["rows"] <= ROWS // 2
     assert json.loads(Path(layout.IngestLayout(str(out)).counts).read_text()) == counts.data
-    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(out)).rejected_dir).glob("*.jsonl") for line in p.read_text().splitlines()]
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(out)).rejected_dir).glob("*.jsonl")
+                for line in p.read_text().splitlines()]
     assert sorted(r["code"] for r in rejected) == sorted(
         ["conversion_without_click", "unknown_common_feature_index", "unknown_common_feature_index",
          "wrong_column_count", "bad_click"])
@@ -195,19 +196,22 @@ def test_rejection_guard_fails_ingest_past_the_limit_and_the_flag_raises_it(tmp_
     counts = json.loads(Path(layout.IngestLayout(str(tmp_path / "strict")).counts).read_text())
     assert counts["rejected"] == {code: 11 for code in ("bad_click", "bad_feature_entry", "conversion_without_click",
                                                         "unknown_common_feature_index", "wrong_column_count")}
-    assert sum(1 for p in Path(layout.IngestLayout(str(tmp_path / "strict")).rejected_dir).glob("*.jsonl") for _ in p.open()) == 55
+    strict_rejected = Path(layout.IngestLayout(str(tmp_path / "strict")).rejected_dir).glob("*.jsonl")
+    assert sum(1 for p in strict_rejected for _ in p.open()) == 55
 
-    passed = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"), "--max-rejected-fraction", "0.05",
-                     *one_process)
+    passed = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"),
+                     "--max-rejected-fraction", "0.05", *one_process)
     assert passed.returncode == 0, passed.stderr
     assert "rejected: 55" in passed.stdout
 
     # Re-running into a directory that holds a run is refused, before any work.
-    again = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"), "--max-rejected-fraction", "0.05")
+    again = run_cli("ingest", "--input", str(sim), "--out", str(tmp_path / "lenient"),
+                    "--max-rejected-fraction", "0.05")
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1:] == [
-        f"esmm ingest: error: ingest output directory {str(tmp_path / 'lenient')!r} is not empty (it holds counts.json, "
-        "eval, rejected and 2 more); steps never write over an earlier run: delete it or choose another directory"]
+        f"esmm ingest: error: ingest output directory {str(tmp_path / 'lenient')!r} is not empty "
+        "(it holds counts.json, eval, rejected and 2 more); steps never write over an earlier run: "
+        "delete it or choose another directory"]
 
 
 def test_invalid_utf8_long_and_binary_lines_are_rejected_rows(tmp_path):
@@ -227,7 +231,8 @@ def test_invalid_utf8_long_and_binary_lines_are_rejected_rows(tmp_path):
     assert counts.rows_read == 42 + binary_lines
     assert counts.split(TRAIN)["rows"] + counts.split(EVAL)["rows"] == 40
     assert counts.rejected["line_too_long"] == 1 and counts.rejected["bad_encoding"] >= 1
-    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(tmp_path / "out")).rejected_dir).glob("*.jsonl") for line in p.open()]
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(tmp_path / "out")).rejected_dir).glob("*.jsonl")
+                for line in p.open()]
     by_id = {r["line"].split(",", 1)[0]: r for r in rejected}
     assert by_id["41"]["code"] == "bad_encoding"
     assert by_id["41"]["reason"] == "line is not UTF-8: byte 7 is 0xff (invalid start byte)"
