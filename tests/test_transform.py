@@ -1,6 +1,7 @@
 """The transform step on a tiny hand-made dataset: exact ids, z-scores, buckets, one id space per group."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.record_counts import RowCountError
 from components.transform import transform
 from esmm_model.config import config_from_dict
 from esmm_model.errors import InputError
@@ -107,3 +109,16 @@ def test_missing_split_is_named(tmp_path):
         f.unlink()
     with pytest.raises(InputError, match="eval"):
         transform(CONFIG, tmp_path / "ingest", tmp_path / "out", ["--runner=DirectRunner"])
+
+
+@pytest.mark.slow
+def test_rows_missing_against_ingestions_counts_fail_the_step_naming_split_and_counts(tmp_path):
+    ingest = write_ingest_dir(CONFIG, tmp_path / "ingest", TRAIN, EVAL)
+    counts = json.loads((ingest / "counts.json").read_text())
+    counts["train"]["rows"] = len(TRAIN) + 3  # ingestion claims three rows the files do not hold
+    (ingest / "counts.json").write_text(json.dumps(counts))
+    with pytest.raises(RowCountError) as err:
+        transform(CONFIG, ingest, tmp_path / "out", ["--runner=DirectRunner"])
+    assert str(err.value) == (f"transform wrote {len(TRAIN)} rows for the train split, but ingestion counted "
+                              f"{len(TRAIN) + 3} (lost: 3); outputs in {tmp_path / 'out' / 'transformed'} "
+                              "are incomplete")
