@@ -417,7 +417,8 @@ def _check_features(config: Config) -> None:
         if feature.kind == "dense" and method not in ("zscore", "buckets"):
             raise ConfigError(f"{where}.preprocessing: a dense feature takes zscore or buckets, not {method}")
         if feature.kind != "dense" and method not in ("hash_buckets", "vocab"):
-            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets or vocab, not {method}")
+            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets or vocab, not "
+                              f"{method}")
         if feature.shared_embedding and not feature.preprocessing.is_categorical:
             raise ConfigError(f"{where}.shared_embedding: a z-scored dense feature has no embedding to share")
         if feature.combiner != "sum" and feature.kind != "weighted_ids":
@@ -434,11 +435,14 @@ def _check_features(config: Config) -> None:
             if other.preprocessing != first.preprocessing:
                 raise ConfigError(
                     f"shared_embedding {group!r}: {first.name} and {other.name} use different preprocessing "
-                    f"({_to_plain(first.preprocessing)} vs {_to_plain(other.preprocessing)}); members of a group must map into one id space")
+                    f"({_to_plain(first.preprocessing)} vs {_to_plain(other.preprocessing)}); members of a group must "
+                    "map into one id space")
             if config.embedding_dim(other) != config.embedding_dim(first):
-                raise ConfigError(f"shared_embedding {group!r}: {first.name} and {other.name} have different embedding_dim")
+                raise ConfigError(f"shared_embedding {group!r}: {first.name} and {other.name} have different "
+                                  "embedding_dim")
             if other.dtype != first.dtype:
-                raise ConfigError(f"shared_embedding {group!r}: {first.name} is {first.dtype} but {other.name} is {other.dtype}")
+                raise ConfigError(f"shared_embedding {group!r}: {first.name} is {first.dtype} but {other.name} is "
+                                  f"{other.dtype}")
         if group in seen and config.feature(group).shared_embedding != group:
             raise ConfigError(f"shared_embedding {group!r}: the group name clashes with feature {group!r}")
 
@@ -468,7 +472,8 @@ def _check_numbers(config: Config) -> None:
     if not 0.0 < config.input.train_fraction < 1.0:
         raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
     if not 0.0 <= config.input.max_rejected_fraction <= 1.0:
-        raise ConfigError(f"input.max_rejected_fraction: must lie between 0 and 1, got {config.input.max_rejected_fraction}")
+        raise ConfigError("input.max_rejected_fraction: must lie between 0 and 1, got "
+                          f"{config.input.max_rejected_fraction}")
     positive(config.input.max_line_bytes, "input.max_line_bytes")
     positive(config.model.embedding_dim, "model.embedding_dim")
     positive(config.model.embedding_init_stddev, "model.embedding_init_stddev")
@@ -495,7 +500,8 @@ def _check_evaluation_and_push(config: Config) -> None:
             raise ConfigError(f"{where}.metric: give a metric path like cvr/clicked/auc or entire_space/cvr_auc, "
                               f"not {threshold.metric!r}")
         if threshold.metric in seen:
-            raise ConfigError(f"{where}.metric: {threshold.metric!r} is already gated by evaluation.thresholds[{seen[threshold.metric]}]; "
+            raise ConfigError(f"{where}.metric: {threshold.metric!r} is already gated by "
+                              f"evaluation.thresholds[{seen[threshold.metric]}]; "
                               f"merge the two entries")
         seen[threshold.metric] = i
         bounds = {"min": threshold.min, "max": threshold.max, "max_regression": threshold.max_regression}
@@ -551,14 +557,16 @@ def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
         where = f"kubernetes.resources.{step}"
         own = getattr(resources, step)
         for key, parse, example in (("cpu", cpu_cores, "500m or 2"), ("cpu_limit", cpu_cores, "500m or 2"),
-                                    ("memory", memory_bytes, "512Mi or 8Gi"), ("memory_limit", memory_bytes, "512Mi or 8Gi")):
+                                    ("memory", memory_bytes, "512Mi or 8Gi"),
+                                    ("memory_limit", memory_bytes, "512Mi or 8Gi")):
             value = getattr(own, key)
             if value is None:
                 continue
             try:
                 amount = parse(value)
             except ValueError:
-                raise ConfigError(f"{where}.{key}: {value!r} is not a Kubernetes quantity; write it like {example}") from None
+                raise ConfigError(f"{where}.{key}: {value!r} is not a Kubernetes quantity; write it like "
+                                  f"{example}") from None
             if amount <= 0:
                 raise ConfigError(f"{where}.{key}: must be positive, got {value!r}")
         if step == "default":
@@ -644,8 +652,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         key_hint, value_hint = args or (str, Any)
-        return types.MappingProxyType({_coerce(key_hint, key, _join(where, str(key))):
-                                       _coerce(value_hint, item, _join(where, str(key))) for key, item in value.items()})
+        items = {}
+        for key, item in value.items():
+            at = _join(where, str(key))
+            items[_coerce(key_hint, key, at)] = _coerce(value_hint, item, at)
+        return types.MappingProxyType(items)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if hint is bool:
@@ -712,7 +723,8 @@ def config_from_json(text: str) -> Config:
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """A new Config with ``overrides`` (a nested mapping, e.g. {"model": {"variant": "base"}}) deep-merged and re-validated."""
+    """A new Config with ``overrides`` (a nested mapping, e.g. {"model": {"variant": "base"}}) deep-merged
+    and re-validated."""
     def merge(base: dict, extra: dict) -> dict:
         merged = dict(base)
         for key, value in extra.items():

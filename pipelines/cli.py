@@ -20,13 +20,17 @@ DEFAULT_CONFIG = "simulator"
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="a shipped config name (simulator, aliccp, seed_layout) or a YAML path or gs:// URI (default: %(default)s)")
+                        help="a shipped config name (simulator, aliccp, seed_layout) or a YAML path or gs:// URI "
+                             "(default: %(default)s)")
 
 
 def _add_beam(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runner", help="Beam runner, overriding the config's beam.runner (e.g. DirectRunner, FlinkRunner, DataflowRunner)")
+    parser.add_argument("--runner",
+                        help="Beam runner, overriding the config's beam.runner (e.g. DirectRunner, FlinkRunner, "
+                             "DataflowRunner)")
     parser.add_argument("--beam-option", action="append", default=[], metavar="OPTION",
-                        help="extra Beam pipeline option, repeatable, passed through untouched (e.g. --beam-option=--direct_num_workers=2)")
+                        help="extra Beam pipeline option, repeatable, passed through untouched (e.g. "
+                             "--beam-option=--direct_num_workers=2)")
 
 
 def beam_args(config, args: argparse.Namespace) -> list[str]:
@@ -101,8 +105,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
     metrics = read_json(evaluation.metrics, "metrics")
     warmup = (read_examples(layout.IngestLayout(args.ingest_dir).split_pattern(layout.EVAL), max(BATCH_SIZES))
               if args.ingest_dir and blessing.blessed else ())
-    result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions, metrics,
-                  warmup)
+    result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions,
+                  metrics, warmup)
     print(blessing.describe())
     print(result.describe())
     return 0 if result.pushed else NOT_PUSHED
@@ -201,7 +205,8 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as exc:
         raise EsmmError(f"--arguments is not valid JSON: {exc}") from None
     if not isinstance(arguments, dict):
-        raise EsmmError("--arguments must be a JSON object like {\"config_path\": \"simulator\", \"input_path\": \"gs://...\"}")
+        raise EsmmError("--arguments must be a JSON object like "
+                        "{\"config_path\": \"simulator\", \"input_path\": \"gs://...\"}")
     if not os.path.isfile(args.package):  # kfp.Client reads the package from the local disk
         raise EsmmError(f"--package {args.package!r} does not exist; write it with `esmm compile`")
     request = Submission(host=args.host, package=args.package, arguments=arguments, experiment=args.experiment,
@@ -268,10 +273,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esmm", description="ESMM pipeline: simulate, ingest, transform, train, evaluate, push, serve.")
+    parser = argparse.ArgumentParser(
+        prog="esmm", description="ESMM pipeline: simulate, ingest, transform, train, evaluate, push, serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="write a click->conversion impression log with known ground truth (Ali-CCP raw format)")
+    p = sub.add_parser("simulate",
+                       help="write a click->conversion impression log with known ground truth (Ali-CCP raw format)")
     _add_config(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--rows", type=int, default=200_000, help="impressions (default: %(default)s)")
@@ -280,29 +287,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["default", "aliccp"], default="default",
                    help="target rates: default CTR 4%% / CVR 5%%, aliccp CTR 4%% / CVR 0.5%%")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--csv", action="store_true", help="also write impressions.csv (header, weighted lists as id:weight|id:weight)")
+    p.add_argument("--csv", action="store_true",
+                   help="also write impressions.csv (header, weighted lists as id:weight|id:weight)")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("ingest", help="raw logs -> tf.Example TFRecords split by time, schema, counts, rejected rows (Beam)")
+    p = sub.add_parser("ingest",
+                       help="raw logs -> tf.Example TFRecords split by time, schema, counts, rejected rows (Beam)")
     _add_config(p)
     _add_beam(p)
-    p.add_argument("--input", required=True, help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; csv: a file pattern")
+    p.add_argument("--input", required=True,
+                   help="Ali-CCP: a directory with sample_skeleton_*.csv and common_features_*.csv; "
+                        "csv: a file pattern")
     p.add_argument("--out", required=True, help="output directory (must be missing or empty)")
     _add_max_rejected(p)
     p.set_defaults(func=_cmd_ingest)
 
-    p = sub.add_parser("transform", help="tf.Transform on Beam: analyze train, transform train and eval, write the transform graph")
+    p = sub.add_parser("transform",
+                       help="tf.Transform on Beam: analyze train, transform train and eval, write the transform graph")
     _add_config(p)
     _add_beam(p)
     p.add_argument("--ingest-dir", required=True, help="output of `esmm ingest` (train/ and eval/ TFRecords)")
     p.add_argument("--out", required=True, help="output directory (transform_graph/ and transformed/)")
     p.set_defaults(func=_cmd_transform)
 
-    p = sub.add_parser("train", help="train the configured ESMM variant on transformed data and export a SavedModel for TF Serving")
+    p = sub.add_parser("train",
+                       help="train the configured ESMM variant on transformed data and export a SavedModel "
+                            "for TF Serving")
     _add_config(p)
     p.add_argument("--transform-dir", required=True, help="output of `esmm transform`")
-    p.add_argument("--out", required=True, help="output directory (checkpoints/, tensorboard/, metrics.json, model/<version>/); rerun to resume")
-    p.add_argument("--checkpoint-dir", help="keep checkpoints here instead of <out>/checkpoints (a durable volume or URI); "
+    p.add_argument("--out", required=True,
+                   help="output directory (checkpoints/, tensorboard/, metrics.json, model/<version>/); "
+                        "rerun to resume")
+    p.add_argument("--checkpoint-dir",
+                   help="keep checkpoints here instead of <out>/checkpoints (a durable volume or URI); "
                                             "a rerun with the same directory resumes")
     p.set_defaults(func=_cmd_train)
 
@@ -310,14 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"served (exit {NOT_PUSHED} when not pushed)")
     _add_config(p)
     p.add_argument("--model-dir", required=True, help="the SavedModel export directory (holds saved_model.pb)")
-    p.add_argument("--evaluation", required=True, help="the output of `esmm evaluate` for this model (blessing.json, metrics.json)")
+    p.add_argument("--evaluation", required=True,
+                   help="the output of `esmm evaluate` for this model (blessing.json, metrics.json)")
     p.add_argument("--serving-base", required=True, help="TF Serving's base path (local, mounted volume or gs:// URI); "
-                                                         "the model goes to <serving-base>/<push.model_name>/<version>/")
+                                                         "the model goes to "
+                                                         "<serving-base>/<push.model_name>/<version>/")
     p.add_argument("--ingest-dir", help="output of `esmm ingest`: its eval examples become the version's TF Serving "
                                         "warmup requests (assets.extra/tf_serving_warmup_requests)")
     p.set_defaults(func=_cmd_push)
 
-    p = sub.add_parser("serve", help="local TF-Serving-compatible gRPC server for <serving-base>/<model>/<version> (development)")
+    p = sub.add_parser("serve",
+                       help="local TF-Serving-compatible gRPC server for <serving-base>/<model>/<version> "
+                            "(development)")
     _add_config(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--serving-base", help="base path the pusher writes to; serves its latest integer version")
@@ -325,25 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "base_path, version policy and version labels, re-read every poll")
     p.add_argument("--model-name", help="model to serve (default: the config's push.model_name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port, 0 for any free one (default: %(default)s, as TF Serving)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between checks for a new version (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8500,
+                   help="gRPC port, 0 for any free one (default: %(default)s, as TF Serving)")
+    p.add_argument("--poll-interval", type=float, default=1.0,
+                   help="seconds between checks for a new version (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="request threads (default: %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("predict", help="score candidates from JSONL or CSV on TF Serving (or esmm serve) and print them ranked")
+    p = sub.add_parser("predict",
+                       help="score candidates from JSONL or CSV on TF Serving (or esmm serve) and print them ranked")
     _add_config(p)
-    p.add_argument("--candidates", required=True, help="a .jsonl or .csv file, one candidate per line, optional sim_score column")
+    p.add_argument("--candidates", required=True,
+                   help="a .jsonl or .csv file, one candidate per line, optional sim_score column")
     p.add_argument("--shared", help="a JSON object of the user and context features shared by all candidates")
-    p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port of the model server (default: %(default)s)")
+    p.add_argument("--target", default="127.0.0.1:8500",
+                   help="gRPC host:port of the model server (default: %(default)s)")
     p.add_argument("--model-name", help="served model name (default: the config's push.model_name)")
     pinned = p.add_mutually_exclusive_group()
     pinned.add_argument("--version", type=int, help="pin a model version (default: the latest)")
-    pinned.add_argument("--version-label", help="ask for the version a label names in the server's model config (stable, canary)")
-    p.add_argument("--timeout", type=float, default=2.0, help="deadline of each attempt in seconds (default: %(default)s)")
+    pinned.add_argument("--version-label",
+                        help="ask for the version a label names in the server's model config (stable, canary)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="deadline of each attempt in seconds (default: %(default)s)")
     p.add_argument("--fallback", action="store_true", help="print 0.0 scores instead of failing when serving is down")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("evaluate", help="TFMA on the raw eval split, sliced all/clicked/unclicked, with report and plots")
+    p = sub.add_parser("evaluate",
+                       help="TFMA on the raw eval split, sliced all/clicked/unclicked, with report and plots")
     _add_config(p)
     _add_beam(p)
     p.add_argument("--model-dir", required=True, help="the exported SavedModel directory (holds saved_model.pb)")
@@ -352,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-base", help="TF Serving's base path: its latest <push.model_name> version is re-scored "
                                           "on the same rows as the baseline of the gate")
     p.add_argument("--thresholds", help="override evaluation.thresholds, as a JSON list")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, blessing.json, report.md/html, plots/, tfma/)")
+    p.add_argument("--out", required=True,
+                   help="output directory (metrics.json, blessing.json, report.md/html, plots/, tfma/)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("run", help="run the whole pipeline locally under kfp.local (DirectRunner), as it runs on Kubernetes")
+    p = sub.add_parser("run",
+                       help="run the whole pipeline locally under kfp.local (DirectRunner), as it runs on Kubernetes")
     _add_config(p)
     _add_beam(p)
     p.add_argument("--input", required=True, help="raw input, as for `esmm ingest`")
@@ -382,13 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint, or schedule one")
     p.add_argument("--package", required=True, help="the YAML from `esmm compile`")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")
-    p.add_argument("--arguments", default="{}", help="pipeline arguments as JSON (config_path, input_path, serving_base, ...)")
+    p.add_argument("--arguments", default="{}",
+                   help="pipeline arguments as JSON (config_path, input_path, serving_base, ...)")
     p.add_argument("--experiment", help="KFP experiment name (default: KFP's Default)")
     p.add_argument("--run-name", help="run name, or the recurring run's name with --schedule")
     p.add_argument("--namespace", help="Kubernetes namespace of a multi-user KFP (default: the client's)")
     p.add_argument("--service-account", default=cluster.SERVICE_ACCOUNT,
                    help="service account the step pods run as (default: %(default)s, created by k8s/)")
-    p.add_argument("--pipeline-root", help="where artifacts go (a gs:// or minio:// URI; default: the KFP deployment's)")
+    p.add_argument("--pipeline-root",
+                   help="where artifacts go (a gs:// or minio:// URI; default: the KFP deployment's)")
     p.add_argument("--no-cache", action="store_true", help="run every step, ignoring KFP's cache")
     p.add_argument("--schedule", metavar="CRON", help="create a recurring run instead, e.g. '0 3 * * *' (KFP's 6-field "
                                                       "cron with seconds is accepted too)")
@@ -400,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--transform-dir", help="output of `esmm transform`")
     p.add_argument("--ingest-dir", help="output of `esmm ingest` (its eval/ split is scored)")
-    p.add_argument("--ground-truth", help="the simulator's ground_truth.csv, for entire-space CVR AUC and the oracle row")
+    p.add_argument("--ground-truth",
+                   help="the simulator's ground_truth.csv, for entire-space CVR AUC and the oracle row")
     p.add_argument("--out", required=True, help="output directory (table2.md/.csv/.png, runs.csv, sparsity.md/.png)")
     p.add_argument("--repeats", type=int, default=5, help="seeds per variant (default: %(default)s; the paper used 10)")
     p.add_argument("--variants", default=",".join(spec.table_row for spec in VARIANTS.values()),
