@@ -10,7 +10,7 @@ once into --work-dir (reused on later runs). Two table sizes:
 For each setting:
 - trainer: ``components.train.train`` for two epochs over the transformed TFRecords;
   its second epoch's examples/s (the first pays for tracing) and its eval AUCs after 2 epochs;
-- ceiling: the same model, optimizers and ``tf.function`` train step, fed batches
+- ceiling: the same model, optimizers and train step (``model.train_step`` in one ``tf.function``), fed batches
   already parsed and held in memory.
 Prints a table; trainer / ceiling is the fraction of the ceiling the input pipeline keeps.
 
@@ -42,7 +42,7 @@ from components.transform import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config  # noqa: E402
 from esmm_model.model import EsmmModel  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
-from esmm_model.training import build_optimizer_state, build_optimizers, make_train_step  # noqa: E402
+from esmm_model.training import bare_train_step, compile_for_training  # noqa: E402
 
 SETTINGS = {  # tables -> (batch size, jit_compile, embedding optimizer, embedding learning rate)
     "small": ((4096, False, "same", None), (4096, False, "lazy_adam", None), (4096, False, "adagrad", 0.05)),
@@ -93,14 +93,13 @@ def ceiling(config: Config, transformed: layout.TransformLayout, steps: int = 30
     batches = [b for b in data.take(8) if int(tf.shape(b[1]["click"])[0]) == config.training.batch_size]
     model = EsmmModel(config, table_sizes(config, tft_output))
     model(batches[0][0])
-    optimizers = build_optimizers(config.training)
-    build_optimizer_state(model, optimizers)
-    step = make_train_step(model, config.training, optimizers)
-    for i, (inputs, labels) in enumerate(batches):  # trace and compile every padded shape once
-        step(inputs, labels, tf.constant(i, tf.int64))
+    compile_for_training(model, config.training)
+    step = bare_train_step(model)
+    for inputs, labels in batches:  # trace and compile every padded shape once
+        step(inputs, labels)
     started = time.perf_counter()
-    for i, (inputs, labels) in zip(range(steps), itertools.cycle(batches)):
-        float(step(inputs, labels, tf.constant(i, tf.int64))["loss"])
+    for _, (inputs, labels) in zip(range(steps), itertools.cycle(batches)):
+        float(step(inputs, labels)["loss"])
     return steps * config.training.batch_size / (time.perf_counter() - started)
 
 

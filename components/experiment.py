@@ -1,8 +1,8 @@
 """Seeded comparisons of model variants on one dataset, scored against the simulator's ground truth.
 
 The machinery behind ``esmm experiment`` (the paper's Table 2 and Figure 3), the ablations
-and the learning curve. Each run trains with the trainer's own pieces (``build_optimizers``,
-``make_train_step``, the trainer's windowed shuffle) on the transformed train split, parsed
+and the learning curve. Each run trains with the trainer's own pieces (``compile_for_training``,
+the model's ``train_step``, the trainer's windowed shuffle) on the transformed train split, parsed
 once and held in memory so that seeds × variants do not re-read TFRecords; it scores the raw
 eval split through the tf.Transform graph, joined to the ground truth by ``sample_id``.
 
@@ -34,7 +34,7 @@ from esmm_model.metrics import exact_auc
 from esmm_model.model import PAD_MULTIPLE, EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import SAMPLE_ID, feature_spec
-from esmm_model.training import build_optimizer_state, build_optimizers, make_train_step
+from esmm_model.training import bare_train_step, compile_for_training
 from esmm_model.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -179,17 +179,16 @@ def fit_and_predict(data: Data, config: Config, *, seed: int, fraction: float = 
     batch_size = training.batch_size
     model = EsmmModel(config, data.table_sizes)
     model(data.train.batch(rows[:batch_size])[0])
-    optimizers = build_optimizers(training)
-    build_optimizer_state(model, optimizers)
-    train_step = make_train_step(model, training, optimizers)
-    step, examples, started = 0, 0, time.perf_counter()
+    compile_for_training(model, training)
+    train_step = bare_train_step(model)
+    examples, started = 0, time.perf_counter()
     for epoch in range(training.epochs):
         order = epoch_order(rows, batch_size, shuffle, rng)
+        model.reset_metrics()
         losses = {}
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            losses = train_step(*data.train.batch(batch), tf.constant(step, tf.int64))
-            step += 1
+            losses = train_step(*data.train.batch(batch))
             examples += len(batch)
         if not math.isfinite(float(losses["loss"])):
             raise InputError(f"{config.model.variant}: the loss became {float(losses['loss'])} in epoch {epoch + 1} "

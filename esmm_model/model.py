@@ -8,11 +8,14 @@ needed no clipping).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import tensorflow as tf
 import tf_keras as keras
 
-from esmm_model.config import LABELS, Config
+from esmm_model.config import LABEL_CLICK, LABELS, Config
 from esmm_model.layers import FeatureEmbeddings, Tower
+from esmm_model.losses import variant_loss
 from esmm_model.variants import VARIANTS
 
 PAD_MULTIPLE = 8
@@ -41,7 +44,13 @@ def model_inputs(config: Config, transformed: dict) -> tuple[dict[str, tf.Tensor
 
 class EsmmModel(keras.Model):
     """Outputs logits ``ctr_logit`` and ``cvr_logit`` (division: ``ctcvr_logit``) and
-    probabilities ``ctr``, ``cvr``, ``ctcvr``, each of shape [batch]."""
+    probabilities ``ctr``, ``cvr``, ``ctcvr``, each of shape [batch].
+
+    ``train_step`` (what ``fit`` runs, and the benchmark's and experiments' bare step) minimises
+    the variant's loss (``esmm_model.losses``) with the compiled optimizer and, when
+    ``compile_for_training`` is given one, a second optimizer for the embedding tables; it
+    reports the epoch's running mean of every loss part.
+    """
 
     def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
         super().__init__(**kwargs)
@@ -55,6 +64,43 @@ class EsmmModel(keras.Model):
             self.second_embeddings = FeatureEmbeddings(config, table_sizes, name=f"{second}_embeddings")
         self.ctr_tower = Tower(config.model, name="ctr_tower")
         self.second_tower = Tower(config.model, name=f"{second}_tower")
+
+    def compile_for_training(self, optimizer: keras.optimizers.Optimizer,
+                             embedding_optimizer: Optional[keras.optimizers.Optimizer], *, seed: int,
+                             jit_compile: bool) -> None:
+        """``compile`` plus the tables' optimizer (None: ``optimizer`` updates them too) and the
+        seed of the stateless sampling some losses draw (per step: ``(seed, optimizer step)``)."""
+        self.compile(optimizer=optimizer, jit_compile=jit_compile)
+        self.embedding_optimizer = embedding_optimizer
+        self.training_seed = seed
+        parts = ("loss", "ctr_loss", f"{self.spec.loss}_loss")  # variant_loss's keys
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in parts}
+        self.examples_seen = keras.metrics.Sum(name="examples")
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Reset by ``fit`` at every epoch's start: the loss parts' means and the examples trained on."""
+        return [*self.loss_trackers.values(), self.examples_seen] if hasattr(self, "loss_trackers") else []
+
+    def train_step(self, data) -> dict[str, tf.Tensor]:
+        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        seed = tf.stack([tf.cast(self.training_seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        with tf.GradientTape() as tape:
+            losses = variant_loss(self.model_config, labels, self(inputs, training=True), seed)
+            # Each replica's gradients are summed across replicas: scale its mean loss to their mean.
+            replica_loss = losses["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.trainable_variables
+        pairs = list(zip(tape.gradient(replica_loss, variables), variables))
+        if self.embedding_optimizer is None:
+            self.optimizer.apply_gradients(pairs)
+        else:
+            tables = {id(v) for v in self.embedding_variables()}
+            self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in tables])
+            self.embedding_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in tables])
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(value)
+        self.examples_seen.update_state(tf.cast(tf.shape(labels[LABEL_CLICK])[0], tf.float32))
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
     def embedding_variables(self) -> list[tf.Variable]:
         """The embedding tables, which ``training.embedding_optimizer`` may update sparsely."""

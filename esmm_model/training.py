@@ -1,4 +1,4 @@
-"""Optimizers and the compiled train step, shared by the trainer and the benchmark."""
+"""Optimizers and the compiled model, shared by the trainer, the experiments and the benchmark."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +8,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from esmm_model.config import TrainingConfig
-from esmm_model.losses import variant_loss
 from esmm_model.model import EsmmModel
 from esmm_model.optimizers import LazyAdam
 
-TrainStep = Callable[[dict, dict, tf.Tensor], dict]
+TrainStep = Callable[[dict, dict], dict]
 
 
 @dataclass
@@ -53,22 +52,18 @@ def build_optimizer_state(model: EsmmModel, optimizers: Optimizers) -> None:
         optimizers.embedding.build(model.embedding_variables())
 
 
-def make_train_step(model: EsmmModel, training: TrainingConfig, optimizers: Optimizers) -> TrainStep:
-    """A ``tf.function`` (XLA when ``training.jit_compile``): (inputs, labels, step) -> losses."""
-    model_config = model.model_config
-    embedding_ids = {id(v) for v in model.embedding_variables()} if optimizers.embedding else set()
+def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
+    """Compiles the built ``model`` with ``training``'s optimizers (their state created now, so a
+    checkpoint restores eagerly); ``model.train_step`` is then the train step everywhere."""
+    optimizers = build_optimizers(training)
+    model.compile_for_training(optimizers.main, optimizers.embedding, seed=training.seed,
+                               jit_compile=training.jit_compile)
+    build_optimizer_state(model, optimizers)
 
-    @tf.function(jit_compile=training.jit_compile, reduce_retracing=True)
-    def train_step(inputs: dict, labels: dict, step: tf.Tensor) -> dict:
-        with tf.GradientTape() as tape:
-            outputs = model(inputs, training=True)
-            losses = variant_loss(model_config, labels, outputs, tf.stack([tf.cast(training.seed, tf.int64), step]))
-        variables = model.trainable_variables
-        gradients = tape.gradient(losses["loss"], variables)
-        pairs = list(zip(gradients, variables))
-        optimizers.main.apply_gradients([(g, v) for g, v in pairs if id(v) not in embedding_ids])
-        if optimizers.embedding:
-            optimizers.embedding.apply_gradients([(g, v) for g, v in pairs if id(v) in embedding_ids])
-        return losses
 
-    return train_step
+def bare_train_step(model: EsmmModel) -> TrainStep:
+    """``model.train_step`` as one ``tf.function`` (XLA when compiled so): (inputs, labels) -> the
+    running mean of each loss part since the last ``model.reset_metrics()``. For loops that
+    feed batches from memory (experiments, the benchmark's ceiling) without ``fit``'s machinery."""
+    return tf.function(lambda inputs, labels: model.train_step((inputs, labels)),
+                       jit_compile=bool(model.jit_compile), reduce_retracing=True)

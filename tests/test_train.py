@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import layout
+from components import layout, train_callbacks
 from components.train import NonFiniteLossError, train
+from components.train_callbacks import latest_backup
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.errors import InputError
@@ -101,7 +102,7 @@ def test_exported_signature_matches_the_in_process_model(data, esmm_run):
     config = tiny_config()
     tft_output = tft.TFTransformOutput(layout.TransformLayout(transform_root).graph)
     model = EsmmModel(config, table_sizes(config, tft_output))
-    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(layout.TrainLayout(str(out)).default_checkpoints)).expect_partial()
+    tf.train.Checkpoint(model=model).restore(latest_backup(layout.TrainLayout(str(out)).default_checkpoints)).expect_partial()
     raw = tf.io.parse_example([make_example(config, r) for r in eval_rows], feature_spec(config))
     expected = model(model_inputs(config, tft_output.transform_raw_features(raw))[0])
 
@@ -168,3 +169,46 @@ def test_the_export_uses_only_ops_the_pinned_tf_serving_registers(esmm_run):
     used = serving_compat.ops_used(esmm_run[1].export_dir)
     assert {"ParseExampleV2", "ResourceGather"} <= used  # the serving signature parses and looks up embeddings
     assert not used - registered, f"TensorFlow {serving_tf} lacks {sorted(used - registered)}; see make serving-compat"
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_mid_epoch_resumes_at_the_next_batch(data, esmm_run, tmp_path, monkeypatch):
+    """Backups every 2 steps; the run dies at the end of epoch 1 (after the backup of step 4, before
+    the epoch's own): the rerun trains step 5 only, on the batch the uninterrupted run saw."""
+    def preempted(self, epoch, logs=None):
+        raise RuntimeError("preempted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_callbacks.EpochEvaluation, "on_epoch_end", preempted)
+        with pytest.raises(RuntimeError, match="preempted"):
+            train(tiny_config(), data[0], tmp_path, version=1, checkpoint_every=2)
+    checkpoints = layout.TrainLayout(str(tmp_path)).default_checkpoints
+    assert train_callbacks.backed_up_position(checkpoints, STEPS_PER_EPOCH) == (0, 4)
+    resumed = train(tiny_config(), data[0], tmp_path, version=1, checkpoint_every=2)
+    assert resumed.step == STEPS_PER_EPOCH
+    def learned(entry: dict) -> dict:  # the train loss covers only the steps this run did
+        return {k: v for k, v in entry.items() if k not in ("examples_per_second", "train_loss")}
+
+    assert learned(resumed.metrics["final"]) == learned(esmm_run[1].metrics["final"])
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_training_and_a_rerun_does_not_train_again(data, tmp_path):
+    """A learning rate too small to move float32 weights: the eval AUC never improves after epoch 1."""
+    config = tiny_config(epochs=5, early_stopping_patience=1, learning_rate=1e-12, embedding_optimizer="same")
+    stopped = train(config, data[0], tmp_path, version=1)
+    assert [h["epoch"] for h in stopped.metrics["history"]] == [1, 2]
+    assert stopped.metrics["history"][0]["ctcvr_auc"] == stopped.metrics["history"][1]["ctcvr_auc"]
+    again = train(config, data[0], tmp_path, version=2)
+    assert again.step == stopped.step == 2 * STEPS_PER_EPOCH
+    assert again.metrics["history"] == stopped.metrics["history"]
+
+
+@pytest.mark.slow
+def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(data, tmp_path, capsys):
+    train(tiny_config(), data[0], tmp_path, version=1, log_every=2)
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x1b[" not in out
+    assert re.search(r"^train: epoch 1 step 4: loss \d\.\d+ ctr_loss \d\.\d+ ctcvr_loss \d\.\d+, [\d,]+ examples/s$",
+                     out, re.M)
+    assert re.search(r'^train: epoch 1: \{"epoch": 1, "step": 5, "train_loss"', out, re.M)
