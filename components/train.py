@@ -1,10 +1,13 @@
-"""Train step: reads transformed TFRecords, trains the configured variant, exports for TF Serving.
+"""Train step: reads transformed TFRecords, trains the configured variant with ``model.fit``, exports for TF Serving.
+
+It runs unchanged in one process or as one of N workers of a ``TF_CONFIG`` cluster
+(``components.distribution``); only the chief writes the outputs below.
 
 Layout under ``out_dir`` (``components.layout.TrainLayout``):
 - ``checkpoints/`` (or the ``checkpoint_dir`` given, e.g. on a work volume keyed by the
-  pipeline run): the latest checkpoints (model, optimizers, step, epoch, step in epoch) and
-  ``history.json``; a rerun with the same checkpoints resumes where the last one stopped,
-  mid-epoch included;
+  pipeline run): Keras' ``BackupAndRestore`` backup in ``chief/`` (model, optimizers, epoch,
+  step in epoch) and ``history.json``; a rerun with the same checkpoints resumes where the
+  last one stopped, mid-epoch included;
 - ``tensorboard/train``: scalars ``loss``, ``ctr_loss``, ``ctcvr_loss`` (esmm, esmm_ns,
   division) or ``cvr_loss`` (the others), ``examples_per_second``, by global step;
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -29,7 +33,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from components import layout, storage, train_callbacks as callbacks
+from components import distribution, layout, storage, train_callbacks as callbacks
 from components.train_callbacks import NonFiniteLossError
 from components.output_dir import require_empty
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
@@ -50,15 +54,19 @@ HISTORY_FILE = "history.json"  # beside the checkpoints: the epochs a resumed ru
 class TrainResult:
     """What a training run produced."""
 
-    export_dir: str
+    export_dir: Optional[str]  # None on a worker that is not the chief
     step: int
     metrics: dict[str, Any]
 
 
 def make_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str, *, batch_size: int,
-                 shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+                 shuffle_seed: Optional[int] = None, shards: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Batches of (model inputs, labels) from transformed GZIP TFRecords: files read in parallel,
-    batches parsed in parallel, deterministic order (shuffled by ``shuffle_seed`` when given)."""
+    batches parsed in parallel, deterministic order (shuffled by ``shuffle_seed`` when given).
+
+    shards: (count, index): of every batch of n records, only rows [index·n/count, (index+1)·n/count)
+    are parsed and kept (one worker's part of a global batch); batches of fewer than count
+    records are dropped, so every worker sees the same number of non-empty batches."""
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise InputError(f"no transformed examples at {pattern!r}; run `esmm transform` first")
@@ -77,6 +85,13 @@ def make_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str
                   records, seed=tf.stack([tf.cast(shuffle_seed, tf.int64), i])),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
               .rebatch(batch_size))
+    count, index = shards
+    if count > 1:
+        def part(records: tf.Tensor) -> tf.Tensor:
+            n = tf.shape(records, out_type=tf.int64)[0]
+            return records[index * n // count:(index + 1) * n // count]
+
+        ds = ds.filter(lambda records: tf.shape(records)[0] >= count).map(part)
     ds = ds.map(lambda serialized: model_inputs(config, tf.io.parse_example(serialized, spec)),
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -109,8 +124,13 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     version: the export's version directory name (default: seconds since the epoch).
     Raises NonFiniteLossError naming the step when the loss becomes NaN or infinite.
     """
-    require_empty(str(out_dir), "train", resumable=layout.TrainLayout.OWN_ENTRIES)
-    paths, transformed = layout.TrainLayout(str(out_dir)), layout.TransformLayout(str(transform_root))
+    strategy = distribution.strategy_for(config.training)
+    chief = distribution.is_chief(strategy)
+    if chief:
+        require_empty(str(out_dir), "train", resumable=layout.TrainLayout.OWN_ENTRIES)
+    # Other workers write their TensorBoard files to a throwaway directory and export nothing.
+    paths = layout.TrainLayout(str(out_dir) if chief else tempfile.mkdtemp(prefix="esmm-worker-"))
+    transformed = layout.TransformLayout(str(transform_root))
     checkpoint_dir = checkpoint_dir or paths.default_checkpoints
     training = config.training
     keras.utils.set_random_seed(training.seed)
@@ -119,12 +139,14 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     train_pattern = transformed.split_pattern(layout.TRAIN)
     first_eval = _first_batch(eval_data, transformed.split_pattern(layout.EVAL))
     _first_batch(make_dataset(config, tft_output, train_pattern, batch_size=1), train_pattern)
-    steps_per_epoch = _steps_per_epoch(train_pattern, training.batch_size, training.steps_per_epoch)
+    replicas = strategy.num_replicas_in_sync
+    steps_per_epoch = _steps_per_epoch(train_pattern, training.batch_size, training.steps_per_epoch, replicas)
 
     sizes = table_sizes(config, tft_output)
-    model = EsmmModel(config, sizes)
-    model(first_eval[0])
-    compile_for_training(model, training)
+    with strategy.scope():
+        model = EsmmModel(config, sizes)
+        model(first_eval[0])
+        compile_for_training(model, training)
     first_epoch, first_step = callbacks.backed_up_position(checkpoint_dir, steps_per_epoch)
     history_path = layout.join(checkpoint_dir, HISTORY_FILE)
     resumed = (first_epoch or first_step) and tf.io.gfile.exists(history_path)
@@ -134,21 +156,27 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
         log.info("train: resuming from %s at epoch %d, step %d of %d", checkpoint_dir, first_epoch + 1,
                  first_step, steps_per_epoch)
     if first_epoch < training.epochs and not callbacks.should_stop(history, training.early_stopping_patience):
-        def epoch_data(epoch: tf.Tensor) -> tf.data.Dataset:
-            return make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size,
-                                shuffle_seed=training.seed + epoch).take(steps_per_epoch)
-
-        # One stream over the remaining epochs, each reshuffled by its own seed, entered where the
-        # backup left off: fit then runs steps_per_epoch batches per epoch from it.
-        data = (tf.data.Dataset.range(first_epoch, training.epochs).flat_map(epoch_data)
+        def stream(shards: tuple[int, int]) -> tf.data.Dataset:
+            """One stream over the remaining epochs, each reshuffled by its own seed, entered where
+            the backup left off: fit runs steps_per_epoch batches per epoch from it."""
+            return (tf.data.Dataset.range(first_epoch, training.epochs).flat_map(
+                lambda epoch: make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size,
+                                           shuffle_seed=training.seed + epoch, shards=shards).take(steps_per_epoch))
                 .skip(first_step).prefetch(tf.data.AUTOTUNE))
+
+        if replicas == 1:
+            data = stream((1, 0))
+        else:  # each worker reads every global batch's records and parses its own slice of them
+            data = strategy.distribute_datasets_from_function(
+                lambda context: stream((context.num_input_pipelines, context.input_pipeline_id)),
+                tf.distribute.InputOptions(experimental_fetch_to_device=False))
         interactive = sys.stdout.isatty()
         model.fit(data, epochs=training.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   verbose=1 if interactive else 2, callbacks=[
                       callbacks.NonFiniteLoss(config.model.variant, training.learning_rate),
                       callbacks.TrainScalars(paths.tensorboard("train"), log_every, print_progress=not interactive),
                       callbacks.EpochEvaluation(lambda: evaluate(model, eval_data), paths.tensorboard("eval"),
-                                                history, history_path),
+                                                history, history_path, write=chief),
                       *([callbacks.ResumedEarlyStopping(training.early_stopping_patience, history)]
                         if training.early_stopping_patience else []),
                       callbacks.EpochBackupAndRestore(checkpoint_dir, save_freq=checkpoint_every,
@@ -157,19 +185,22 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
         callbacks.restore_backup(model, checkpoint_dir)
 
     metrics = {"variant": config.model.variant, "history": history, "final": history[-1] if history else None}
+    if not chief:
+        return TrainResult(None, callbacks.global_step(model), metrics)
     storage.write_text(paths.metrics, json.dumps(metrics, indent=2))
     export_dir = _export(config, _serving_copy(config, sizes, model, first_eval[0]), transformed.graph, paths,
                          version if version is not None else int(time.time()), metrics)
     log.info("train: exported %s", export_dir)
-    return TrainResult(export_dir, int(model.optimizer.iterations), metrics)
+    return TrainResult(export_dir, callbacks.global_step(model), metrics)
 
 
-def _steps_per_epoch(pattern: str, batch_size: int, configured: Optional[int]) -> int:
-    """Batches in one pass over the split's examples (counted), at most ``configured``."""
+def _steps_per_epoch(pattern: str, batch_size: int, configured: Optional[int], shards: int) -> int:
+    """Batches in one pass over the split's examples (counted), at most ``configured``; a last
+    batch too small to give each of ``shards`` workers a row is dropped (``make_dataset``)."""
     files = sorted(tf.io.gfile.glob(pattern))
     examples = int(tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
                    .reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-    batches = -(-examples // batch_size)
+    batches = -(-examples // batch_size) - (0 < examples % batch_size < shards)
     return min(batches, configured) if configured else batches
 
 

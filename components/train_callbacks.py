@@ -37,6 +37,11 @@ def write_scalars(writer: tf.summary.SummaryWriter, values: dict[str, float], st
     writer.flush()
 
 
+def global_step(model: keras.Model) -> int:
+    """Steps trained so far (the optimizer's step, which the backups carry)."""
+    return int(model.optimizer.iterations.numpy())
+
+
 class NonFiniteLoss(keras.callbacks.TerminateOnNaN):
     """TerminateOnNaN that fails the run with one line naming the step and the fix, instead of
     stopping quietly with a model that would be exported."""
@@ -52,7 +57,7 @@ class NonFiniteLoss(keras.callbacks.TerminateOnNaN):
         loss = float((logs or {}).get("loss", 0.0))  # the epoch's running mean: non-finite once any step was
         if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"the {self._variant} loss became {loss} at step {int(self.model.optimizer.iterations)} "
+                f"the {self._variant} loss became {loss} at step {global_step(self.model)} "
                 f"(epoch {self._epoch + 1}); lower training.learning_rate (now {self._learning_rate}) "
                 f"or check the input features")
 
@@ -76,7 +81,7 @@ class TrainScalars(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
         self._batches += 1
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         if step % self._every:
             return
         means = {name: float(value) for name, value in (logs or {}).items()}
@@ -115,7 +120,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         seconds = time.perf_counter() - self._started
         examples = float(self.model.examples_seen.result())
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         metrics = self._evaluate()
         write_scalars(self._writer, {k: v for k, v in metrics.items() if isinstance(v, float)}, step)
         loss = (logs or {}).get("loss")

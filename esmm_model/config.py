@@ -149,6 +149,8 @@ class TrainingConfig:
     seed: int = 42
     early_stopping_patience: Optional[int] = None
     jit_compile: bool = False
+    # With TF_CONFIG set: auto = parameter_server when it names ps tasks, else multi_worker_mirrored.
+    distribution: Literal["auto", "multi_worker_mirrored", "parameter_server"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ class EsmmModel(keras.Model):
         with tf.GradientTape() as tape:
             losses = variant_loss(self.model_config, labels, self(inputs, training=True), seed)
             # Each replica's gradients are summed across replicas: scale its mean loss to their mean.
-            replica_loss = losses["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            replica_loss = losses["loss"] / replicas
         variables = self.trainable_variables
         pairs = list(zip(tape.gradient(replica_loss, variables), variables))
         if self.embedding_optimizer is None:
@@ -100,7 +101,8 @@ class EsmmModel(keras.Model):
         for name, value in losses.items():
             self.loss_trackers[name].update_state(value)
         self.examples_seen.update_state(tf.cast(tf.shape(labels[LABEL_CLICK])[0], tf.float32))
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        # fit sums what each replica returns: report each replica's share of the mean.
+        return {name: tracker.result() / replicas for name, tracker in self.loss_trackers.items()}
 
     def embedding_variables(self) -> list[tf.Variable]:
         """The embedding tables, which ``training.embedding_optimizer`` may update sparsely."""

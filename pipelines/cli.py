@@ -84,12 +84,16 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from components.distribution import serve_if_not_coordinator
     from components.train import train
     from esmm_model.config import load_config
 
     config = load_config(args.config)
+    if serve_if_not_coordinator(config.training):
+        return
     result = train(config, args.transform_dir, args.out, checkpoint_dir=args.checkpoint_dir)
-    print(f"exported {result.export_dir} after {result.step} steps; final eval: {result.metrics['final']}")
+    where = f"exported {result.export_dir}" if result.export_dir else "worker done (the chief exports)"
+    print(f"{where} after {result.step} steps; final eval: {result.metrics['final']}")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
