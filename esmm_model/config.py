@@ -261,6 +261,9 @@ class KubernetesConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     retries: int = 2
     retry_backoff_s: int = 60
+    # 0: the train step trains in its own pod; N: it runs a TFJob of N workers (pipelines.tfjob),
+    # which needs the work volume.
+    train_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -554,6 +557,9 @@ def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
         raise ConfigError(f"kubernetes.retries: must be zero or more, got {kubernetes.retries}")
     if kubernetes.retry_backoff_s < 1:
         raise ConfigError(f"kubernetes.retry_backoff_s: must be at least 1 second, got {kubernetes.retry_backoff_s}")
+    if kubernetes.train_workers < 0:
+        raise ConfigError(f"kubernetes.train_workers: 0 trains in the step's pod, N >= 1 in a TFJob of N workers; "
+                          f"got {kubernetes.train_workers}")
     resources = kubernetes.resources
     for step in ("default", *BUILTIN_RESOURCES):
         where = f"kubernetes.resources.{step}"

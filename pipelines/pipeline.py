@@ -62,7 +62,9 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
         transform = steps.transform(config=config, beam_runner=beam_runner, beam_options=beam_options,
                                     beam_worker_image=beam_worker_image, examples=ingest.outputs["examples"])
         # The ESMM variant, exported with the transform graph inside serving_default.
-        train = steps.train(config=config, work_root=work_root, transformed=transform.outputs["transformed"])
+        # In the step's pod, or (kubernetes.train_workers) as a TFJob of N workers in the same image.
+        train = steps.train(config=config, work_root=work_root, transformed=transform.outputs["transformed"],
+                            tfjob_image=image if on_cluster else None)
         # The candidate and the served model scored on the raw eval split, TFMA sliced all / clicked /
         # unclicked, entire-space metrics, and the blessing judged on those same rows.
         evaluate = steps.evaluate(config=config, input_fingerprint=fingerprint, serving_base=serving_base,

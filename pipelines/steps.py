@@ -79,13 +79,16 @@ def transform_step(config: str, examples: Input[Dataset], transformed: Output[Da
               artifact_location(args, transformed.uri, transformed.path), args)
 
 
-def train_step(config: str, transformed: Input[Dataset], model: Output[Model], work_root: Optional[str] = None):
+def train_step(config: str, transformed: Input[Dataset], model: Output[Model], work_root: Optional[str] = None,
+               tfjob_image: Optional[str] = None):
     """Trains the ESMM variant and exports the serving SavedModel; its metadata locates it (layout.SAVED_MODEL_KEY).
 
     With ``work_root`` (a work volume or an object-store URI), checkpoints go to a directory
     keyed by this task's output URI, which KFP hands a retried pod unchanged and no other task
     or run shares: a retried pod resumes where the last one stopped. Without it they stay
-    inside the model artifact.
+    inside the model artifact. With ``kubernetes.train_workers`` set in the config (and
+    ``tfjob_image``, which the compiled pipeline passes), training runs as a TFJob of that many
+    workers in that image (``pipelines.tfjob``), staged on the work volume.
     """
     import hashlib
 
@@ -95,12 +98,28 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
 
     run_config = config_from_json(config)
     run_key = hashlib.sha256(model.uri.encode()).hexdigest()[:20]
-    checkpoints = layout.checkpoint_dir(work_root, run_key) if work_root else None
-    print(f"checkpoints: {checkpoints or 'inside the model artifact'}")
-    result = train(run_config, transformed.path, model.path, checkpoint_dir=checkpoints)
-    model.metadata[layout.SAVED_MODEL_KEY] = layout.TrainLayout(model.path).relative(result.export_dir)
+    workers = run_config.kubernetes.train_workers
+    if workers and tfjob_image:
+        import json
+
+        from components import storage
+        from esmm_model.errors import ConfigError
+        from pipelines.tfjob import train_as_tfjob
+
+        if not work_root:
+            raise ConfigError("kubernetes.train_workers: a TFJob needs the work volume (compile with a work PVC)")
+        export_dir = train_as_tfjob(config, transformed.path, model.path, image=tfjob_image, workers=workers,
+                                    resources=run_config.kubernetes.resources.for_step("train"),
+                                    work_root=work_root, run_key=run_key)
+        steps = json.loads(storage.read_text(layout.TrainLayout(model.path).metrics))["final"]["step"]
+    else:
+        checkpoints = layout.checkpoint_dir(work_root, run_key) if work_root else None
+        print(f"checkpoints: {checkpoints or 'inside the model artifact'}")
+        result = train(run_config, transformed.path, model.path, checkpoint_dir=checkpoints)
+        export_dir, steps = result.export_dir, result.step
+    model.metadata[layout.SAVED_MODEL_KEY] = layout.TrainLayout(model.path).relative(export_dir)
     model.metadata["variant"] = run_config.model.variant
-    model.metadata["steps"] = result.step
+    model.metadata["steps"] = steps
 
 
 def evaluate_step(config: str, input_fingerprint: str, serving_base: str, examples: Input[Dataset],
