@@ -33,9 +33,10 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from components import distribution, layout, storage, train_callbacks as callbacks
-from components.train_callbacks import NonFiniteLossError
+from components import distribution, layout, storage
+from components import train_callbacks as callbacks
 from components.output_dir import require_empty
+from components.train_callbacks import NonFiniteLossError  # noqa: F401  (what train() raises on a NaN loss)
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config
 from esmm_model.errors import InputError
 from esmm_model.export import OUTPUTS, save_serving_model

@@ -91,7 +91,7 @@ def tfjob_manifest(name: str, image: str, workers: int, resources: StepResources
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TFJob",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "esmm-train", "app.kubernetes.io/part-of": "esmm"}},
+        "metadata": {"name": name, "labels": dict(pod["metadata"]["labels"])},
         "spec": {
             # A failed pod restarts (and resumes from the backup on the work volume) up to backoffLimit times.
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3, "ttlSecondsAfterFinished": 86400},
@@ -134,7 +134,8 @@ def run_tfjob(manifest: dict[str, Any], namespace: str, *, api: Any = None, time
         if state == "Succeeded":
             return job
         if state == "Failed":
-            message = next((c.get("message", "") for c in reversed(job["status"]["conditions"]) if c["type"] == "Failed"), "")
+            message = next((c.get("message", "") for c in reversed(job["status"]["conditions"])
+                            if c["type"] == "Failed"), "")
             raise TFJobFailed(f"TFJob {namespace}/{name} failed: {message}; see `kubectl logs -n {namespace} "
                               f"-l training.kubeflow.org/job-name={name}`")
         if waited >= timeout_s:

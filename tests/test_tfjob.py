@@ -127,8 +127,8 @@ def test_the_train_step_stages_submits_waits_and_copies_the_export_back(tmp_path
 
 
 def test_a_failed_or_existing_tfjob(tmp_path):
-    manifest = tfjob_manifest("esmm-train-x", DEFAULT_IMAGE, 2, load_config("simulator").kubernetes.resources.for_step("train"),
-                              TFJobPaths.for_run(str(tmp_path), "x"))
+    resources = load_config("simulator").kubernetes.resources.for_step("train")
+    manifest = tfjob_manifest("esmm-train-x", DEFAULT_IMAGE, 2, resources, TFJobPaths.for_run(str(tmp_path), "x"))
     failed = FakeApi([{"type": "Running", "status": "True"},
                       {"type": "Failed", "status": "True", "message": "worker-1 OOMKilled"}], exists=True)
     with pytest.raises(TFJobFailed, match=r"TFJob esmm/esmm-train-x failed: worker-1 OOMKilled; see `kubectl logs"):
