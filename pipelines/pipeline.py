@@ -64,7 +64,7 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
         # The ESMM variant, exported with the transform graph inside serving_default.
         # In the step's pod, or (kubernetes.train_workers) as a TFJob of N workers in the same image.
         train = steps.train(config=config, work_root=work_root, transformed=transform.outputs["transformed"],
-                            tfjob_image=image if on_cluster else None)
+                            **({"tfjob_image": image} if on_cluster else {}))
         # The candidate and the served model scored on the raw eval split, TFMA sliced all / clicked /
         # unclicked, entire-space metrics, and the blessing judged on those same rows.
         evaluate = steps.evaluate(config=config, input_fingerprint=fingerprint, serving_base=serving_base,

@@ -12,6 +12,7 @@ from kfp import components
 from scipy.stats import mannwhitneyu
 
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
+from components.train_callbacks import latest_backup
 from esmm_model.config import load_config, read_config_text, with_overrides
 from esmm_model.errors import EsmmError
 from pipelines import cluster
@@ -70,7 +71,7 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
                      "evaluate-step/evaluation/roc.json", "push-step/pushed"):
         assert (run_dir / artifact).exists(), artifact
     (checkpoints,) = (tiny / "run" / "work").glob("*/train/checkpoints")  # keyed by this run's train task
-    assert tf.train.latest_checkpoint(str(checkpoints)) is not None
+    assert latest_backup(str(checkpoints)) is not None
     metrics = first.metrics
     assert metrics["ctr"]["clicked"]["example_count"] + metrics["ctr"]["unclicked"]["example_count"] == 2_000
     assert first.blessing["status"] == "BLESSED" and first.pushed["pushed"] and first.pushed["version"] == 1

@@ -13,6 +13,7 @@ import yaml
 
 from components import layout, storage
 from components.blessing import bless, write_blessing
+from components.train_callbacks import latest_backup
 from components.transform import transform
 from esmm_model.config import load_config
 from esmm_model.schema import OUTPUTS
@@ -54,7 +55,7 @@ def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch
     export = layout.join(export_base, version)
     assert tf.saved_model.contains_saved_model(export)
     assert tf.io.gfile.exists(layout.record_file(export, layout.RECORD_CONFIG))
-    assert tf.train.latest_checkpoint(checkpoints) is not None
+    assert latest_backup(checkpoints) is not None
 
     evaluation = layout.EvaluationLayout(layout.join(root, "evaluation"))  # what the evaluate step leaves
     metrics = {"ctr": {"all": {"auc": 0.61}}}
