@@ -131,6 +131,14 @@ def test_resume_continues_the_step_count(data, esmm_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_steps_per_epoch_caps_each_epoch(data, tmp_path):
+    assert STEPS_PER_EPOCH > 2
+    result = train(tiny_config(epochs=2, steps_per_epoch=2), data[0], tmp_path, version=1)
+    assert result.step == 4
+    assert [(h["epoch"], h["step"]) for h in result.metrics["history"]] == [(1, 2), (2, 4)]
+
+
+@pytest.mark.slow
 def test_a_retried_step_resumes_from_checkpoints_kept_outside_its_output(data, tmp_path):
     """A retried pod gets a fresh output artifact; the run-keyed checkpoint directory carries it on."""
     checkpoints = str(tmp_path / "work" / "run-1" / "checkpoints")
