@@ -27,9 +27,11 @@ demo: $(STAMP)
 	$(BIN)/esmm demo --out $(DEMO_DIR)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Builds the component image every pipeline step runs in (needs a container engine).

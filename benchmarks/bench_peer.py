@@ -40,16 +40,16 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_train import aliccp_sized  # noqa: E402
+from components import layout  # noqa: E402
 from components.evaluate import CANDIDATE, load_ground_truth, score_split  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
 from components.train import train  # noqa: E402
-from components import layout  # noqa: E402
 from components.transform import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
 from esmm_model.metrics import exact_auc  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
-from bench_train import aliccp_sized  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +174,8 @@ def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, o
                          layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
     would_convert = np.array([truth[sid][2] for sid in scores.sample_id])
     pred = scores.outputs[CANDIDATE]
-    rates = [h["examples_per_second"] for h in result.metrics["history"][1:]] or [result.metrics["history"][0]["examples_per_second"]]
+    history = result.metrics["history"]
+    rates = [h["examples_per_second"] for h in history[1:]] or [history[0]["examples_per_second"]]
     return {**four_aucs(scores.click, scores.conversion, would_convert, pred["ctr"], pred["cvr"], pred["ctcvr"]),
             "examples_per_second": float(np.mean(rates))}
 
@@ -182,7 +183,8 @@ def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, o
 def run_peer(config: Config, spec: dict, data_path: Path, eval_raw: dict, would_convert: np.ndarray, seed: int,
              tmp: Path) -> dict[str, float]:
     training = config.training
-    spec = {**spec, "seed": seed, "embedding_dim": config.model.embedding_dim, "tower_units": list(config.model.tower_units),
+    spec = {**spec, "seed": seed, "embedding_dim": config.model.embedding_dim,
+            "tower_units": list(config.model.tower_units),
             "learning_rate": training.learning_rate, "batch_size": training.batch_size, "epochs": training.epochs}
     spec_path, out_path = tmp / f"spec-{seed}.json", tmp / f"peer-{seed}.npz"
     spec_path.write_text(json.dumps(spec))
@@ -191,7 +193,8 @@ def run_peer(config: Config, spec: dict, data_path: Path, eval_raw: dict, would_
                     str(out_path)], check=True, env=env)
     p = np.load(out_path)
     rates = p["examples_per_second"][1:] if len(p["examples_per_second"]) > 1 else p["examples_per_second"]
-    return {**four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert, p["ctr"], p["cvr"], p["ctcvr"]),
+    return {**four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert, p["ctr"], p["cvr"],
+                        p["ctcvr"]),
             "examples_per_second": float(np.mean(rates))}
 
 

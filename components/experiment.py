@@ -299,7 +299,8 @@ def read_runs(paths: list[str]) -> Result:
             raise InputError(f"runs file {path!r} does not exist")
         with tf.io.gfile.GFile(path) as f:
             for run in csv.DictReader(f):
-                result.runs.append({k: v if k == "row" else int(v) if k == "seed" else float(v) for k, v in run.items()})
+                result.runs.append({k: v if k == "row" else int(v) if k == "seed" else float(v)
+                                    for k, v in run.items()})
     oracle = os.path.join(os.path.dirname(paths[0]), "oracle.json")
     if tf.io.gfile.exists(oracle):
         with tf.io.gfile.GFile(oracle) as f:
@@ -332,7 +333,8 @@ def sweep_markdown(result: Result, rows: tuple[str, ...], fractions: tuple[float
             cells = []
             for f in fractions:
                 values = result.values(row, metric, f)
-                cells.append(_cell(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan))
+                cells.append(_cell(float(np.mean(values)),
+                                   float(np.std(values, ddof=1)) if len(values) > 1 else math.nan))
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
@@ -353,7 +355,8 @@ def write_outputs(result: Result, out_dir: str, rows: tuple[str, ...], sweep_row
         writer = csv.writer(f)
         writer.writerow(["model", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "repeats"])
         for row in rows:
-            writer.writerow([row, *(f"{v:.6f}" for m in METRICS for v in summary[row][m][:2]), summary[row]["ctr_auc"][2]])
+            writer.writerow([row, *(f"{v:.6f}" for m in METRICS for v in summary[row][m][:2]),
+                             summary[row]["ctr_auc"][2]])
         if result.oracle:
             writer.writerow(["oracle", *(f"{v:.6f}" for m in METRICS for v in (result.oracle[m], 0.0)), 1])
     with tf.io.gfile.GFile(paths["runs.csv"], "w") as f:
@@ -417,7 +420,8 @@ def _plot_sweep(result: Result, rows: tuple[str, ...], fractions: tuple[float, .
         for row in rows:
             values = [result.values(row, metric, f) for f in fractions]
             ax.errorbar([100 * f for f in fractions], [np.mean(v) for v in values],
-                        yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values], marker="o", capsize=3, label=row)
+                        yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values], marker="o", capsize=3,
+                        label=row)
         ax.set_xscale("log")
         ax.set_xticks([100 * f for f in fractions], [f"{f:.0%}" for f in fractions])
         ax.set_xlabel("training impressions sampled")

@@ -41,7 +41,8 @@ def create_pipeline(image: str = DEFAULT_IMAGE, on_cluster: Optional[Cluster] = 
     steps = build_steps(image)
     default_work_root = cluster.WORK_MOUNT if on_cluster and on_cluster.work_pvc else None
 
-    @dsl.pipeline(name="esmm", description="ESMM: Beam ingestion, tf.Transform, Keras trainer, TFMA evaluation, TF Serving push")
+    @dsl.pipeline(name="esmm",
+                  description="ESMM: Beam ingestion, tf.Transform, Keras trainer, TFMA evaluation, TF Serving push")
     def esmm_pipeline(config_path: str, input_path: str, serving_base: str = cluster.MODEL_STORE_MOUNT,
                       work_root: Optional[str] = default_work_root, beam_runner: Optional[str] = None,
                       beam_options: Optional[list] = None, variant: Optional[str] = None, epochs: Optional[int] = None,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PEER_ONLY = {"peer_deepctr"}  # runs in .peer-venv (DeepCTR), never in the project's venv
-BENCHMARKS = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py") if p.stem not in PEER_ONLY)
+BENCHMARKS = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+                    if p.stem not in PEER_ONLY)
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
