@@ -6,7 +6,8 @@ identical towers and hyperparameters (esmm_model/configs/simulator.yaml) for --r
 sparsity sweep. Writes table2.md/.csv/.png, runs.csv and sparsity.md/.png to --out and
 prints the table, the wall clock and the load average.
 
-    .venv/bin/python benchmarks/reproduce_table2.py [--rows 2200000] [--epochs 2] [--repeats 5] [--work-dir DIR] [--out DIR]
+    .venv/bin/python benchmarks/reproduce_table2.py [--rows 2200000] [--epochs 2] [--repeats 5] \\
+        [--work-dir DIR] [--out DIR]
 
 The default size is where the comparison means something: at 200k impressions (100k training
 rows, 100 steps in 4 epochs) every model is undertrained and BASE leads; at 2.2M (1.1M training
