@@ -8,9 +8,12 @@
   throughput. Input is split per worker by ``components.train`` (each worker parses its slice
   of every global batch), not by tf.data's auto-sharding.
 - ``TF_CONFIG`` with ``ps`` tasks (``auto`` or ``parameter_server``): ``ParameterServerStrategy``
-  with the embedding tables partitioned across the parameter servers (for tables larger than
-  one worker's memory); the chief coordinates, the workers and ps tasks serve
-  (``serve_if_not_coordinator``).
+  for tables larger than one worker's memory: every variable of at least
+  ``training.ps_min_shard_bytes`` is partitioned over the parameter servers (in practice the
+  embedding tables; ``MinSizePartitioner``), the chief runs ``model.fit`` as the coordinator and
+  the workers and ps tasks serve (``serve_if_not_coordinator``). Steps are asynchronous, each on
+  one worker's batch of ``batch_size / workers`` rows; ``lazy_adam`` updates the touched rows of
+  each shard.
 """
 from __future__ import annotations
 
@@ -23,9 +26,6 @@ import tensorflow as tf
 
 from esmm_model.config import TrainingConfig
 from esmm_model.errors import ConfigError
-
-# Each parameter server holds slices of at least this many bytes of a table (then at most one per ps).
-MIN_SHARD_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def strategy_for(training: TrainingConfig) -> tf.distribute.Strategy:
     if kind == "parameter_server":
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-            min_shard_bytes=MIN_SHARD_BYTES, max_shards=read_cluster().parameter_servers)
+            min_shard_bytes=training.ps_min_shard_bytes, max_shards=read_cluster().parameter_servers)
         return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     return tf.distribute.get_strategy()
 

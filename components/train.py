@@ -127,6 +127,7 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     """
     strategy = distribution.strategy_for(config.training)
     chief = distribution.is_chief(strategy)
+    parameter_servers = isinstance(strategy, tf.distribute.ParameterServerStrategy)
     if chief:
         require_empty(str(out_dir), "train", resumable=layout.TrainLayout.OWN_ENTRIES)
     # Other workers write their TensorBoard files to a throwaway directory and export nothing.
@@ -165,21 +166,42 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
                                            shuffle_seed=training.seed + epoch, shards=shards).take(steps_per_epoch))
                 .skip(first_step).prefetch(tf.data.AUTOTUNE))
 
-        if replicas == 1:
+        fit_steps = steps_per_epoch
+        if parameter_servers:  # each worker its own slices of the batches; a step is one worker's slice
+            cluster = distribution.read_cluster()
+            workers = len(cluster.spec.get("worker", []))
+            tables = model.embedding_tables()
+            print(f"train: parameter servers: {cluster.parameter_servers}, "
+                  f"{sum(hasattr(t, 'variables') for t in tables)} of {len(tables)} embedding tables partitioned, "
+                  f"{workers} worker(s)", flush=True)
+            data = keras.utils.experimental.DatasetCreator(
+                lambda context: stream((context.num_input_pipelines, context.input_pipeline_id)).repeat())
+            fit_steps = steps_per_epoch * workers
+            callbacks.restore_backup(model, checkpoint_dir)  # BackupAndRestore does not run under it
+        elif replicas == 1:
             data = stream((1, 0))
         else:  # each worker reads every global batch's records and parses its own slice of them
             data = strategy.distribute_datasets_from_function(
                 lambda context: stream((context.num_input_pipelines, context.input_pipeline_id)),
                 tf.distribute.InputOptions(experimental_fetch_to_device=False))
+        local = _local_model(config, sizes, first_eval[0]) if parameter_servers else None
+
+        def scored() -> EsmmModel:
+            """The model to evaluate: under parameter servers a local copy of the weights (evaluating the
+            coordinator's distributed model scored other values than the ones checkpointed and exported)."""
+            return _copy_weights(model, local) if parameter_servers else model
+
         interactive = sys.stdout.isatty()
-        model.fit(data, epochs=training.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+        model.fit(data, epochs=training.epochs, initial_epoch=first_epoch, steps_per_epoch=fit_steps,
                   verbose=1 if interactive else 2, callbacks=[
-                      callbacks.NonFiniteLoss(config.model.variant, training.learning_rate),
+                      callbacks.NonFiniteLoss(config.model.variant, training.learning_rate,
+                                              every_step=not parameter_servers),
                       callbacks.TrainScalars(paths.tensorboard("train"), log_every, print_progress=not interactive),
-                      callbacks.EpochEvaluation(lambda: evaluate(model, eval_data), paths.tensorboard("eval"),
+                      callbacks.EpochEvaluation(lambda: evaluate(scored(), eval_data), paths.tensorboard("eval"),
                                                 history, history_path, write=chief),
                       *([callbacks.ResumedEarlyStopping(training.early_stopping_patience, history)]
                         if training.early_stopping_patience else []),
+                      callbacks.EpochCheckpoint(checkpoint_dir, steps_per_epoch) if parameter_servers else
                       callbacks.EpochBackupAndRestore(checkpoint_dir, save_freq=checkpoint_every,
                                                       delete_checkpoint=False)])
     else:
@@ -189,7 +211,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     if not chief:
         return TrainResult(None, callbacks.global_step(model), metrics)
     storage.write_text(paths.metrics, json.dumps(metrics, indent=2))
-    export_dir = _export(config, _serving_copy(config, sizes, model, first_eval[0]), transformed.graph, paths,
+    trained = _copy_weights(model, _local_model(config, sizes, first_eval[0]))
+    export_dir = _export(config, trained, transformed.graph, paths,
                          version if version is not None else int(time.time()), metrics)
     log.info("train: exported %s", export_dir)
     return TrainResult(export_dir, callbacks.global_step(model), metrics)
@@ -219,14 +242,30 @@ def _export(config: Config, model: EsmmModel, transform_dir: str, paths: layout.
     return final
 
 
-def _serving_copy(config: Config, sizes: dict[str, int], model: EsmmModel, inputs: dict[str, tf.Tensor]) -> EsmmModel:
-    """The trained weights in a model without optimizers (or a distribution strategy's variables),
-    so the export holds what serving needs and nothing of training's state."""
-    copy = EsmmModel(config, sizes)
-    copy(inputs)
+def _local_model(config: Config, sizes: dict[str, int], inputs: dict[str, tf.Tensor]) -> EsmmModel:
+    """A built model without optimizers, created outside any strategy's scope: what is exported."""
+    local = EsmmModel(config, sizes)
+    local(inputs)
+    return local
+
+
+def _copy_weights(model: EsmmModel, local: EsmmModel) -> EsmmModel:
+    """``local`` with ``model``'s trained weights (a partitioned table's shards joined), nothing of
+    training's state: the export holds what serving needs."""
     tracked = {id(v) for metric in model.metrics for v in metric.variables}
-    copy.set_weights([v.numpy() for v in model.weights if id(v) not in tracked])
-    return copy
+    values, joined = [], set()
+    for variable in model.weights:
+        if id(variable) in tracked:
+            continue
+        # A table partitioned over parameter servers lists its shards one by one: join them.
+        container = getattr(variable, "_sharded_container", None)
+        if container is None:
+            values.append(variable.numpy())
+        elif id(container()) not in joined:
+            joined.add(id(container()))
+            values.append(np.concatenate([shard.numpy() for shard in container().variables]))
+    local.set_weights(values)
+    return local
 
 
 def _first_batch(dataset: tf.data.Dataset, pattern: str) -> tuple:

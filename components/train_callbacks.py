@@ -42,19 +42,32 @@ def global_step(model: keras.Model) -> int:
     return int(model.optimizer.iterations.numpy())
 
 
+def fetched(logs: Any) -> dict:
+    """The logs as a dict; under ParameterServerStrategy ``fit`` passes a RemoteValue to fetch."""
+    return (logs.fetch() if hasattr(logs, "fetch") else logs) or {}
+
+
 class NonFiniteLoss(keras.callbacks.TerminateOnNaN):
     """TerminateOnNaN that fails the run with one line naming the step and the fix, instead of
-    stopping quietly with a model that would be exported."""
+    stopping quietly with a model that would be exported. Checked after every step, or only at
+    each epoch's end with ``every_step=False``."""
 
-    def __init__(self, variant: str, learning_rate: float):
+    def __init__(self, variant: str, learning_rate: float, *, every_step: bool = True):
         super().__init__()
-        self._variant, self._learning_rate, self._epoch = variant, learning_rate, 0
+        self._variant, self._learning_rate, self._epoch, self._every_step = variant, learning_rate, 0, every_step
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
         self._epoch = epoch
 
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self._check(logs)
+
     def on_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        loss = float((logs or {}).get("loss", 0.0))  # the epoch's running mean: non-finite once any step was
+        if self._every_step:  # not under parameter servers, where it would wait for each step
+            self._check(logs)
+
+    def _check(self, logs: Optional[dict]) -> None:
+        loss = float(fetched(logs).get("loss", 0.0))  # the epoch's running mean: non-finite once any step was
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"the {self._variant} loss became {loss} at step {global_step(self.model)} "
@@ -84,7 +97,7 @@ class TrainScalars(keras.callbacks.Callback):
         step = global_step(self.model)
         if step % self._every:
             return
-        means = {name: float(value) for name, value in (logs or {}).items()}
+        means = {name: float(value) for name, value in fetched(logs).items()}
         # The logs hold running means since the epoch began: the window's mean is their difference.
         seen, before = self._last
         window = {name: (mean * self._batches - before.get(name, 0.0) * seen) / (self._batches - seen)
@@ -167,6 +180,20 @@ class EpochBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
         if self.save_freq != "epoch":
             self._backup(epoch=epoch)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Under ParameterServerStrategy (which BackupAndRestore does not support): the model and its
+    optimizers at every epoch's end, in BackupAndRestore's layout, so a rerun resumes at the next epoch."""
+
+    def __init__(self, backup_dir: str, steps_per_epoch: int):
+        super().__init__()
+        self._dir, self._last_batch = layout.join(backup_dir, BACKUP_SUBDIR), steps_per_epoch - 1
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        checkpoint = tf.train.Checkpoint(model=self.model, ckpt_saved_epoch=tf.Variable(epoch, dtype=tf.int64),
+                                         ckpt_saved_batch=tf.Variable(self._last_batch, dtype=tf.int64))
+        tf.train.CheckpointManager(checkpoint, self._dir, max_to_keep=1).save()
 
 
 def backed_up_position(backup_dir: str, steps_per_epoch: int) -> tuple[int, int]:

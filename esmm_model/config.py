@@ -151,6 +151,8 @@ class TrainingConfig:
     jit_compile: bool = False
     # With TF_CONFIG set: auto = parameter_server when it names ps tasks, else multi_worker_mirrored.
     distribution: Literal["auto", "multi_worker_mirrored", "parameter_server"] = "auto"
+    # Under parameter_server: variables of at least this many bytes are split over the ps tasks.
+    ps_min_shard_bytes: int = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -492,7 +494,7 @@ def _check_numbers(config: Config) -> None:
     if not 0.0 < config.model.unbias_min_ctr < 1.0:
         raise ConfigError("model.unbias_min_ctr: must lie in (0, 1)")
     for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
-                "early_stopping_patience"):
+                "early_stopping_patience", "ps_min_shard_bytes"):
         positive(getattr(config.training, key), f"training.{key}")
 
 

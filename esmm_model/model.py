@@ -104,10 +104,15 @@ class EsmmModel(keras.Model):
         # fit sums what each replica returns: report each replica's share of the mean.
         return {name: tracker.result() / replicas for name, tracker in self.loss_trackers.items()}
 
-    def embedding_variables(self) -> list[tf.Variable]:
-        """The embedding tables, which ``training.embedding_optimizer`` may update sparsely."""
+    def embedding_tables(self) -> list[tf.Variable]:
+        """Every embedding table once (a ShardedVariable when partitioned over parameter servers)."""
         layers = {id(layer): layer for layer in (self.ctr_embeddings, self.second_embeddings)}
         return [table for layer in layers.values() for table in layer.tables.values()]
+
+    def embedding_variables(self) -> list[tf.Variable]:
+        """The variables ``training.embedding_optimizer`` may update sparsely: the tables, a
+        partitioned one as its shards (what the model's trainable variables list)."""
+        return [part for table in self.embedding_tables() for part in getattr(table, "variables", [table])]
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         ctr_x = self.ctr_embeddings(inputs)

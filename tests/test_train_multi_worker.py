@@ -1,9 +1,10 @@
-"""The trainer as a two-worker MultiWorkerMirroredStrategy cluster on loopback (TF_CONFIG, one
-process per worker), against a one-process run on the same tiny data."""
+"""The trainer as a cluster on loopback (TF_CONFIG, one process per task): two MultiWorkerMirrored
+workers against a one-process run on the same tiny data, and a parameter-server cluster."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,6 @@ import pytest
 import tensorflow as tf
 import yaml
 
-import components  # noqa: F401  (exit-time fix for processes that ran tf.Transform)
 from components import distribution, layout
 from components.train import train
 from components.transform import transform
@@ -54,7 +54,8 @@ def data(tmp_path_factory) -> tuple[str, list[dict]]:
 
 
 def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[str, int]) -> list[str]:
-    """Runs `esmm train` once per task of a loopback cluster; returns each process's output."""
+    """Runs `esmm train` once per task of a loopback cluster; returns the output of each process that
+    trains (every one; with ps tasks, the chief alone: the others serve until killed)."""
     ports = iter(free_ports(sum(tasks.values())))
     spec = {kind: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for kind, n in tasks.items()}
     procs = []
@@ -66,14 +67,15 @@ def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[s
                 [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config_path),
                  "--transform-dir", transform_root, "--out", str(out)],
                 env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    training = procs[:1] if "ps" in tasks else procs
     outputs = []
     try:
-        for proc in procs:
+        for proc in training:
             outputs.append(proc.communicate(timeout=300)[0])
     finally:
         for proc in procs:
             proc.kill()
-    for proc, output in zip(procs, outputs):
+    for proc, output in zip(training, outputs):
         assert proc.returncode == 0, output[-3000:]
     return outputs
 
@@ -132,3 +134,23 @@ def test_multi_worker_distribution_follows_tf_config_and_refuses_a_mismatch():
                                                             "task": {"type": "worker", "index": 3}})})
     with pytest.raises(ConfigError, match="TF_CONFIG: not a JSON object"):
         distribution.read_cluster({"TF_CONFIG": "{not json"})
+
+
+@pytest.mark.slow
+def test_parameter_server_training_partitions_the_tables_and_the_chief_exports(data, tmp_path):
+    """A chief (the coordinator, running model.fit), one worker and two ps tasks on loopback, with
+    shards small enough that the embedding tables are split over both parameter servers."""
+    transform_root, eval_rows = data
+    config = tiny_config(epochs=2, ps_min_shard_bytes=1024, embedding_optimizer="lazy_adam")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    outputs = run_cluster(config_path, transform_root, tmp_path / "ps", {"chief": 1, "worker": 1, "ps": 2})
+    assert re.search(r"^train: parameter servers: 2, [1-9]\d* of \d+ embedding tables partitioned", outputs[0], re.M), \
+        outputs[0][-3000:]
+    paths = layout.TrainLayout(str(tmp_path / "ps"))
+    history = json.loads(Path(paths.metrics).read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    (version,) = tf.io.gfile.listdir(paths.export_base)
+    auc = served_ctcvr_auc(paths.export_dir(int(version.rstrip("/"))), config, eval_rows)
+    assert auc == pytest.approx(history[-1]["ctcvr_auc"], abs=1e-6)  # the joined shards serve the trained model
