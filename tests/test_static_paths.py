@@ -52,9 +52,24 @@ def violations(source: str) -> list[str]:
     return sorted(found, key=lambda v: int(v.split(":")[0]))
 
 
+# Local on purpose, one use each: a non-chief tf.distribute worker writes its copy of the
+# outputs (which MultiWorkerMirroredStrategy makes every worker save) to a throwaway local
+# directory, as TensorFlow's multi-worker guide does; no data path goes through it.
+ALLOWED = {"components/train.py": {"import tempfile", "tempfile.mkdtemp"}}
+
+
+def _uses(source: str, what: str) -> int:
+    return sum(what in line for line in source.splitlines())
+
+
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(REPO)))
 def test_file_access_goes_through_gfile_or_beam(path):
-    assert violations(path.read_text()) == [], f"{path.relative_to(REPO)} touches files without tf.io.gfile"
+    name = str(path.relative_to(REPO))
+    source = path.read_text()
+    allowed = ALLOWED.get(name, set())
+    found = [v for v in violations(source) if v.split(": ", 1)[1] not in allowed]
+    assert found == [], f"{name} touches files without tf.io.gfile"
+    assert all(_uses(source, what) == 1 for what in allowed), f"{name}: an allowed local access spread"
 
 
 def test_the_check_catches_each_local_only_access():

@@ -15,7 +15,7 @@ class _Counts(SimpleNamespace):
 
 
 def test_a_retried_ingest_step_replaces_the_failed_attempts_output(tmp_path):
-    examples = SimpleNamespace(path=str(tmp_path / "examples"), metadata={})
+    examples = SimpleNamespace(path=str(tmp_path / "examples"), uri=str(tmp_path / "examples"), metadata={})
     stale = Path(examples.path) / "train" / "data-00000-of-00004.tfrecord.gz"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left by the failed attempt")
