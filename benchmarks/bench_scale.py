@@ -8,6 +8,10 @@ them, so another section (training with 1 and 2 workers, say) adds a function an
   size, with ``--direct_running_mode=multi_processing --direct_num_workers=N`` for each
   --workers N (raw data simulated once into --work-dir/raw_<rows>_seed<seed>, reused).
 - ``transform``: ``components.transform.transform`` on that ingest output, the same way.
+- ``train``: ``esmm train`` (2 epochs) on that transform output as one process without
+  TF_CONFIG, and as N processes of a loopback MultiWorkerMirroredStrategy cluster (TF_CONFIG,
+  one free port each) for each --workers N > 1; rows are the examples trained (rows x epochs),
+  and the note gives the chief's last-epoch examples/s from its metrics.json.
 
 Wall clock from the step call to its return (Beam start-up included), the load average
 beside each figure, and the exact-count checks the steps themselves make. The closing
@@ -17,17 +21,20 @@ speed-up of N workers over 1.
 
 What two cores can show: that the steps scale linearly in rows, and that a second worker
 process gives at most ~2x (less when the machine is shared). What they cannot show: speed-up
-past two workers, or any distributed runner's behaviour (shuffle over a network, worker
+past two workers (a second trainer process on the same two cores shares them with the first,
+and all-reduces over loopback), or any distributed runner's behaviour (shuffle over a network, worker
 start-up, stragglers); that takes a cluster (see the README's "Scale out").
 
     .venv/bin/python benchmarks/bench_scale.py [--rows 100000 1000000] [--workers 1 2]
-        [--sections ingest transform] [--work-dir /tmp/esmm_bench_scale] [--seed 7]
+        [--sections ingest transform train] [--work-dir /tmp/esmm_bench_scale] [--seed 7]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +48,11 @@ from benchmarks.bench_ingest import simulated  # noqa: E402
 from components import layout  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.transform import transform  # noqa: E402
-from esmm_model.config import Config, load_config  # noqa: E402
+from esmm_model.config import Config, config_from_dict, config_to_json, load_config  # noqa: E402
+from tests.test_train_multi_worker import free_ports  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_EPOCHS = 2
 
 MAX_COST_RATIO = 1.1  # time ratio / rows ratio allowed between the largest and smallest size
 
@@ -122,7 +133,58 @@ def measure_transform(config: Config, work_dir: Path, sizes: list[int], workers:
     return results
 
 
-SECTIONS = {"ingest": measure_ingest, "transform": measure_transform}
+def train_processes(config_path: Path, transform_root: Path, out: Path, workers: int) -> None:
+    """`esmm train` as one plain process, or as ``workers`` loopback MultiWorkerMirrored processes."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)] if workers > 1 else []
+    procs = []
+    for index in range(max(workers, 1)):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+        if addresses:
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses},
+                                           "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config_path),
+             "--transform-dir", str(transform_root), "--out", str(out)],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [proc.communicate()[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, output in zip(procs, outputs):
+        if proc.returncode != 0:
+            raise SystemExit(f"esmm train failed ({proc.returncode}):\n{output[-3000:]}")
+
+
+def measure_train(config: Config, work_dir: Path, sizes: list[int], workers: list[int],
+                  seed: int) -> list[Measurement]:
+    """Trainer wall time with 1 process and with N loopback workers, on the smallest size's transform."""
+    rows = min(sizes)
+    transformed = next((work_dir / f"transform_{rows}_w{n}" for n in workers
+                        if (work_dir / f"transform_{rows}_w{n}" / "transformed").is_dir()), None)
+    if transformed is None:
+        measure_transform(config, work_dir, [rows], [max(workers)], seed)
+        transformed = work_dir / f"transform_{rows}_w{max(workers)}"
+    data = config.to_dict()
+    data["training"]["epochs"] = TRAIN_EPOCHS
+    config_path = work_dir / "train_config.json"
+    config_path.write_text(config_to_json(config_from_dict(data)))
+    counts = json.loads(next(work_dir.glob(f"ingest_{rows}_w*/counts.json")).read_text())
+    examples = counts["train"]["rows"] * TRAIN_EPOCHS
+    results = []
+    for n in workers:
+        out = work_dir / f"train_{rows}_w{n}"
+        shutil.rmtree(out, ignore_errors=True)
+
+        def run(out=out, n=n) -> str:
+            train_processes(config_path, transformed, out, n)
+            history = json.loads((out / "metrics.json").read_text())["history"]
+            return f"chief's last epoch {history[-1]['examples_per_second']:,.0f} ex/s"
+        results.append(timed("train", examples, n, run))
+    return results
+
+
+SECTIONS = {"ingest": measure_ingest, "transform": measure_transform, "train": measure_train}
 
 
 def print_table(results: list[Measurement]) -> None:

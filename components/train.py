@@ -98,7 +98,7 @@ def make_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def evaluate(model: EsmmModel, dataset: tf.data.Dataset) -> dict[str, Any]:
+def exact_eval_metrics(model: EsmmModel, dataset: tf.data.Dataset) -> dict[str, Any]:
     """Exact metrics over the whole dataset (predictions gathered, then scored once)."""
     predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in (*OUTPUTS, LABEL_CLICK, LABEL_CONVERSION)}
@@ -197,8 +197,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
                       callbacks.NonFiniteLoss(config.model.variant, training.learning_rate,
                                               every_step=not parameter_servers),
                       callbacks.TrainScalars(paths.tensorboard("train"), log_every, print_progress=not interactive),
-                      callbacks.EpochEvaluation(lambda: evaluate(scored(), eval_data), paths.tensorboard("eval"),
-                                                history, history_path, write=chief),
+                      callbacks.EpochEvaluation(lambda: exact_eval_metrics(scored(), eval_data),
+                                                paths.tensorboard("eval"), history, history_path, write=chief),
                       *([callbacks.ResumedEarlyStopping(training.early_stopping_patience, history)]
                         if training.early_stopping_patience else []),
                       callbacks.EpochCheckpoint(checkpoint_dir, steps_per_epoch) if parameter_servers else

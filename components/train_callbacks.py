@@ -114,7 +114,7 @@ class TrainScalars(keras.callbacks.Callback):
 
 
 class EpochEvaluation(keras.callbacks.Callback):
-    """After every epoch: the exact eval metrics (``evaluate()``), to TensorBoard, into the logs as
+    """After every epoch: the exact eval metrics (``train.exact_eval_metrics()``), to TensorBoard, into the logs as
     ``val_<metric>`` (early stopping reads them) and appended to ``history``, which is saved to
     ``history_path`` beside the checkpoints; the epoch's examples/s excludes this evaluation."""
 
