@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_ingest import simulated  # noqa: E402
 from components import layout  # noqa: E402
+from components.distribution import loopback_addresses  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.transform import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, config_to_json, load_config  # noqa: E402
-from tests.test_train_multi_worker import free_ports  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_EPOCHS = 2
@@ -135,7 +135,7 @@ def measure_transform(config: Config, work_dir: Path, sizes: list[int], workers:
 
 def train_processes(config_path: Path, transform_root: Path, out: Path, workers: int) -> None:
     """`esmm train` as one plain process, or as ``workers`` loopback MultiWorkerMirrored processes."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)] if workers > 1 else []
+    addresses = loopback_addresses(workers) if workers > 1 else []
     procs = []
     for index in range(max(workers, 1)):
         env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -115,3 +116,15 @@ def serve_if_not_coordinator(training: TrainingConfig) -> bool:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's outputs (the export, metrics, TensorBoard, history)."""
     return bool(strategy.extended.should_checkpoint)
+
+
+def loopback_addresses(n: int) -> list[str]:
+    """``n`` free ``127.0.0.1:port`` addresses, for a TF_CONFIG cluster of processes on one machine
+    (the multi-worker tests, the scale benchmark, a local trial of a cluster config)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return addresses

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,16 +33,6 @@ def tiny_config(**training):
     return config_from_dict(data)
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[str, list[dict]]:
     root = tmp_path_factory.mktemp("multi_worker")
@@ -56,8 +45,8 @@ def data(tmp_path_factory) -> tuple[str, list[dict]]:
 def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[str, int]) -> list[str]:
     """Runs `esmm train` once per task of a loopback cluster; returns the output of each process that
     trains (every one; with ps tasks, the chief alone: the others serve until killed)."""
-    ports = iter(free_ports(sum(tasks.values())))
-    spec = {kind: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for kind, n in tasks.items()}
+    addresses = iter(distribution.loopback_addresses(sum(tasks.values())))
+    spec = {kind: [next(addresses) for _ in range(n)] for kind, n in tasks.items()}
     procs = []
     for kind, addresses in spec.items():
         for index in range(len(addresses)):
