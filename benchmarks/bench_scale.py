@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_ingest import simulated  # noqa: E402
@@ -49,7 +51,7 @@ from components import layout  # noqa: E402
 from components.distribution import loopback_addresses  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.transform import transform  # noqa: E402
-from esmm_model.config import Config, config_from_dict, config_to_json, load_config  # noqa: E402
+from esmm_model.config import Config, config_from_dict, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_EPOCHS = 2
@@ -167,8 +169,8 @@ def measure_train(config: Config, work_dir: Path, sizes: list[int], workers: lis
         transformed = work_dir / f"transform_{rows}_w{max(workers)}"
     data = config.to_dict()
     data["training"]["epochs"] = TRAIN_EPOCHS
-    config_path = work_dir / "train_config.json"
-    config_path.write_text(config_to_json(config_from_dict(data)))
+    config_path = work_dir / "train_config.yaml"
+    config_path.write_text(yaml.safe_dump(config_from_dict(data).to_dict()))
     counts = json.loads(next(work_dir.glob(f"ingest_{rows}_w*/counts.json")).read_text())
     examples = counts["train"]["rows"] * TRAIN_EPOCHS
     results = []
