@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from components import layout
+from components import layout, record_counts
 from components import thresholds as tfma_thresholds
 from components.beam_runner import make_pipeline
 from components.blessing import Blessing, bless, write_blessing
@@ -372,15 +372,6 @@ def model_metrics(scores: Scores, model: str, tfma_metrics: dict, truth: Optiona
     return metrics
 
 
-def read_ingest_counts(ingest_dir: str) -> dict[str, Any]:
-    """Ingestion's counts.json (train/eval rows, clicks, conversions, rejected), empty when absent."""
-    path = layout.IngestLayout(ingest_dir).counts
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
 def read_training_record(model_dir: str) -> dict[str, Any]:
     """The trainer's metrics.json exported with the model (history per epoch), empty when absent."""
     path = layout.record_file(model_dir, layout.RECORD_METRICS)
@@ -423,7 +414,8 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     labels = scores.labels()
     metrics["model"] = {"path": model_dir, **{k: v for k, v in read_training_record(model_dir).items() if k != "final"}}
     metrics["data"] = {"eval_rows": scores.rows, "eval_clicks": int(labels["ctr"].sum()),
-                       "eval_conversions": int(labels["ctcvr"].sum()), "ingest": read_ingest_counts(ingest_dir)}
+                       "eval_conversions": int(labels["ctcvr"].sum()),
+                       "ingest": record_counts.read_ingest_counts(ingest_dir) or {}}
     blessing = bless(metrics, metrics["baseline"], config.evaluation,
                      baseline_version=served.version if served else None,
                      tfma=tfma_thresholds.verdicts(config.evaluation, validation))

@@ -6,8 +6,12 @@ written files (``tf.data``, GZIP TFRecords), so it holds whatever the runner did
 """
 from __future__ import annotations
 
+import json
+from typing import Any, Optional
+
 import tensorflow as tf
 
+from components import layout
 from esmm_model.errors import EsmmError
 
 COUNT_BATCH = 8192
@@ -15,6 +19,15 @@ COUNT_BATCH = 8192
 
 class RowCountError(EsmmError):
     """A step wrote a different number of rows for a split than ingestion counted; the message names both."""
+
+
+def read_ingest_counts(ingest_dir: str) -> Optional[dict[str, Any]]:
+    """Ingestion's counts.json (train/eval rows, clicks, conversions, rejected); None when there is none."""
+    path = layout.IngestLayout(ingest_dir).counts
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def count_records(pattern: str) -> int:

@@ -14,7 +14,6 @@ After the run, the rows written per split are counted and must equal ingestion's
 """
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
@@ -45,11 +44,10 @@ def _raw_pattern(ingest: layout.IngestLayout, split: str) -> str:
 
 def _ingested_rows(ingest: layout.IngestLayout) -> dict[str, int] | None:
     """Rows per split from ingestion's counts.json; None (with a warning) when there is none to compare with."""
-    if not tf.io.gfile.exists(ingest.counts):
+    counts = record_counts.read_ingest_counts(ingest.root)
+    if counts is None:
         log.warning("transform: no %s, so the rows written cannot be checked against ingestion's counts", ingest.counts)
         return None
-    with tf.io.gfile.GFile(ingest.counts) as f:
-        counts = json.load(f)
     return {split: counts.get(split, {}).get("rows", 0) for split in layout.SPLITS}
 
 
