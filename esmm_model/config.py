@@ -366,11 +366,22 @@ def load_config(ref: str | os.PathLike) -> Config:
         raise ConfigError(f"{ref}: {exc}") from None
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers with an exponent as YAML 1.2 and JSON do: YAML 1.1 makes
+    ``1e-8`` (no dot) and ``1.0e5`` (unsigned exponent) strings, so ``adam_epsilon: 1e-8`` would be refused."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
 def parse_yaml(text: str) -> Any:
-    """Plain data from YAML text; a key repeated within one mapping is a ConfigError naming its path
-    (plain YAML loading keeps the last value silently)."""
-    _reject_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), "")
-    return yaml.safe_load(text)
+    """Plain data from YAML text (``ConfigLoader``); a key repeated within one mapping is a ConfigError
+    naming its path (plain YAML loading keeps the last value silently)."""
+    _reject_duplicate_keys(yaml.compose(text, Loader=ConfigLoader), "")
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def _reject_duplicate_keys(node: Optional[yaml.Node], where: str) -> None:

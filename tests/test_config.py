@@ -157,6 +157,19 @@ def test_load_names_the_file(tmp_path):
         load_config(bad)
 
 
+def test_numbers_with_an_exponent_load_as_floats(tmp_path):
+    """YAML 1.1 (PyYAML's default) makes ``1e-8`` and ``2E-3`` strings; the config loader reads them as JSON does."""
+    path = tmp_path / "exponents.yaml"
+    path.write_text(yaml.safe_dump(base()) + "training:\n  adam_epsilon: 1e-8\n  learning_rate: 2E-3\n"
+                    "  embedding_learning_rate: 1.5e1\n")
+    training = load_config(path).training
+    assert (training.adam_epsilon, training.learning_rate, training.embedding_learning_rate) == (1e-8, 0.002, 15.0)
+    path.write_text(yaml.safe_dump(base()) + "training:\n  adam_epsilon: '1e-8'\n")
+    with pytest.raises(ConfigError, match="training.adam_epsilon: expected a number, got '1e-8'"):
+        load_config(path)
+    assert yaml.safe_load("adam_epsilon: 1e-8") == {"adam_epsilon": "1e-8"}  # PyYAML's own loader is left as it is
+
+
 @pytest.mark.parametrize("text, message", [
     ("name: a\nname: b\nfeatures: []\n", "name: duplicate key on line 2 (first on line 1)"),
     ("name: a\ntraining:\n  epochs: 4\n  batch_size: 64\n  epochs: 1\nfeatures: []\n",
