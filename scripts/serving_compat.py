@@ -86,9 +86,9 @@ def train_tiny_export(work: str) -> str:
     import yaml
 
     from components import layout
-    from esmm_model.config import read_config_text
+    from esmm_model.config import parse_yaml, read_config_text
 
-    config = yaml.safe_load(read_config_text("simulator"))
+    config = parse_yaml(read_config_text("simulator"))
     config["training"].update(epochs=1, batch_size=256)
     config_path = os.path.join(work, "config.yaml")
     with open(config_path, "w") as handle:
