@@ -32,6 +32,7 @@ import tensorflow as tf
 from components.thresholds import TfmaVerdicts
 from esmm_model.config import EvaluationConfig, Threshold
 from esmm_model.errors import InputError
+from esmm_model.json_object import parse_json_object
 
 BLESSED = "BLESSED"
 NOT_BLESSED = "NOT_BLESSED"
@@ -207,14 +208,7 @@ def read_json(path: str, what: str) -> dict[str, Any]:
     if not tf.io.gfile.exists(path):
         raise InputError(f"{what} file {path!r} does not exist")
     with tf.io.gfile.GFile(path) as f:
-        text = f.read()
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} file {path!r} is not valid JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise InputError(f"{what} file {path!r} must hold a JSON object, not a {type(record).__name__}")
-    return record
+        return parse_json_object(f.read(), f"{what} file {path!r}")
 
 
 def write_json(record: Mapping[str, Any], path: str) -> None:

@@ -9,13 +9,13 @@ may repeat on every candidate or come once from a separate JSON object.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from esmm_model.config import Config, Feature
 from esmm_model.errors import InputError
+from esmm_model.json_object import parse_json_object
 
 SIM_SCORE = "sim_score"
 
@@ -38,7 +38,7 @@ def read_candidates(path: str | Path, config: Config) -> Candidates:
             rows = [(f"{path}:{i + 2}", _typed_row(row, config, f"{path}:{i + 2}"))
                     for i, row in enumerate(csv.DictReader(f))]
     elif path.suffix in (".jsonl", ".json"):
-        rows = [(f"{path}:{i + 1}", _json_object(line, f"{path}:{i + 1}"))
+        rows = [(f"{path}:{i + 1}", parse_json_object(line, f"{path}:{i + 1}"))
                 for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
     else:
         raise InputError(f"candidate file {str(path)!r}: use a .jsonl or .csv file")
@@ -58,17 +58,7 @@ def read_shared(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"shared features file {str(path)!r} does not exist")
-    return _json_object(path.read_text(), str(path))
-
-
-def _json_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a JSON object of feature values, got {type(value).__name__}")
-    return value
+    return parse_json_object(path.read_text(), f"shared features file {str(path)!r}")
 
 
 def _typed_row(row: dict[str, str], config: Config, where: str) -> dict[str, Any]:
