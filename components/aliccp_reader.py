@@ -19,10 +19,9 @@ from components.rows import (
     ParsedRow,
     RowError,
     SharedPart,
-    check_labels,
     feature_value,
     parse_float,
-    parse_label,
+    parse_labels,
     parse_order_key,
 )
 from esmm_model.config import Config
@@ -93,9 +92,7 @@ class AliccpReader:
             raise RowError("wrong_column_count",
                            f"sample_skeleton line has {len(parts)} columns, expected {SKELETON_COLUMNS}")
         sample_id, click_text, conversion_text, index, feature_num, feature_list = parts
-        click = parse_label(click_text, "click")
-        conversion = parse_label(conversion_text, "conversion")
-        check_labels(click, conversion, self._config)
+        click, conversion = parse_labels(click_text, conversion_text, self._config)
         order_key = parse_order_key(sample_id, "sample_id")
         user = common.get(index)
         if user is None:

@@ -14,10 +14,9 @@ from components.rows import (
     ParsedRow,
     RowError,
     SharedPart,
-    check_labels,
     feature_value,
     parse_float,
-    parse_label,
+    parse_labels,
     parse_order_key,
 )
 from esmm_model.config import Config
@@ -63,9 +62,7 @@ class CsvReader:
         cells = next(csv.reader([line]), [])
         if len(cells) != self._width:
             raise RowError("wrong_column_count", f"line has {len(cells)} columns, header has {self._width}")
-        click = parse_label(cells[self._click], "click")
-        conversion = parse_label(cells[self._conversion], "conversion")
-        check_labels(click, conversion, self._config)
+        click, conversion = parse_labels(cells[self._click], cells[self._conversion], self._config)
         order_key = parse_order_key(cells[self._order], self._config.input.order_by)
         values = {}
         for feature, column in self._features:

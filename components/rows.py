@@ -83,17 +83,20 @@ def decode_line(raw: bytes) -> str:
                        f"line is not UTF-8: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason})") from None
 
 
-def parse_label(text: str, name: str) -> int:
+def parse_labels(click_text: str, conversion_text: str, config: Config) -> tuple[int, int]:
+    """(click, conversion), each 0 or 1; a conversion without a click is a RowError when the config rejects it."""
+    click, conversion = _parse_label(click_text, "click"), _parse_label(conversion_text, "conversion")
+    if conversion and not click and config.input.conversion_without_click == "reject":
+        raise RowError("conversion_without_click",
+                       "conversion=1 with click=0 (input.conversion_without_click is 'reject')")
+    return click, conversion
+
+
+def _parse_label(text: str, name: str) -> int:
     text = text.strip()
     if text not in ("0", "1"):
         raise RowError(f"bad_{name}", f"{name} must be 0 or 1, got {text!r}")
     return int(text)
-
-
-def check_labels(click: int, conversion: int, config: Config) -> None:
-    if conversion and not click and config.input.conversion_without_click == "reject":
-        raise RowError("conversion_without_click",
-                       "conversion=1 with click=0 (input.conversion_without_click is 'reject')")
 
 
 def parse_order_key(text: str, column: str) -> float:
