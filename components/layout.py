@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 TRAIN, EVAL = "train", "eval"
 SPLITS = (TRAIN, EVAL)
@@ -37,68 +37,56 @@ def join(root: str, *parts: str) -> str:
     return posixpath.join(str(root), *parts)
 
 
-def split_pattern(split_root: str, split: str) -> str:
-    """The glob of one split's GZIP TFRecords under a directory holding ``train/`` and ``eval/``."""
-    return join(split_root, split, RECORD_PATTERN)
+class Entry:
+    """A fixed path under a layout's ``root``, read as an attribute: ``schema = Entry("schema.pbtxt")``
+    makes ``IngestLayout(r).schema`` the string ``join(r, "schema.pbtxt")``."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, layout: Any, owner: type | None = None) -> str:
+        return join(layout.root, *self.parts)
+
+
+class SplitRecords:
+    """A layout with ``train/`` and ``eval/`` GZIP TFRecords under ``split_root``: the shards of a split are
+    ``<split_root>/<split>/<shard_name>-NNNNN-of-NNNNN.tfrecord.gz`` (the sink adds numbers and suffix)."""
+
+    split_root: str
+    shard_name: str
+
+    def split_pattern(self, split: str) -> str:
+        """The glob of one split's shards."""
+        return join(self.split_root, split, RECORD_PATTERN)
+
+    def split_prefix(self, split: str) -> str:
+        """The file prefix a sink writes one split's shards under."""
+        return join(self.split_root, split, self.shard_name)
 
 
 @dataclass(frozen=True)
-class IngestLayout:
+class IngestLayout(SplitRecords):
     """What ``components.ingest`` writes under ``root``, and what transform and evaluate read."""
 
     root: str
-
-    def split_pattern(self, split: str) -> str:
-        return split_pattern(self.root, split)
-
-    def split_prefix(self, split: str) -> str:
-        """File prefix of a split's shards (``<root>/<split>/data``; the sink adds ``-NNNNN-of-NNNNN``)."""
-        return join(self.root, split, "data")
-
-    @property
-    def schema(self) -> str:
-        return join(self.root, "schema.pbtxt")
-
-    @property
-    def counts(self) -> str:
-        return join(self.root, "counts.json")
-
-    @property
-    def rejected_dir(self) -> str:
-        return join(self.root, "rejected")
-
-    @property
-    def rejected_prefix(self) -> str:
-        """File prefix of the rejected-row shards, written with suffix ``.jsonl``."""
-        return join(self.rejected_dir, "rejected")
+    split_root = Entry()  # <root>/train/data-*.tfrecord.gz, <root>/eval/data-*.tfrecord.gz
+    shard_name = "data"
+    schema = Entry("schema.pbtxt")
+    counts = Entry("counts.json")
+    rejected_dir = Entry("rejected")
+    rejected_prefix = Entry("rejected", "rejected")  # file prefix of the rejected-row shards (suffix ``.jsonl``)
 
 
 @dataclass(frozen=True)
-class TransformLayout:
+class TransformLayout(SplitRecords):
     """What ``components.transform`` writes under ``root``, and what train reads."""
 
     root: str
-
-    @property
-    def graph(self) -> str:
-        """The TFTransformOutput directory."""
-        return join(self.root, "transform_graph")
-
-    @property
-    def raw_metadata(self) -> str:
-        """Raw metadata inside the graph directory; ``TFTransformOutput.raw_feature_spec()`` reads it."""
-        return join(self.graph, "metadata")
-
-    @property
-    def transformed(self) -> str:
-        """Holds ``train/`` and ``eval/`` transformed TFRecords."""
-        return join(self.root, "transformed")
-
-    def split_pattern(self, split: str) -> str:
-        return split_pattern(self.transformed, split)
-
-    def split_prefix(self, split: str) -> str:
-        return join(self.transformed, split, "part")
+    graph = Entry("transform_graph")  # the TFTransformOutput directory
+    # Raw metadata inside the graph directory; ``TFTransformOutput.raw_feature_spec()`` reads it.
+    raw_metadata = Entry("transform_graph", "metadata")
+    transformed = split_root = Entry("transformed")  # <root>/transformed/train|eval/part-*.tfrecord.gz
+    shard_name = "part"
 
 
 @dataclass(frozen=True)
@@ -109,23 +97,14 @@ class TrainLayout:
     OWN_ENTRIES: ClassVar[frozenset[str]] = frozenset({"checkpoints", "tensorboard", "metrics.json", "model"})
 
     root: str
-
-    @property
-    def default_checkpoints(self) -> str:
-        """Checkpoints beside the model unless the run keeps them elsewhere (a work volume on a cluster)."""
-        return join(self.root, "checkpoints")
+    # Checkpoints beside the model unless the run keeps them elsewhere (a work volume on a cluster).
+    default_checkpoints = Entry("checkpoints")
+    metrics = Entry("metrics.json")
+    # Version directories ``<version>/`` of the exported SavedModel, as TF Serving lays them out.
+    export_base = Entry("model")
 
     def tensorboard(self, which: str) -> str:
         return join(self.root, "tensorboard", which)
-
-    @property
-    def metrics(self) -> str:
-        return join(self.root, "metrics.json")
-
-    @property
-    def export_base(self) -> str:
-        """Version directories ``<version>/`` of the exported SavedModel, as TF Serving lays them out."""
-        return join(self.root, "model")
 
     def export_dir(self, version: int) -> str:
         return join(self.export_base, str(version))
@@ -156,40 +135,14 @@ class EvaluationLayout:
     """What ``components.evaluate`` writes under ``root``, and what push reads."""
 
     root: str
-
-    @property
-    def metrics(self) -> str:
-        return join(self.root, "metrics.json")
-
-    @property
-    def report_markdown(self) -> str:
-        return join(self.root, "report.md")
-
-    @property
-    def report_html(self) -> str:
-        return join(self.root, "report.html")
-
-    @property
-    def plots(self) -> str:
-        return join(self.root, "plots")
-
-    @property
-    def tfma(self) -> str:
-        return join(self.root, "tfma")
-
-    @property
-    def tfma_input(self) -> str:
-        """TFMA's input while it runs: blocks of scored rows (removed afterwards)."""
-        return join(self.root, "tfma_input")
-
-    @property
-    def blessing(self) -> str:
-        return join(self.root, RECORD_BLESSING)
-
-    @property
-    def roc(self) -> str:
-        """The headline ROC curves the kfp step logs as ClassificationMetrics."""
-        return join(self.root, "roc.json")
+    metrics = Entry("metrics.json")
+    report_markdown = Entry("report.md")
+    report_html = Entry("report.html")
+    plots = Entry("plots")
+    tfma = Entry("tfma")
+    tfma_input = Entry("tfma_input")  # TFMA's input while it runs: blocks of scored rows (removed afterwards)
+    blessing = Entry(RECORD_BLESSING)
+    roc = Entry("roc.json")  # the headline ROC curves the kfp step logs as ClassificationMetrics
 
     def plot(self, name: str) -> str:
         return join(self.root, "plots", f"{name}.png")
