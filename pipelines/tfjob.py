@@ -10,12 +10,12 @@ artifact. ``k8s/training/tfjob.yaml`` is ``tfjob_manifest`` for a run named ``ex
 """
 from __future__ import annotations
 
-import posixpath
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from components import layout
 from esmm_model.config import StepResources
 from esmm_model.errors import EsmmError
 from pipelines import cluster
@@ -35,26 +35,14 @@ class TFJobPaths:
     """Where one run's TFJob reads and writes on the work volume (mounted at ``cluster.WORK_MOUNT``)."""
 
     root: str  # <work>/tfjob/<run key>
+    config = layout.Entry("config.json")
+    transformed = layout.Entry("transformed")
+    out = layout.Entry("train")
+    checkpoints = layout.Entry("checkpoints")
 
     @classmethod
     def for_run(cls, work_root: str, run_key: str) -> "TFJobPaths":
-        return cls(posixpath.join(work_root, "tfjob", run_key))
-
-    @property
-    def config(self) -> str:
-        return posixpath.join(self.root, "config.json")
-
-    @property
-    def transformed(self) -> str:
-        return posixpath.join(self.root, "transformed")
-
-    @property
-    def out(self) -> str:
-        return posixpath.join(self.root, "train")
-
-    @property
-    def checkpoints(self) -> str:
-        return posixpath.join(self.root, "checkpoints")
+        return cls(layout.join(work_root, "tfjob", run_key))
 
 
 def tfjob_manifest(name: str, image: str, workers: int, resources: StepResources, paths: TFJobPaths, *,
@@ -161,7 +149,7 @@ def train_as_tfjob(config_json: str, transformed: str, out: str, *, image: str, 
     the export directory (under ``out``)."""
     import tensorflow as tf
 
-    from components import layout, storage
+    from components import storage
 
     paths = TFJobPaths.for_run(work_root, run_key)
     if not tf.io.gfile.exists(paths.transformed):
