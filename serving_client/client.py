@@ -52,6 +52,19 @@ def is_outage(code: grpc.StatusCode, details: str) -> bool:
     return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and _MESSAGE_TOO_LARGE in text)
 
 
+def predict_request(examples: Sequence[bytes], model_name: str, signature: str) -> predict_pb2.PredictRequest:
+    """A Predict request for ``signature`` of ``model_name``: the serialized tf.Examples as its one input,
+    a DT_STRING tensor of shape [n] (the serving signature's contract)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    tensor = request.inputs[SERVING_INPUT]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add().size = len(examples)
+    tensor.string_val.extend(examples)
+    return request
+
+
 def _check_timeout(timeout_s: float) -> float:
     if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
             or not (math.isfinite(timeout_s) and timeout_s > 0)):
@@ -169,13 +182,8 @@ class PredictionClient:
 
     def predict(self, examples: Sequence[bytes], *, timeout_s: float | None = None) -> Predictions:
         """ctr, cvr and ctcvr for each serialized tf.Example; the fallback's scores if serving is down."""
-        request = predict_pb2.PredictRequest()
+        request = predict_request(examples, self.model_name, self.signature)
         self._fill_spec(request.model_spec)
-        request.model_spec.signature_name = self.signature
-        tensor = request.inputs[SERVING_INPUT]
-        tensor.dtype = types_pb2.DT_STRING
-        tensor.tensor_shape.dim.add().size = len(examples)
-        tensor.string_val.extend(examples)
         try:
             response = self._call("Predict", self._prediction.Predict, request, timeout_s)
         except ServingError as exc:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from esmm_model.errors import InputError
-from esmm_model.schema import SERVING_INPUT
+from serving_client.client import predict_request
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -46,13 +45,7 @@ def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str =
     for size in sorted({min(size, len(examples)) for size in batch_sizes}):
         batch = [examples[(start + i) % len(examples)] for i in range(size)]
         start += size
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature
-        tensor = request.inputs[SERVING_INPUT]
-        tensor.dtype = types_pb2.DT_STRING
-        tensor.tensor_shape.dim.add().size = len(batch)
-        tensor.string_val.extend(batch)
+        request = predict_request(batch, model_name, signature)
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
