@@ -46,7 +46,7 @@ from components.push import latest_pushed
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, Config
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss
-from esmm_model.schema import SAMPLE_ID
+from esmm_model.schema import SAMPLE_ID, SERVING_SIGNATURE
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # The slice of each output's headline AUC (the paper's protocol), whose ROC curve goes to the kfp UI.
@@ -123,7 +123,7 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def score_split(models: dict[str, str], pattern: str, batch_size: int = SCORE_BATCH) -> Scores:
     """Scores every raw eval example once per model through ``serving_default``, in batches, in one read."""
     loaded = {name: tf.saved_model.load(path) for name, path in models.items()}  # the signatures use their variables
-    signatures = {name: model.signatures["serving_default"] for name, model in loaded.items()}
+    signatures = {name: model.signatures[SERVING_SIGNATURE] for name, model in loaded.items()}
     spec = {SAMPLE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
             LABEL_CLICK: tf.io.FixedLenFeature([], tf.int64), LABEL_CONVERSION: tf.io.FixedLenFeature([], tf.int64)}
     files = sorted(tf.io.gfile.glob(pattern))

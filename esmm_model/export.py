@@ -24,7 +24,7 @@ from components import layout
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
-from esmm_model.schema import OUTPUTS, SERVING_INPUT, feature_spec
+from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE, feature_spec
 
 EXAMPLES = tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
 
@@ -57,7 +57,7 @@ def save_serving_model(config: Config, model: EsmmModel, transform_dir: str, pat
         raise InputError(f"{path!r} already exists; a SavedModel is written to a new directory")
     module = ServingModule(config, model, tft.TFTransformOutput(transform_dir))
     tf.saved_model.save(module, path, signatures={
-        "serving_default": module.serve.get_concrete_function(),
+        SERVING_SIGNATURE: module.serve.get_concrete_function(),
         "transform_features": module.transform_features.get_concrete_function()})
     tf.io.gfile.makedirs(layout.join(path, layout.RECORD_DIR))
     with tf.io.gfile.GFile(layout.record_file(path, layout.RECORD_CONFIG), "w") as f:

@@ -18,7 +18,8 @@ import tensorflow as tf
 from esmm_model.config import LABELS, Config, Feature
 
 SAMPLE_ID = "sample_id"
-# serving_default: serialized raw tf.Example [n] in SERVING_INPUT, one probability [n] per name in OUTPUTS.
+# The serving signature: serialized raw tf.Example [n] in SERVING_INPUT, one probability [n] per name in OUTPUTS.
+SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "examples"
 OUTPUTS = ("ctr", "cvr", "ctcvr")
 MISSING_BYTES = b""

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from esmm_model.schema import OUTPUTS, SERVING_INPUT
+from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE
 from serving_client.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class PredictionClient:
     balancers and NAT do not drop it silently (the server must permit that ping rate).
     """
 
-    def __init__(self, target: str, model_name: str, signature: str = "serving_default", *,
+    def __init__(self, target: str, model_name: str, signature: str = SERVING_SIGNATURE, *,
                  version: int | None = None, version_label: str | None = None, timeout_s: float = 0.5,
                  retry: RetryPolicy = RetryPolicy(),
                  fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,

@@ -42,12 +42,12 @@ from tensorflow_serving.apis import (
 
 from components import layout
 from esmm_model.errors import EsmmError, InputError
+from esmm_model.schema import SERVING_SIGNATURE
 from serving_client.model_config import VersionPolicy, read_model_config
 from serving_client.warmup import read_warmup_requests, warmup_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
 _VERSION = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() rejects
@@ -103,7 +103,7 @@ def _warm_up(loaded: LoadedVersion, version_dir: str) -> int:
 def _run_empty_batch(loaded: LoadedVersion) -> None:
     """Runs the default signature once on an empty batch, so that the first request does not pay
     for instantiating and optimizing its function (seconds on a big graph)."""
-    signature_def = loaded.signature_defs.get(DEFAULT_SIGNATURE)
+    signature_def = loaded.signature_defs.get(SERVING_SIGNATURE)
     if signature_def is None:
         return
     inputs = {}
@@ -112,7 +112,7 @@ def _run_empty_batch(loaded: LoadedVersion) -> None:
         if info.tensor_shape.unknown_rank or not dims or dims[0] != -1 or any(d < 0 for d in dims[1:]):
             return  # no empty batch to build for this input
         inputs[alias] = tf.zeros([0, *dims[1:]], tf.as_dtype(info.dtype))
-    loaded.signatures[DEFAULT_SIGNATURE](**inputs)
+    loaded.signatures[SERVING_SIGNATURE](**inputs)
 
 
 @dataclass
@@ -254,7 +254,7 @@ def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -
 
 def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
     """Runs one PredictRequest on a loaded version, with TF Serving's checks and messages."""
-    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    name = request.model_spec.signature_name or SERVING_SIGNATURE
     signature_def = loaded.signature_defs.get(name)
     if signature_def is None:
         raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')

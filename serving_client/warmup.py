@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from esmm_model.errors import InputError
+from esmm_model.schema import SERVING_SIGNATURE
 from serving_client.client import predict_request
 
 WARMUP_DIR = "assets.extra"
@@ -36,7 +37,7 @@ def read_examples(pattern: str, limit: int) -> list[bytes]:
     return [record.numpy() for record in dataset]
 
 
-def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str = "serving_default",
+def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str = SERVING_SIGNATURE,
                     batch_sizes: Sequence[int] = BATCH_SIZES) -> list[prediction_log_pb2.PredictionLog]:
     """One Predict request per batch size (capped at the examples there are), cycling through ``examples``."""
     if not examples:
