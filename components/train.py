@@ -184,20 +184,13 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
             data = strategy.distribute_datasets_from_function(
                 lambda context: stream((context.num_input_pipelines, context.input_pipeline_id)),
                 tf.distribute.InputOptions(experimental_fetch_to_device=False))
-        local = _local_model(config, sizes, first_eval[0]) if parameter_servers else None
-
-        def scored() -> EsmmModel:
-            """The model to evaluate: under parameter servers a local copy of the weights (evaluating the
-            coordinator's distributed model scored other values than the ones checkpointed and exported)."""
-            return _copy_weights(model, local) if parameter_servers else model
-
         interactive = sys.stdout.isatty()
         model.fit(data, epochs=training.epochs, initial_epoch=first_epoch, steps_per_epoch=fit_steps,
                   verbose=1 if interactive else 2, callbacks=[
                       callbacks.NonFiniteLoss(config.model.variant, training.learning_rate,
                                               every_step=not parameter_servers),
                       callbacks.TrainScalars(paths.tensorboard("train"), log_every, print_progress=not interactive),
-                      callbacks.EpochEvaluation(lambda: exact_eval_metrics(scored(), eval_data),
+                      callbacks.EpochEvaluation(lambda: exact_eval_metrics(model, eval_data),
                                                 paths.tensorboard("eval"), history, history_path, write=chief),
                       *([callbacks.ResumedEarlyStopping(training.early_stopping_patience, history)]
                         if training.early_stopping_patience else []),

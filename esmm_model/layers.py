@@ -22,6 +22,11 @@ class FeatureEmbeddings(keras.layers.Layer):
     1/√dim (unit-norm rows). Members of a shared group read one table. A weighted_ids feature is pooled by its
     combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
     sum. Z-scored dense features are appended as they are.
+
+    Rows are read with ``tf.nn.embedding_lookup``, not ``tf.gather``: on a table partitioned over
+    parameter servers (a ShardedVariable), ``tf.gather`` in a layer's call reaches
+    ``ShardedVariable.sparse_read``, which returns the rows grouped by shard instead of in the
+    ids' order (TF 2.21), so examples silently got other ids' rows.
     """
 
     def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
@@ -45,10 +50,10 @@ class FeatureEmbeddings(keras.layers.Layer):
                 continue
             table = self.tables[feature.table_name]
             if feature.kind != "weighted_ids":
-                columns.append(tf.gather(table, inputs[feature.name]))
+                columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
                 continue
             weights = inputs[feature.weight_name]
-            pooled = tf.einsum("bld,bl->bd", tf.gather(table, inputs[feature.name]), weights)
+            pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, inputs[feature.name]), weights)
             if feature.combiner == "mean":
                 pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, axis=1, keepdims=True))
             columns.append(pooled)
