@@ -125,6 +125,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     version: the export's version directory name (default: seconds since the epoch).
     Raises NonFiniteLossError naming the step when the loss becomes NaN or infinite.
     """
+    if checkpoint_every < 1:
+        raise InputError(f"checkpoint_every: a backup every {checkpoint_every} steps; give a positive number")
     strategy = distribution.strategy_for(config.training)
     chief = distribution.is_chief(strategy)
     parameter_servers = isinstance(strategy, tf.distribute.ParameterServerStrategy)
@@ -149,35 +151,36 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
         model = EsmmModel(config, sizes)
         model(first_eval[0])
         compile_for_training(model, training)
-    first_epoch, first_step = callbacks.backed_up_position(checkpoint_dir, steps_per_epoch)
+    # Under parameter servers a step is one worker's slice of a global batch: an epoch is `workers` x the steps.
+    workers = len(distribution.read_cluster().spec.get("worker", [])) if parameter_servers else 1
+    fit_steps = steps_per_epoch * workers
+    first_epoch, first_step = callbacks.backed_up_position(checkpoint_dir, fit_steps)
     history_path = layout.join(checkpoint_dir, HISTORY_FILE)
     resumed = (first_epoch or first_step) and tf.io.gfile.exists(history_path)
     history = [h for h in (json.loads(storage.read_text(history_path))["history"] if resumed else [])
                if h["epoch"] <= first_epoch]  # an epoch saved after the last backup is redone
     if first_epoch or first_step:
-        log.info("train: resuming from %s at epoch %d, step %d of %d", checkpoint_dir, first_epoch + 1,
-                 first_step, steps_per_epoch)
+        print(f"train: resuming from {checkpoint_dir} at epoch {first_epoch + 1}, step {first_step} of {fit_steps}",
+              flush=True)
     if first_epoch < training.epochs and not callbacks.should_stop(history, training.early_stopping_patience):
         def stream(shards: tuple[int, int]) -> tf.data.Dataset:
             """One stream over the remaining epochs, each reshuffled by its own seed, entered where
-            the backup left off: fit runs steps_per_epoch batches per epoch from it."""
+            the backup left off: fit runs steps_per_epoch batches per epoch from it (under parameter
+            servers each worker its share of fit's steps_per_epoch; see _worker_skip)."""
+            skip = _worker_skip(first_step, workers) if parameter_servers else first_step
             return (tf.data.Dataset.range(first_epoch, training.epochs).flat_map(
                 lambda epoch: make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size,
                                            shuffle_seed=training.seed + epoch, shards=shards).take(steps_per_epoch))
-                .skip(first_step).prefetch(tf.data.AUTOTUNE))
+                .skip(skip).prefetch(tf.data.AUTOTUNE))
 
-        fit_steps = steps_per_epoch
         if parameter_servers:  # each worker its own slices of the batches; a step is one worker's slice
             cluster = distribution.read_cluster()
-            workers = len(cluster.spec.get("worker", []))
             tables = model.embedding_tables()
             print(f"train: parameter servers: {cluster.parameter_servers}, "
                   f"{sum(hasattr(t, 'variables') for t in tables)} of {len(tables)} embedding tables partitioned, "
                   f"{workers} worker(s)", flush=True)
             data = keras.utils.experimental.DatasetCreator(
                 lambda context: stream((context.num_input_pipelines, context.input_pipeline_id)).repeat())
-            fit_steps = steps_per_epoch * workers
-            callbacks.restore_backup(model, checkpoint_dir)  # BackupAndRestore does not run under it
         elif replicas == 1:
             data = stream((1, 0))
         else:  # each worker reads every global batch's records and parses its own slice of them
@@ -194,7 +197,6 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
                                                 paths.tensorboard("eval"), history, history_path, write=chief),
                       *([callbacks.ResumedEarlyStopping(training.early_stopping_patience, history)]
                         if training.early_stopping_patience else []),
-                      callbacks.EpochCheckpoint(checkpoint_dir, steps_per_epoch) if parameter_servers else
                       callbacks.EpochBackupAndRestore(checkpoint_dir, save_freq=checkpoint_every,
                                                       delete_checkpoint=False)])
     else:
@@ -209,6 +211,14 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
                          version if version is not None else int(time.time()), metrics)
     log.info("train: exported %s", export_dir)
     return TrainResult(export_dir, callbacks.global_step(model), metrics)
+
+
+def _worker_skip(first_step: int, workers: int) -> int:
+    """Batches each worker's stream skips when a parameter-server run resumes ``first_step`` steps
+    into an epoch: its share of them. Exact with one worker; with several, the coordinator gave the
+    steps to whichever worker was free, so a worker may have done a batch or two more or fewer than
+    its share (asynchronous training has no fixed split of an epoch among workers)."""
+    return first_step // workers
 
 
 def _steps_per_epoch(pattern: str, batch_size: int, configured: Optional[int], shards: int) -> int:

@@ -173,27 +173,31 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class EpochBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore every ``save_freq`` steps and also at every epoch's end, so a resumed
-    run never repeats a finished epoch (its history is already saved)."""
+    """BackupAndRestore every ``save_freq`` steps (an int) and also at every epoch's end, so a
+    resumed run never repeats a finished epoch (its history is already saved), under every strategy
+    the trainer runs. Under ParameterServerStrategy, where Keras' own backs up per epoch only, the
+    chief (the coordinator) first waits for the steps it has scheduled (``ClusterCoordinator.join``),
+    so a backup holds exactly the steps it records; that drains the workers' queues once per backup."""
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        if self.model._cluster_coordinator is None:
+            super().on_train_batch_end(batch, logs)
+            return
+        self._batches_count += 1
+        if self._batches_count >= self.save_freq:
+            self._batches_count = 0
+            self._coordinated_backup(batch)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq != "epoch":
+        if self.model._cluster_coordinator is None:
             self._backup(epoch=epoch)
+        else:  # fit has joined the epoch's steps: record its last one, as on_train_batch_begin does elsewhere
+            self._coordinated_backup(self.params["steps"] - 1)
 
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Under ParameterServerStrategy (which BackupAndRestore does not support): the model and its
-    optimizers at every epoch's end, in BackupAndRestore's layout, so a rerun resumes at the next epoch."""
-
-    def __init__(self, backup_dir: str, steps_per_epoch: int):
-        super().__init__()
-        self._dir, self._last_batch = layout.join(backup_dir, BACKUP_SUBDIR), steps_per_epoch - 1
-
-    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        checkpoint = tf.train.Checkpoint(model=self.model, ckpt_saved_epoch=tf.Variable(epoch, dtype=tf.int64),
-                                         ckpt_saved_batch=tf.Variable(self._last_batch, dtype=tf.int64))
-        tf.train.CheckpointManager(checkpoint, self._dir, max_to_keep=1).save()
+    def _coordinated_backup(self, batch: int) -> None:
+        self.model._cluster_coordinator.join()
+        self._training_state._ckpt_saved_batch.assign(batch)
+        self._backup(epoch=self._current_epoch, batch=batch)
 
 
 def backed_up_position(backup_dir: str, steps_per_epoch: int) -> tuple[int, int]:

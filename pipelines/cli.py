@@ -91,7 +91,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     if serve_if_not_coordinator(config.training):
         return
-    result = train(config, args.transform_dir, args.out, checkpoint_dir=args.checkpoint_dir)
+    result = train(config, args.transform_dir, args.out, checkpoint_dir=args.checkpoint_dir,
+                   checkpoint_every=args.checkpoint_every)
     where = f"exported {result.export_dir}" if result.export_dir else "worker done (the chief exports)"
     print(f"{where} after {result.step} steps; final eval: {result.metrics['final']}")
 
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir",
                    help="keep checkpoints here instead of <out>/checkpoints (a durable volume or URI); "
                                             "a rerun with the same directory resumes")
+    p.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
+                   help="back up every STEPS training steps, besides every epoch's end (default: %(default)s)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("push", help="push the model atomically if `esmm evaluate` blessed it against the version still "

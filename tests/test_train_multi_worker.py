@@ -1,5 +1,6 @@
 """The trainer as a cluster on loopback (TF_CONFIG, one process per task): two MultiWorkerMirrored
-workers against a one-process run on the same tiny data, and a parameter-server cluster."""
+workers against a one-process run on the same tiny data, and a parameter-server cluster, run
+through and preempted mid-epoch then resumed."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from components import distribution, layout
+from components import distribution, layout, train_callbacks
 from components.train import train
 from components.transform import transform
 from esmm_model.config import config_from_dict, load_config
@@ -24,6 +25,24 @@ from raw_examples import make_example, random_rows, write_ingest_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ROWS, EVAL_ROWS, BATCH, EPOCHS = 256, 128, 32, 3
+PS_TASKS = {"chief": 1, "worker": 1, "ps": 2}
+# A chief that dies (exit 75, nothing flushed, like a preempted pod) right after the backup of a
+# given global step; otherwise `esmm train` as it is.
+PREEMPTED_CHIEF = """
+import os, sys
+from components import train_callbacks
+from pipelines import cli
+
+backup = train_callbacks.EpochBackupAndRestore._backup
+
+def backup_then_die(self, epoch, batch=0):
+    backup(self, epoch, batch)
+    if train_callbacks.global_step(self.model) == int(os.environ["PREEMPT_AFTER_STEP"]):
+        os._exit(75)
+
+train_callbacks.EpochBackupAndRestore._backup = backup_then_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 def tiny_config(**training):
@@ -42,19 +61,23 @@ def data(tmp_path_factory) -> tuple[str, list[dict]]:
     return transform(config, ingest, root / "transform", ["--runner=DirectRunner"]).root, eval_rows
 
 
-def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[str, int]) -> list[str]:
+def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[str, int], *, args: tuple = (),
+                preempt_after_step: int = 0) -> list[str]:
     """Runs `esmm train` once per task of a loopback cluster; returns the output of each process that
-    trains (every one; with ps tasks, the chief alone: the others serve until killed)."""
+    trains (every one; with ps tasks, the chief alone: the others serve until killed). With
+    ``preempt_after_step``, the chief dies right after backing up that step (and must)."""
     addresses = iter(distribution.loopback_addresses(sum(tasks.values())))
     spec = {kind: [next(addresses) for _ in range(n)] for kind, n in tasks.items()}
     procs = []
     for kind, addresses in spec.items():
         for index in range(len(addresses)):
             env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
-                   "TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": kind, "index": index}})}
+                   "TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": kind, "index": index}}),
+                   "PREEMPT_AFTER_STEP": str(preempt_after_step)}
+            entry = ["-c", PREEMPTED_CHIEF] if preempt_after_step and not procs else ["-m", "pipelines.cli"]
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config_path),
-                 "--transform-dir", transform_root, "--out", str(out)],
+                [sys.executable, *entry, "train", "--config", str(config_path),
+                 "--transform-dir", transform_root, "--out", str(out), *args],
                 env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     training = procs[:1] if "ps" in tasks else procs
     outputs = []
@@ -65,7 +88,7 @@ def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[s
         for proc in procs:
             proc.kill()
     for proc, output in zip(training, outputs):
-        assert proc.returncode == 0, output[-3000:]
+        assert proc.returncode == (75 if preempt_after_step else 0), output[-3000:]
     return outputs
 
 
@@ -125,21 +148,70 @@ def test_multi_worker_distribution_follows_tf_config_and_refuses_a_mismatch():
         distribution.read_cluster({"TF_CONFIG": "{not json"})
 
 
+def ps_config():
+    """Shards small enough that tables are split over both parameter servers."""
+    return tiny_config(epochs=2, ps_min_shard_bytes=1024, embedding_optimizer="lazy_adam")
+
+
+def write_config(config, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ps_run(data, tmp_path_factory) -> tuple[layout.TrainLayout, str]:
+    """A chief (the coordinator, running model.fit), one worker and two ps tasks on loopback, trained
+    through: its layout and the chief's output."""
+    root = tmp_path_factory.mktemp("ps")
+    (output,) = run_cluster(write_config(ps_config(), root / "config.yaml"), data[0], root / "out", PS_TASKS)
+    return layout.TrainLayout(str(root / "out")), output
+
+
+def exported(paths: layout.TrainLayout) -> str:
+    (version,) = tf.io.gfile.listdir(paths.export_base)
+    return paths.export_dir(int(version.rstrip("/")))
+
+
 @pytest.mark.slow
-def test_parameter_server_training_partitions_the_tables_and_the_chief_exports(data, tmp_path):
-    """A chief (the coordinator, running model.fit), one worker and two ps tasks on loopback, with
-    shards small enough that the embedding tables are split over both parameter servers."""
-    transform_root, eval_rows = data
-    config = tiny_config(epochs=2, ps_min_shard_bytes=1024, embedding_optimizer="lazy_adam")
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    outputs = run_cluster(config_path, transform_root, tmp_path / "ps", {"chief": 1, "worker": 1, "ps": 2})
-    assert re.search(r"^train: parameter servers: 2, [1-9]\d* of \d+ embedding tables partitioned", outputs[0], re.M), \
-        outputs[0][-3000:]
-    paths = layout.TrainLayout(str(tmp_path / "ps"))
+def test_parameter_server_training_partitions_the_tables_and_the_chief_exports(data, ps_run):
+    _, eval_rows = data
+    paths, output = ps_run
+    assert re.search(r"^train: parameter servers: 2, [1-9]\d* of \d+ embedding tables partitioned", output, re.M), \
+        output[-3000:]
     history = json.loads(Path(paths.metrics).read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[1]["train_loss"] < history[0]["train_loss"]
-    (version,) = tf.io.gfile.listdir(paths.export_base)
-    auc = served_ctcvr_auc(paths.export_dir(int(version.rstrip("/"))), config, eval_rows)
-    assert auc == pytest.approx(history[-1]["ctcvr_auc"], abs=1e-6)  # the joined shards serve the trained model
+    auc = served_ctcvr_auc(exported(paths), ps_config(), eval_rows)
+    # The epoch's evaluation scored the distributed model (partitioned tables read on the ps); the export
+    # joins the shards: the same AUC only if both look up every id's own row.
+    assert auc == pytest.approx(history[-1]["ctcvr_auc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_parameter_server_multi_worker_resume_mid_epoch_matches_an_uninterrupted_run(data, ps_run, tmp_path):
+    """Backups every 3 steps; the chief dies right after the one of global step 12 (epoch 2, 4 of its 8
+    steps done). The rerun of the cluster resumes there and ends where the uninterrupted run did."""
+    transform_root, eval_rows = data
+    config = ps_config()
+    config_path, out = write_config(config, tmp_path / "config.yaml"), tmp_path / "out"
+    steps = TRAIN_ROWS // BATCH  # one worker: a step is a whole batch
+    (preempted,) = run_cluster(config_path, transform_root, out, PS_TASKS, args=("--checkpoint-every", "3"),
+                               preempt_after_step=steps + 4)
+    paths = layout.TrainLayout(str(out))
+    assert train_callbacks.backed_up_position(paths.default_checkpoints, steps) == (1, 4)
+    epoch_1 = json.loads(re.search(r"^train: epoch 1: (\{.*\})$", preempted, re.M).group(1))
+
+    (resumed,) = run_cluster(config_path, transform_root, out, PS_TASKS, args=("--checkpoint-every", "3"))
+    assert f"train: resuming from {paths.default_checkpoints} at epoch 2, step 4 of {steps}" in resumed, resumed[-3000:]
+    assert "train: epoch 1:" not in resumed  # epoch 1 was not trained again
+    history = json.loads(Path(paths.metrics).read_text())["history"]
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, steps), (2, 2 * steps)]
+    assert history[0] == epoch_1
+
+    def learned(entry: dict) -> dict:  # the train loss and speed cover only the steps each run did
+        return {k: v for k, v in entry.items() if k not in ("examples_per_second", "train_loss")}
+
+    through = json.loads(Path(ps_run[0].metrics).read_text())["history"]
+    assert [learned(h) for h in history] == [learned(h) for h in through]
+    auc = served_ctcvr_auc(exported(paths), config, eval_rows)
+    assert auc == pytest.approx(history[-1]["ctcvr_auc"], abs=1e-6)
