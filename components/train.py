@@ -7,7 +7,8 @@ Layout under ``out_dir`` (``components.layout.TrainLayout``):
 - ``checkpoints/`` (or the ``checkpoint_dir`` given, e.g. on a work volume keyed by the
   pipeline run): Keras' ``BackupAndRestore`` backup in ``chief/`` (model, optimizers, epoch,
   step in epoch) and ``history.json``; a rerun with the same checkpoints resumes where the
-  last one stopped, mid-epoch included;
+  last one stopped, mid-epoch included (under ParameterServerStrategy exactly with one worker,
+  approximately with several: ``_worker_skip``);
 - ``tensorboard/train``: scalars ``loss``, ``ctr_loss``, ``ctcvr_loss`` (esmm, esmm_ns,
   division) or ``cvr_loss`` (the others), ``examples_per_second``, by global step;
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
@@ -119,9 +120,9 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     transform_root: the transform step's output (``components.layout.TransformLayout``);
     out_dir: ``components.layout.TrainLayout``. Resumes from ``checkpoint_dir`` (default
     ``<out_dir>/checkpoints``) when it holds a backup (written every ``checkpoint_every`` steps
-    and at every epoch's end), mid-epoch included; the history of the epochs done so far is
-    kept there too, so a resumed run reports every epoch. An ``out_dir`` holding anything but a
-    train run's own files is refused (OutputExistsError).
+    and at every epoch's end, under every strategy), mid-epoch included; the history of the
+    epochs done so far is kept there too, so a resumed run reports every epoch. An ``out_dir``
+    holding anything but a train run's own files is refused (OutputExistsError).
     version: the export's version directory name (default: seconds since the epoch).
     Raises NonFiniteLossError naming the step when the loss becomes NaN or infinite.
     """

@@ -220,3 +220,8 @@ def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(data, tmp_path, c
     assert re.search(r"^train: epoch 1 step 4: loss \d\.\d+ ctr_loss \d\.\d+ ctcvr_loss \d\.\d+, [\d,]+ examples/s$",
                      out, re.M)
     assert re.search(r'^train: epoch 1: \{"epoch": 1, "step": 5, "train_loss"', out, re.M)
+
+
+def test_a_backup_cadence_below_one_step_is_refused_before_training(tmp_path):
+    with pytest.raises(InputError, match=r"checkpoint_every: a backup every 0 steps; give a positive number"):
+        train(tiny_config(), str(tmp_path / "no-transform"), tmp_path / "out", checkpoint_every=0)
