@@ -68,6 +68,11 @@ def other_table_optimizer(config: Config) -> Config:
     return with_overrides(config, {"training": {"embedding_optimizer": "same" if lazy else "lazy_adam"}})
 
 
+def table_rate(config: Config) -> float:
+    """The tables' learning rate as the trainer resolves it: their own, else the dense one."""
+    return config.training.embedding_learning_rate or config.training.learning_rate
+
+
 # name -> (how the config changes, whether preprocessing changes, shuffle)
 ABLATIONS = {
     "shipped": (lambda c: c, False, "window"),
@@ -87,6 +92,15 @@ ABLATIONS = {
     "tables: lazy_adam at 0.008 (rest at the shipped rate)": (
         lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.008}}), False, "window"),
     "learning rate 0.0005": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.0005}}), False, "window"),
+    "dense layers at 0.0015 (tables at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"learning_rate": 0.0015, "embedding_learning_rate": table_rate(c)}}),
+        False, "window"),
+    "dense layers at 0.002 (tables at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"learning_rate": 0.002, "embedding_learning_rate": table_rate(c)}}),
+        False, "window"),
+    "both rates doubled (dense/tables ratio kept)": (
+        lambda c: with_overrides(c, {"training": {"learning_rate": 2 * c.training.learning_rate,
+                                                  "embedding_learning_rate": 2 * table_rate(c)}}), False, "window"),
 }
 
 
