@@ -11,6 +11,9 @@ esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per see
   weights, price z-scored as a ``DenseFeat``, the hour bucketed as ours is); same towers,
   embedding size, Adam learning rate, batch size and epochs;
 - oracle: the simulator's true probabilities.
+``--peer-learning-rate`` (repeatable) gives the peer its own Adam learning rate(s), one peer row
+each; by default it uses our config's dense rate. So when our rate moves from the issue's 1e-3,
+the peer can be run at both and is not handicapped by a rate tuned for us.
 ``--tables aliccp`` sizes every embedding table as esmm_model/configs/aliccp.yaml sizes its Ali-CCP field
 (2.4M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
 tables of the same sizes, shared as ours are (one vocabulary per shared group, DeepCTR's
@@ -21,7 +24,8 @@ and train examples/s (mean over epochs after the first), mean ± std over seeds.
 
     make peer-venv
     .venv/bin/python benchmarks/bench_peer.py [--rows 400000] [--seeds 3] [--work-dir DIR] \\
-        [--tables aliccp] [--set training.embedding_optimizer=lazy_adam ...]
+        [--tables aliccp] [--set training.embedding_optimizer=lazy_adam ...] \\
+        [--peer-learning-rate 0.001 --peer-learning-rate 0.002]
 """
 from __future__ import annotations
 
@@ -181,12 +185,12 @@ def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, o
 
 
 def run_peer(config: Config, spec: dict, data_path: Path, eval_raw: dict, would_convert: np.ndarray, seed: int,
-             tmp: Path) -> dict[str, float]:
+             learning_rate: float, tmp: Path) -> dict[str, float]:
     training = config.training
     spec = {**spec, "seed": seed, "embedding_dim": config.model.embedding_dim,
             "tower_units": list(config.model.tower_units),
-            "learning_rate": training.learning_rate, "batch_size": training.batch_size, "epochs": training.epochs}
-    spec_path, out_path = tmp / f"spec-{seed}.json", tmp / f"peer-{seed}.npz"
+            "learning_rate": learning_rate, "batch_size": training.batch_size, "epochs": training.epochs}
+    spec_path, out_path = tmp / f"spec-{seed}-{learning_rate}.json", tmp / f"peer-{seed}-{learning_rate}.npz"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([str(PEER_PYTHON), str(REPO / "benchmarks" / "peer_deepctr.py"), str(spec_path), str(data_path),
@@ -214,6 +218,9 @@ def main() -> None:
     parser.add_argument("--tables", choices=["small", "aliccp"], default="small",
                         help="embedding table sizes: the simulator's vocabularies, or Ali-CCP's hash tables for both")
     parser.add_argument("--skip-peer", action="store_true", help="run ours and the oracle only")
+    parser.add_argument("--peer-learning-rate", type=float, action="append", metavar="RATE",
+                        help="the peer's Adam learning rate, one peer row per rate (repeatable; default: our "
+                             "config's training.learning_rate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.skip_peer and not PEER_PYTHON.exists():
@@ -234,14 +241,20 @@ def main() -> None:
     oracle = four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert,
                        p_true[:, 0], p_true[:, 1], p_true[:, 0] * p_true[:, 1])
     training = config.training
+    peer_rates = args.peer_learning_rate or [training.learning_rate]
+    if any(not 0 < rate < float("inf") for rate in peer_rates):
+        raise SystemExit(f"bench_peer: --peer-learning-rate must be positive and finite, got {peer_rates}")
     spec, arrays = peer_arrays(config, train_raw, eval_raw, sized)
     print(f"{len(train_raw[LABEL_CLICK]):,} train / {len(eval_raw[LABEL_CLICK]):,} eval rows "
           f"({int(train_raw[LABEL_CLICK].sum()):,} / {int(eval_raw[LABEL_CLICK].sum()):,} clicks); towers "
-          f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate}, batch "
+          f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate} (peer "
+          f"{', '.join(map(str, peer_rates))}), batch "
           f"{training.batch_size}, {training.epochs} epochs, seeds {training.seed}..{training.seed + args.seeds - 1}; "
-          f"ours: embedding_optimizer {training.embedding_optimizer}; tables {args.tables} "
+          f"ours: embedding_optimizer {training.embedding_optimizer} at "
+          f"{training.embedding_learning_rate or training.learning_rate}; tables {args.tables} "
           f"({peer_table_rows(spec):,} peer embedding rows)", flush=True)
-    results: dict[str, list[dict]] = {"ours": [], "peer": []}
+    peer_rows = {rate: f"DeepCTR 0.9.4 ESMM (Adam {rate:g})" for rate in peer_rates}
+    results: dict[str, list[dict]] = {**{label: [] for label in peer_rows.values()}, "esmm (ours)": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -250,19 +263,19 @@ def main() -> None:
         for i in range(args.seeds):
             seed = training.seed + i
             seeded = with_overrides(config, {"training": {"seed": seed}})
-            results["ours"].append(run_ours(seeded, work_dir, transform_name, truth, tmp_path / f"ours-{seed}"))
-            print(f"ours seed {seed}: {json.dumps(results['ours'][-1])}", flush=True)
-            if not args.skip_peer:
-                results["peer"].append(run_peer(seeded, spec, data_path, eval_raw, would_convert, seed, tmp_path))
-                print(f"peer seed {seed}: {json.dumps(results['peer'][-1])}", flush=True)
+            results["esmm (ours)"].append(run_ours(seeded, work_dir, transform_name, truth, tmp_path / f"ours-{seed}"))
+            print(f"ours seed {seed}: {json.dumps(results['esmm (ours)'][-1])}", flush=True)
+            for rate, label in ([] if args.skip_peer else peer_rows.items()):
+                results[label].append(run_peer(seeded, spec, data_path, eval_raw, would_convert, seed, rate,
+                                               tmp_path))
+                print(f"peer (Adam {rate:g}) seed {seed}: {json.dumps(results[label][-1])}", flush=True)
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{time.perf_counter() - started:.0f} s; load average {load}\n")
     print("| model | " + " | ".join(f"{title} AUC" for _, title in COLUMNS) + " | train ex/s |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     print("| oracle (true probabilities) | " + " | ".join(f"{oracle[k]:.4f}" for k, _ in COLUMNS) + " | |")
-    for name, label in (("peer", "DeepCTR 0.9.4 ESMM"), ("ours", "esmm (ours)")):
-        if results[name]:
-            runs = results[name]
+    for label, runs in results.items():
+        if runs:
             print(f"| {label} | " + " | ".join(_cell([r[k] for r in runs], ".4f") for k, _ in COLUMNS)
                   + f" | {_cell([r['examples_per_second'] for r in runs], ',.0f')} |")
 
