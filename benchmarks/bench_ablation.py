@@ -98,10 +98,24 @@ ABLATIONS = {
     "dense layers at 0.002 (tables at the shipped rate)": (
         lambda c: with_overrides(c, {"training": {"learning_rate": 0.002, "embedding_learning_rate": table_rate(c)}}),
         False, "window"),
+    "dense layers at 0.0007 (tables at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"learning_rate": 0.0007, "embedding_learning_rate": table_rate(c)}}),
+        False, "window"),
+    "tables: lazy_adam at 0.003 (rest at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.003}}), False, "window"),
+    "tables: lazy_adam at 0.005 (rest at the shipped rate)": (
+        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.005}}), False, "window"),
+    "towers: dropout 0.1": (lambda c: with_overrides(c, {"model": {"dropout": 0.1}}), False, "window"),
+    "no shared tables, dense layers at 0.0015 (tables at the shipped rate)": (
+        lambda c: with_overrides(unshared(c), {"training": {"learning_rate": 0.0015,
+                                                            "embedding_learning_rate": table_rate(c)}}),
+        True, "window"),
     "both rates doubled (dense/tables ratio kept)": (
         lambda c: with_overrides(c, {"training": {"learning_rate": 2 * c.training.learning_rate,
                                                   "embedding_learning_rate": 2 * table_rate(c)}}), False, "window"),
 }
+# Rows that combine a preprocessing change with another: they reuse that change's transform.
+SAME_TRANSFORM_AS = {"no shared tables, dense layers at 0.0015 (tables at the shipped rate)": "no shared tables"}
 
 
 def main() -> None:
@@ -129,7 +143,8 @@ def main() -> None:
     for name in names:
         change, preprocessing, shuffle = ABLATIONS[name]
         config = change(base)
-        key = "transform_" + "_".join(re.findall(r"[a-z0-9]+", name)) if preprocessing else "transform"
+        words = re.findall(r"[a-z0-9]+", SAME_TRANSFORM_AS.get(name, name))
+        key = "transform_" + "_".join(words) if preprocessing else "transform"
         if key not in loaded:
             out = work_dir / key
             if not tf.io.gfile.isdir(layout.join(layout.TransformLayout(str(out)).graph, "transform_fn")):
