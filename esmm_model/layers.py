@@ -26,7 +26,8 @@ class FeatureEmbeddings(keras.layers.Layer):
     Rows are read with ``tf.nn.embedding_lookup``, not ``tf.gather``: on a table partitioned over
     parameter servers (a ShardedVariable), ``tf.gather`` in a layer's call reaches
     ``ShardedVariable.sparse_read``, which returns the rows grouped by shard instead of in the
-    ids' order (TF 2.21), so examples silently got other ids' rows.
+    ids' order (TF 2.21), so examples silently got other ids' rows, and refuses the [batch, length]
+    ids of a weighted_ids feature ("indices must be 1D").
     """
 
     def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):

@@ -149,8 +149,9 @@ def test_multi_worker_distribution_follows_tf_config_and_refuses_a_mismatch():
 
 
 def ps_config():
-    """Shards small enough that tables are split over both parameter servers."""
-    return tiny_config(epochs=2, ps_min_shard_bytes=1024, embedding_optimizer="lazy_adam")
+    """Shards small enough that most tables, multi-valued ones included, are split over both
+    parameter servers (and the towers' first kernels too)."""
+    return tiny_config(epochs=2, ps_min_shard_bytes=128, embedding_optimizer="lazy_adam")
 
 
 def write_config(config, path: Path) -> Path:
