@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from components import layout, storage
 from components.aliccp_reader import FIELD_SEP, KEY_SEP, VALUE_SEP
+from components.progress import progress
 from esmm_model.config import Config
 
 SKELETON_FILE = "sample_skeleton_sim.csv"
@@ -291,7 +291,7 @@ def simulate(spec: SimulationSpec, config: Config, out_dir: str, *, write_csv: b
     users_seen = np.unique(imp.user)
 
     with tf.io.gfile.GFile(layout.join(out, COMMON_FILE), "w") as f:
-        for user in tqdm(users_seen, desc="simulate: users", unit="user", leave=False, mininterval=2):
+        for user in progress(users_seen, "simulate: users", "user"):
             num, features = _feature_list(user_fields(world, int(user)))
             f.write(f"{_common_feature_index(int(user))},{num},{features}\n")
 
@@ -302,7 +302,7 @@ def simulate(spec: SimulationSpec, config: Config, out_dir: str, *, write_csv: b
     with (tf.io.gfile.GFile(layout.join(out, SKELETON_FILE), "w") as skeleton,
           tf.io.gfile.GFile(layout.join(out, GROUND_TRUTH_FILE), "w") as truth):
         truth.write("sample_id,p_click,p_cvr,would_convert\n")
-        for row in tqdm(range(spec.rows), desc="simulate: impressions", unit="row", leave=False, mininterval=2):
+        for row in progress(range(spec.rows), "simulate: impressions", "row"):
             sample_id = row + 1
             fields = impression_fields(world, imp, row)
             num, features = _feature_list(fields)
