@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -74,6 +75,21 @@ def table_rate(config: Config) -> float:
 
 
 # name -> (how the config changes, whether preprocessing changes, shuffle)
+def training_at(**training) -> Callable[[Config], Config]:
+    """The config with these ``training`` values."""
+    return lambda c: with_overrides(c, {"training": training})
+
+
+def tables_at(rate: float) -> Callable[[Config], Config]:
+    """The tables' LazyAdam at ``rate``, the dense layers at the shipped rate."""
+    return training_at(embedding_learning_rate=rate)
+
+
+def dense_at(rate: float) -> Callable[[Config], Config]:
+    """The dense layers at ``rate``, the tables kept at the rate they train at now."""
+    return lambda c: with_overrides(c, {"training": {"learning_rate": rate, "embedding_learning_rate": table_rate(c)}})
+
+
 ABLATIONS = {
     "shipped": (lambda c: c, False, "window"),
     "embedding init N(0, 1e-4)": (lambda c: with_overrides(c, {"model": {"embedding_init_stddev": 1e-4}}), False,
@@ -81,35 +97,21 @@ ABLATIONS = {
     "no shared tables": (unshared, True, "window"),
     "user_id exact vocabulary (not 20k hash buckets)": (exact_user_vocab, True, "window"),
     "tables: dense Adam <-> lazy_adam": (other_table_optimizer, False, "window"),
-    "tables: adagrad 0.05": (lambda c: with_overrides(c, {"training": {"embedding_optimizer": "adagrad",
-                                                                        "embedding_learning_rate": 0.05}}), False,
-                             "window"),
+    "tables: adagrad 0.05": (training_at(embedding_optimizer="adagrad", embedding_learning_rate=0.05), False, "window"),
     "full shuffle (not 4-batch windows)": (lambda c: c, False, "full"),
     "weighted lists: sum <-> mean pooling": (other_combiner, False, "window"),
-    "learning rate 0.002": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.002}}), False, "window"),
-    "tables: lazy_adam at 0.004 (rest at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.004}}), False, "window"),
-    "tables: lazy_adam at 0.008 (rest at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.008}}), False, "window"),
-    "learning rate 0.0005": (lambda c: with_overrides(c, {"training": {"learning_rate": 0.0005}}), False, "window"),
-    "dense layers at 0.0015 (tables at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"learning_rate": 0.0015, "embedding_learning_rate": table_rate(c)}}),
-        False, "window"),
-    "dense layers at 0.002 (tables at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"learning_rate": 0.002, "embedding_learning_rate": table_rate(c)}}),
-        False, "window"),
-    "dense layers at 0.0007 (tables at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"learning_rate": 0.0007, "embedding_learning_rate": table_rate(c)}}),
-        False, "window"),
-    "tables: lazy_adam at 0.003 (rest at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.003}}), False, "window"),
-    "tables: lazy_adam at 0.005 (rest at the shipped rate)": (
-        lambda c: with_overrides(c, {"training": {"embedding_learning_rate": 0.005}}), False, "window"),
+    "learning rate 0.002": (training_at(learning_rate=0.002), False, "window"),
+    "tables: lazy_adam at 0.004 (rest at the shipped rate)": (tables_at(0.004), False, "window"),
+    "tables: lazy_adam at 0.008 (rest at the shipped rate)": (tables_at(0.008), False, "window"),
+    "learning rate 0.0005": (training_at(learning_rate=0.0005), False, "window"),
+    "dense layers at 0.0015 (tables at the shipped rate)": (dense_at(0.0015), False, "window"),
+    "dense layers at 0.002 (tables at the shipped rate)": (dense_at(0.002), False, "window"),
+    "dense layers at 0.0007 (tables at the shipped rate)": (dense_at(0.0007), False, "window"),
+    "tables: lazy_adam at 0.003 (rest at the shipped rate)": (tables_at(0.003), False, "window"),
+    "tables: lazy_adam at 0.005 (rest at the shipped rate)": (tables_at(0.005), False, "window"),
     "towers: dropout 0.1": (lambda c: with_overrides(c, {"model": {"dropout": 0.1}}), False, "window"),
     "no shared tables, dense layers at 0.0015 (tables at the shipped rate)": (
-        lambda c: with_overrides(unshared(c), {"training": {"learning_rate": 0.0015,
-                                                            "embedding_learning_rate": table_rate(c)}}),
-        True, "window"),
+        lambda c: dense_at(0.0015)(unshared(c)), True, "window"),
     "both rates doubled (dense/tables ratio kept)": (
         lambda c: with_overrides(c, {"training": {"learning_rate": 2 * c.training.learning_rate,
                                                   "embedding_learning_rate": 2 * table_rate(c)}}), False, "window"),
