@@ -14,10 +14,15 @@ stream whose periodic (time-based) flush thread races the writer: bytes written 
 is in its send callback are cleared unsent. Under load, or whenever the send queue is full, whole
 chunks of a stage's input vanish without an error (seen: 17% of a 1.1M-row train split lost in
 tf.Transform with ``multi_processing``). ``make_runner`` turns that flush off, so the runner sends
-from the writing thread alone (``DATA_BUFFER_TIME_LIMIT_MS = 0``), and has that thread flush
-after each buffered chunk (about 10 MB, ``_send_input_in_chunks``) so that a large stage input
-still travels in bounded messages, never one past gRPC's 2 GB; the steps also count what they
-wrote (``components.record_counts``).
+from one sending thread alone (``DATA_BUFFER_TIME_LIMIT_MS = 0``), which flushes after each
+buffered chunk (about 10 MB, ``_send_input_in_chunks``) so that a large stage input still
+travels in bounded messages, never one past gRPC's 2 GB. That thread runs beside the bundle,
+not before it: the runner pushes a bundle's ProcessBundle request only once its input is sent,
+and a worker drains that input only once it has the request, so a synchronous send blocks for
+good as soon as the input outgrows the data plane's bounded queues (about 250 MB: seen as a
+hang of a 2.2M-row transform). The bundle joins its senders and raises their error
+(``_process_bundle_joining_senders``). The steps also count what they wrote
+(``components.record_counts``).
 
 A process that ran tf.Transform on Beam segfaults at interpreter exit (exit 139) while the
 garbage collector tears TensorFlow objects down, after the pipeline succeeded. So every
@@ -29,6 +34,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import threading
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -38,6 +44,7 @@ from esmm_model.config import BeamConfig
 
 DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
 DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
+_senders = threading.local()  # the input senders of the bundle this thread runs
 # Where kfp keeps artifacts on a MinIO-backed Kubeflow, and Beam's name for an S3-compatible store.
 MINIO_SCHEME, S3_SCHEME = "minio://", "s3://"
 
@@ -93,12 +100,49 @@ def with_worker_image(args: Sequence[str], image: Optional[str]) -> list[str]:
 
 
 def _send_input_in_chunks(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
-    """``fn_runner.BundleManager._send_input_to_worker``, flushing from the writing thread after each chunk."""
+    """``fn_runner.BundleManager._send_input_to_worker`` in a thread of its own that flushes after each
+    chunk; the stream is closed even on an error, which the bundle then raises."""
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
-    for byte_stream in byte_streams or []:
-        data_out.write(byte_stream)
-        data_out.maybe_flush()
-    data_out.close()
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for byte_stream in byte_streams or []:
+                data_out.write(byte_stream)
+                data_out.maybe_flush()
+        except BaseException as exc:  # handed to the bundle, which raises it
+            errors.append(exc)
+        finally:
+            data_out.close()
+
+    sender = threading.Thread(target=send, name=f"send_input_{process_bundle_id}_{read_transform_id}", daemon=True)
+    _senders.running.append((sender, errors))
+    sender.start()
+
+
+def _process_bundle_joining_senders(process_bundle):
+    """``process_bundle`` that, once the bundle's outputs are in, waits for its input senders and
+    raises the first error one of them met."""
+    @functools.wraps(process_bundle)
+    def run(self, *args, **kwargs):
+        _senders.running = []
+        result = process_bundle(self, *args, **kwargs)
+        for sender, errors in _senders.running:
+            sender.join()
+            if errors:
+                raise RuntimeError(f"sending a bundle's input to the Beam worker failed: {errors[0]!r}") from errors[0]
+        return result
+    return run
+
+
+@functools.cache
+def _patch_fn_runner() -> None:
+    """Installs the corrections of the module docstring into Beam's FnApiRunner, once per process."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0  # no racing time-based flush on the runner's data streams
+    fn_runner.BundleManager._send_input_to_worker = _send_input_in_chunks
+    fn_runner.BundleManager.process_bundle = _process_bundle_joining_senders(fn_runner.BundleManager.process_bundle)
 
 
 def make_runner(options: PipelineOptions):
@@ -106,11 +150,10 @@ def make_runner(options: PipelineOptions):
     if not is_direct(options):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0  # no racing time-based flush on the runner's data streams
-    fn_runner.BundleManager._send_input_to_worker = _send_input_in_chunks
+    _patch_fn_runner()
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 from apache_beam.runners.worker import data_plane
 
-from components import layout
+from components import beam_runner, layout
 from components.beam_runner import make_runner, pipeline_options
 from components.record_counts import RowCountError, count_records
 from components.transform import check_rows
@@ -42,9 +46,46 @@ def test_direct_runner_sends_a_large_stage_input_in_bounded_messages():
     stream = data_plane.ClosableOutputStream.create(record, record, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
     manager = object.__new__(fn_runner.BundleManager)
     manager._worker_handler = SimpleNamespace(data_conn=SimpleNamespace(output_stream=lambda *_: stream))
+    beam_runner._senders.running = []
     manager._send_input_to_worker("bundle_1", "read", [b"x" * 4_000_000] * 10)
+    for sender, errors in beam_runner._senders.running:
+        sender.join(timeout=30)
+        assert not errors
     assert sum(sent) == 40_000_000
     assert len(sent) >= 3 and max(sent) <= 14_000_000
+
+
+LIST_INPUT_PIPELINE = """
+import sys
+
+import apache_beam as beam
+from apache_beam.runners.worker import data_plane
+
+from components.beam_runner import make_pipeline
+
+data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 1 << 20  # the runner's queues and (in-process) the workers' hold
+data_plane._DEFAULT_RECEIVE_QUEUE_MAX_ELEMENTS = 1  # a few 10 MB messages, not ~250 MB
+with make_pipeline(["--runner=DirectRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"]) as p:
+    data = p | beam.Impulse() | beam.FlatMap(lambda _: range(400_000)) | beam.Map(lambda i: b"%09d" % i + b"x" * 300)
+    total = data | "Count" >> beam.combiners.Count.Globally()
+    _ = (data | "Check" >> beam.Map(lambda row, n: len(row), n=beam.pvalue.AsSingleton(total))
+         | beam.CombineGlobally(sum) | beam.Map(lambda n: print("bytes", n, flush=True)))
+"""
+
+
+def test_direct_runner_stage_input_past_the_data_planes_queues_does_not_hang(tmp_path):
+    """124 MB of rows that the runner holds and sends again to a stage that waits on a side input computed from
+    them (as tf.Transform's transform stage does): with the input sent before the bundle's request, the workers'
+    full receive queues stalled it for good (a 2.2M-row transform hung)."""
+    script = tmp_path / "list_input.py"
+    script.write_text(LIST_INPUT_PIPELINE)
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=150,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pipeline hung sending a large stage input to its workers")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bytes 123600000" in done.stdout
 
 
 def _transformed(tmp_path, train: int, eval_: int) -> layout.TransformLayout:
