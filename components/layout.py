@@ -84,7 +84,7 @@ class TransformLayout(SplitRecords):
     root: str
     graph = Entry("transform_graph")  # the TFTransformOutput directory
     # Raw metadata inside the graph directory; ``TFTransformOutput.raw_feature_spec()`` reads it.
-    raw_metadata = Entry("transform_graph", "metadata")
+    raw_metadata = Entry(*graph.parts, "metadata")
     transformed = split_root = Entry("transformed")  # <root>/transformed/train|eval/part-*.tfrecord.gz
     shard_name = "part"
 
@@ -145,7 +145,7 @@ class EvaluationLayout:
     roc = Entry("roc.json")  # the headline ROC curves the kfp step logs as ClassificationMetrics
 
     def plot(self, name: str) -> str:
-        return join(self.root, "plots", f"{name}.png")
+        return join(self.plots, f"{name}.png")
 
 
 def model_base(serving_base: str, model_name: str) -> str:

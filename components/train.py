@@ -153,7 +153,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
         model(first_eval[0])
         compile_for_training(model, training)
     # Under parameter servers a step is one worker's slice of a global batch: an epoch is `workers` x the steps.
-    workers = len(distribution.read_cluster().spec.get("worker", [])) if parameter_servers else 1
+    cluster = distribution.read_cluster() if parameter_servers else None
+    workers = len(cluster.spec.get("worker", [])) if parameter_servers else 1
     fit_steps = steps_per_epoch * workers
     first_epoch, first_step = callbacks.backed_up_position(checkpoint_dir, fit_steps)
     history_path = layout.join(checkpoint_dir, HISTORY_FILE)
@@ -175,7 +176,6 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
                 .skip(skip).prefetch(tf.data.AUTOTUNE))
 
         if parameter_servers:  # each worker its own slices of the batches; a step is one worker's slice
-            cluster = distribution.read_cluster()
             tables = model.embedding_tables()
             print(f"train: parameter servers: {cluster.parameter_servers}, "
                   f"{sum(hasattr(t, 'variables') for t in tables)} of {len(tables)} embedding tables partitioned, "
