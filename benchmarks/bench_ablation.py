@@ -1,7 +1,7 @@
 """Ablations of the shipped ESMM, one change at a time, on the simulator with ground truth.
 
 Each row changes one thing against esmm_model/configs/simulator.yaml (as shipped) and trains ESMM for
---seeds seeds with the experiment machinery (``components.experiment``: the trainer's
+--seeds seeds with the experiment machinery (``components.devtools.experiment``: the trainer's
 optimizers, train step and windowed shuffle on the transformed train split held in memory),
 then prints the four AUCs as mean ± std and the change of each mean against the shipped row.
 Rows that change preprocessing (shared tables, exact user vocabulary) get their own
@@ -26,12 +26,12 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import layout  # noqa: E402
-from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.devtools.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config, with_overrides  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]

@@ -1,4 +1,4 @@
-"""Evaluation throughput: ``components.evaluate.evaluate`` end to end on the DirectRunner, with a profile.
+"""Evaluation throughput: ``components.evaluate.executor.evaluate`` end to end on the DirectRunner, with a profile.
 
 Each run evaluates a candidate with a served baseline (two models scored on the same rows,
 TFMA over both, the gate, the report), timed by wall clock from the call to its return. The
@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from components import layout  # noqa: E402
-from components.evaluate import evaluate  # noqa: E402
+from components.evaluate.executor import evaluate  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 
 MODES = {
     "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
@@ -53,16 +53,16 @@ MODES = {
 TARGET_ROWS_PER_S = 5_000
 # Profile parts: a function (file fragment, function name) whose inclusive time is that part's.
 PARTS = {
-    "model inference (score_split)": ("components/evaluate.py", "score_split"),
+    "model inference (score_split)": ("components/evaluate/executor.py", "score_split"),
     "TFMA: features extractor": ("extractors/features_extractor.py", "extract_features"),
     "TFMA: labels extractor": ("extractors/labels_extractor.py", "extract_labels"),
     "TFMA: predictions extractor": ("extractors/materialized_predictions_extractor.py", "rekey_predictions"),
     "TFMA: slice key extractor": ("extractors/slice_key_extractor.py", "process"),
     "TFMA: metric preprocessing": ("evaluators/metrics_plots_and_validations_evaluator.py", "process"),
     "TFMA: metric combiners (add_input)": ("evaluators/metrics_plots_and_validations_evaluator.py", "add_input"),
-    "TFMA: whole pipeline (run_tfma)": ("components/evaluate.py", "run_tfma"),
-    "exact AUCs (model_metrics)": ("components/evaluate.py", "model_metrics"),
-    "report and plots (write_report)": ("components/evaluation_report.py", "write_report"),
+    "TFMA: whole pipeline (run_tfma)": ("components/evaluate/executor.py", "run_tfma"),
+    "exact AUCs (model_metrics)": ("components/evaluate/executor.py", "model_metrics"),
+    "report and plots (write_report)": ("components/evaluate/report.py", "write_report"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Ingestion throughput: ``components.ingest.ingest`` end to end on the DirectRunner.
+"""Ingestion throughput: ``components.ingest.executor.ingest`` end to end on the DirectRunner.
 
 Data: the simulator's default preset and spec (10k users, 20k items) at each --rows size,
 simulated once into --work-dir/raw_<rows>_seed<seed> (reused when its simulation.json
@@ -39,11 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.aliccp_reader import AliccpReader  # noqa: E402
-from components.example_batch import encode_rows  # noqa: E402
-from components.ingest import BATCH_SIZE, EVAL, TRAIN, IngestCounts, ingest  # noqa: E402
-from components.rows import RowError  # noqa: E402
-from components.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
+from components.devtools.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
+from components.ingest.aliccp_reader import AliccpReader  # noqa: E402
+from components.ingest.example_batch import encode_rows  # noqa: E402
+from components.ingest.executor import BATCH_SIZE, EVAL, TRAIN, IngestCounts, ingest  # noqa: E402
+from components.ingest.rows import RowError  # noqa: E402
 from esmm_model.config import Config, load_config  # noqa: E402
 
 MODES = {

@@ -22,12 +22,12 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import layout  # noqa: E402
-from components.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.devtools.experiment import METRICS, fit_and_predict, load_data, oracle_scores, score  # noqa: E402
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import load_config, with_overrides  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]

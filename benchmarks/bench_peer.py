@@ -2,7 +2,7 @@
 
 Data: the simulator's default preset, ingested and transformed once into --work-dir with
 esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per seed:
-- ours: ``components.train.train`` (the production trainer, esmm_model/configs/simulator.yaml plus
+- ours: ``components.train.executor.train`` (the production trainer, esmm_model/configs/simulator.yaml plus
   --set overrides), scored through the exported ``serving_default`` on the raw eval split;
 - peer: ``deepctr.models.multitask.ESMM`` in .peer-venv (``make peer-venv``, run with
   TF_USE_LEGACY_KERAS=1) on the same train and eval rows, decoded from the same ingested
@@ -45,13 +45,13 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import aliccp_sized  # noqa: E402
-from components import layout  # noqa: E402
-from components.evaluate import CANDIDATE, load_ground_truth, score_split  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.train import train  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.evaluate.executor import CANDIDATE, load_ground_truth, score_split  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.train.executor import train  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.metrics import exact_auc  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
 from overrides import apply_overrides  # noqa: E402

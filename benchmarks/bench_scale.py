@@ -4,10 +4,10 @@ Each measurement is a function returning ``Measurement`` rows; ``print_table`` p
 them, so another section (training with 1 and 2 workers, say) adds a function and a
 ``--sections`` entry, nothing else.
 
-- ``ingest``: ``components.ingest.ingest`` on the simulator's default preset, at each --rows
+- ``ingest``: ``components.ingest.executor.ingest`` on the simulator's default preset, at each --rows
   size, with ``--direct_running_mode=multi_processing --direct_num_workers=N`` for each
   --workers N (raw data simulated once into --work-dir/raw_<rows>_seed<seed>, reused).
-- ``transform``: ``components.transform.transform`` on that ingest output, the same way.
+- ``transform``: ``components.transform.executor.transform`` on that ingest output, the same way.
 - ``train``: ``esmm train`` (2 epochs) on that transform output as one process without
   TF_CONFIG, and as N processes of a loopback MultiWorkerMirroredStrategy cluster (TF_CONFIG,
   one free port each) for each --workers N > 1; rows are the examples trained (rows x epochs),
@@ -47,11 +47,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_ingest import simulated  # noqa: E402
-from components import layout  # noqa: E402
-from components.distribution import loopback_addresses  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.train.distribution import loopback_addresses  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_EPOCHS = 2

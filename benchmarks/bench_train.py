@@ -8,7 +8,7 @@ once into --work-dir (reused on later runs). Two table sizes:
   buckets: 2.4M rows, of aliccp.yaml's ~2.9M; the simulator has no intention or cross
   fields). This is the cost per step a real user sees.
 For each setting:
-- trainer: ``components.train.train`` for two epochs over the transformed TFRecords;
+- trainer: ``components.train.executor.train`` for two epochs over the transformed TFRecords;
   its second epoch's examples/s (the first pays for tracing) and its eval AUCs after 2 epochs;
 - ceiling: the same model, optimizers and train step (``model.train_step`` in one ``tf.function``), fed batches
   already parsed and held in memory.
@@ -34,12 +34,12 @@ import tf_keras as keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import layout  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.simulator import SimulationSpec, simulate  # noqa: E402
-from components.train import make_dataset, train  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.devtools.simulator import SimulationSpec, simulate  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.train.executor import make_dataset, train  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.model import EsmmModel  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.training import bare_train_step, compile_for_training  # noqa: E402

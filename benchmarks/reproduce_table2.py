@@ -26,11 +26,11 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import layout  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.transform import transform  # noqa: E402
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.ingest.executor import ingest  # noqa: E402
+from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
 from pipelines.cli import main as esmm  # noqa: E402
 
 CONFIG = "simulator"

@@ -1,9 +1,8 @@
 """The SavedModel that TF Serving loads: raw serialized tf.Example in, ctr / cvr / ctcvr out.
 
-A SavedModel directory holds ``saved_model.pb``, ``variables/``, ``assets/`` (the transform
-graph's vocabularies) and ``assets.extra/`` (the run's ``config.yaml`` and ``metrics.json``;
-TF Serving ignores it, and it travels with the model when pushed). Where the directory goes,
-and how a version appears whole, is the trainer's business (``components.train``).
+A SavedModel directory holds ``saved_model.pb``, ``variables/`` and ``assets/`` (the transform
+graph's vocabularies). The trainer adds the run's record (``esmm_model.contracts.model_record``),
+chooses where the directory goes and makes a version appear whole (``components.train.executor``).
 
 Signatures:
 - ``serving_default``: ``examples`` string [n] -> ``ctr``, ``cvr``, ``ctcvr`` float32 [n].
@@ -13,14 +12,9 @@ Signatures:
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import tensorflow as tf
 import tensorflow_transform as tft
-import yaml
 
-from components import layout
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, model_inputs
@@ -51,17 +45,12 @@ class ServingModule(tf.Module):
         return self.tft_layer(raw)
 
 
-def save_serving_model(config: Config, model: EsmmModel, transform_dir: str, path: str, metrics: dict[str, Any]) -> str:
-    """Writes the SavedModel, with its ``assets.extra/`` record, to ``path`` (local or a URI) and returns it."""
+def save_serving_model(config: Config, model: EsmmModel, transform_dir: str, path: str) -> str:
+    """Writes the SavedModel to ``path`` (local or a URI) and returns it."""
     if tf.io.gfile.exists(path):
         raise InputError(f"{path!r} already exists; a SavedModel is written to a new directory")
     module = ServingModule(config, model, tft.TFTransformOutput(transform_dir))
     tf.saved_model.save(module, path, signatures={
         SERVING_SIGNATURE: module.serve.get_concrete_function(),
         "transform_features": module.transform_features.get_concrete_function()})
-    tf.io.gfile.makedirs(layout.join(path, layout.RECORD_DIR))
-    with tf.io.gfile.GFile(layout.record_file(path, layout.RECORD_CONFIG), "w") as f:
-        f.write(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    with tf.io.gfile.GFile(layout.record_file(path, layout.RECORD_METRICS), "w") as f:
-        f.write(json.dumps(metrics, indent=2))
     return path

@@ -34,14 +34,14 @@ def _add_beam(parser: argparse.ArgumentParser) -> None:
 
 
 def beam_args(config, args: argparse.Namespace) -> list[str]:
-    """The config's Beam runner and options, with the command line's on top (``components.beam_runner.beam_args``)."""
-    from components.beam_runner import beam_args as resolve
+    """The config's Beam runner and options, with the command line's on top (``components.beam.runner.beam_args``)."""
+    from components.beam.runner import beam_args as resolve
 
     return resolve(config.beam, args.runner, args.beam_option)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
-    from components.simulator import SimulationSpec, simulate
+    from components.devtools.simulator import SimulationSpec, simulate
     from esmm_model.config import load_config
 
     config = load_config(args.config)
@@ -67,7 +67,7 @@ def _ingest_config(args: argparse.Namespace):
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    from components.ingest import ingest
+    from components.ingest.executor import ingest
 
     config = _ingest_config(args)
     counts = ingest(config, args.input, args.out, beam_args(config, args))
@@ -75,7 +75,7 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def _cmd_transform(args: argparse.Namespace) -> None:
-    from components.transform import transform
+    from components.transform.executor import transform
     from esmm_model.config import load_config
 
     config = load_config(args.config)
@@ -84,8 +84,8 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from components.distribution import serve_if_not_coordinator
-    from components.train import train
+    from components.train.distribution import serve_if_not_coordinator
+    from components.train.executor import train
     from esmm_model.config import load_config
 
     config = load_config(args.config)
@@ -98,11 +98,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from components import layout
-    from components.blessing import read_blessing, read_json
-    from components.push import push
+    from components.push.executor import push
     from esmm_model.config import load_config
-    from serving_client.warmup import BATCH_SIZES, read_examples
+    from esmm_model.contracts import layout
+    from esmm_model.contracts.blessing import read_blessing, read_json
+    from esmm_model.contracts.warmup import BATCH_SIZES, read_examples
 
     config = load_config(args.config)
     evaluation = layout.EvaluationLayout(args.evaluation)
@@ -121,8 +121,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from components import layout
     from esmm_model.config import load_config
+    from esmm_model.contracts import layout
     from serving_client.server import ModelServer
 
     model_name = args.model_name or load_config(args.config).push.model_name
@@ -151,9 +151,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from components import layout
-    from components.evaluate import evaluate
+    from components.evaluate.executor import evaluate
     from esmm_model.config import load_config, with_overrides
+    from esmm_model.contracts import layout
 
     config = load_config(args.config)
     if args.thresholds:
@@ -243,7 +243,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    from components.experiment import load_data, read_runs, run_experiment, table2_markdown, write_outputs
+    from components.devtools.experiment import load_data, read_runs, run_experiment, table2_markdown, write_outputs
     from esmm_model.config import load_config, with_overrides
 
     rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from esmm_model.config import load_config
 from pipelines.local_run import run_local
 

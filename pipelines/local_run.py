@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from components import layout
-from components.blessing import read_json
 from esmm_model.config import portable_config_ref
+from esmm_model.contracts import layout
+from esmm_model.contracts.blessing import read_json
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import create_pipeline
 
@@ -34,7 +34,7 @@ class LocalRun:
         return read_json(layout.EvaluationLayout(self.evaluation_dir).metrics, "evaluation metrics")
 
     def describe(self) -> str:
-        from components.evaluation_report import markdown_tables
+        from components.evaluate.report import markdown_tables
 
         push = (f"pushed version {self.pushed['version']} to {self.pushed['path']}" if self.pushed["pushed"]
                 else f"not pushed: {self.pushed['reason']}")
@@ -108,7 +108,7 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     """Runs snapshot -> ingest -> transform -> train -> evaluate -> push under kfp.local and returns the artifacts.
 
     Every override left None keeps the config's value, as in the compiled pipeline; Beam's
-    arguments come from ``components.beam_runner.beam_args`` inside each step. Checkpoints go
+    arguments come from ``components.beam.runner.beam_args`` inside each step. Checkpoints go
     to ``<out_dir>/work``, keyed by run as on a cluster's work volume.
     """
     from kfp import local

@@ -23,7 +23,7 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
     cache key below depends on. Never cached itself, so an edited config or new data is always seen."""
     from collections import namedtuple
 
-    from components.fingerprint import input_fingerprint
+    from components.ingest.fingerprint import input_fingerprint
     from esmm_model.config import config_to_json, load_config, with_overrides
 
     overrides = {"input": {"max_rejected_fraction": max_rejected_fraction} if max_rejected_fraction is not None else {},
@@ -44,10 +44,10 @@ def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: 
     Fails (so nothing downstream runs) when more than the config's input.max_rejected_fraction
     of the lines are rejected or a split is empty. ``input_fingerprint`` keys the cache on the
     input files' listing, not on ``input_path``. A remote Beam runner gets the artifact's URI and
-    ``beam_worker_image`` as its workers' container (``components.beam_runner``)."""
-    from components.beam_runner import artifact_location, beam_args, with_worker_image
-    from components.ingest import ingest
-    from components.output_dir import clear_task_output
+    ``beam_worker_image`` as its workers' container (``components.beam.runner``)."""
+    from components.artifacts.output_dir import clear_task_output
+    from components.beam.runner import artifact_location, beam_args, with_worker_image
+    from components.ingest.executor import ingest
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
@@ -67,9 +67,9 @@ def transform_step(config: str, examples: Input[Dataset], transformed: Output[Da
                    beam_worker_image: Optional[str] = None):
     """tf.Transform: analyze train, transform train and eval, keep the transform graph.
     A remote Beam runner gets the artifacts' URIs and ``beam_worker_image`` as its workers' container."""
-    from components.beam_runner import artifact_location, beam_args, with_worker_image
-    from components.output_dir import clear_task_output
-    from components.transform import transform
+    from components.artifacts.output_dir import clear_task_output
+    from components.beam.runner import artifact_location, beam_args, with_worker_image
+    from components.transform.executor import transform
     from esmm_model.config import config_from_json
 
     run_config = config_from_json(config)
@@ -92,9 +92,9 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
     """
     import hashlib
 
-    from components import layout
-    from components.train import train
+    from components.train.executor import train
     from esmm_model.config import config_from_json
+    from esmm_model.contracts import layout
 
     run_config = config_from_json(config)
     run_key = hashlib.sha256(model.uri.encode()).hexdigest()[:20]
@@ -102,7 +102,7 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
     if workers and tfjob_image:
         import json
 
-        from components import storage
+        from components.artifacts import storage
         from esmm_model.errors import ConfigError
         from pipelines.tfjob import train_as_tfjob
 
@@ -140,12 +140,12 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
 
     import tensorflow as tf
 
-    from components import layout
-    from components.beam_runner import artifact_location, beam_args, with_worker_image
-    from components.blessing import write_blessing
-    from components.evaluate import evaluate
-    from components.output_dir import clear_task_output
+    from components.artifacts.output_dir import clear_task_output
+    from components.beam.runner import artifact_location, beam_args, with_worker_image
+    from components.evaluate.executor import evaluate
     from esmm_model.config import config_from_json
+    from esmm_model.contracts import layout
+    from esmm_model.contracts.blessing import write_blessing
 
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
@@ -180,11 +180,11 @@ def push_step(config: str, serving_base: str, examples: Input[Dataset], model: I
 
     import tensorflow as tf
 
-    from components import layout
-    from components.blessing import read_blessing, read_json
-    from components.push import push
+    from components.push.executor import push
     from esmm_model.config import config_from_json
-    from serving_client.warmup import BATCH_SIZES, read_examples
+    from esmm_model.contracts import layout
+    from esmm_model.contracts.blessing import read_blessing, read_json
+    from esmm_model.contracts.warmup import BATCH_SIZES, read_examples
 
     run_config = config_from_json(config)
     verdict = read_blessing(blessing.path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from components import layout
 from esmm_model.config import StepResources
+from esmm_model.contracts import layout, model_store
 from esmm_model.errors import EsmmError
 from pipelines import cluster
 
@@ -149,7 +149,7 @@ def train_as_tfjob(config_json: str, transformed: str, out: str, *, image: str, 
     the export directory (under ``out``)."""
     import tensorflow as tf
 
-    from components import storage
+    from components.artifacts import storage
 
     paths = TFJobPaths.for_run(work_root, run_key)
     if not tf.io.gfile.exists(paths.transformed):
@@ -162,8 +162,8 @@ def train_as_tfjob(config_json: str, transformed: str, out: str, *, image: str, 
     run_tfjob(manifest, namespace or current_namespace(), api=api, poll_s=poll_s)
     storage.copy_tree(paths.out, out)
     base = layout.TrainLayout(out).export_base
-    versions = sorted((v.rstrip("/") for v in tf.io.gfile.listdir(base) if v.rstrip("/").isdigit()), key=int)
+    versions = model_store.versions(base)
     if not versions:
         raise TFJobFailed(f"the TFJob succeeded but {paths.out} holds no export")
-    return layout.TrainLayout(out).export_dir(int(versions[-1]))
+    return layout.TrainLayout(out).export_dir(versions[-1])
 

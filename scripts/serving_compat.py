@@ -85,8 +85,8 @@ def train_tiny_export(work: str) -> str:
     """Trains one epoch of a small model with the real CLI steps; returns its export directory."""
     import yaml
 
-    from components import layout
     from esmm_model.config import parse_yaml, read_config_text
+    from esmm_model.contracts import layout
 
     config = parse_yaml(read_config_text("simulator"))
     config["training"].update(epochs=1, batch_size=256)
@@ -109,7 +109,7 @@ def write_reference(export_dir: str, work: str, limit: int = 256) -> None:
     """Scores eval examples with this (the trainer's) TensorFlow and writes both for the check."""
     import tensorflow as tf
 
-    from components import layout
+    from esmm_model.contracts import layout
 
     files = sorted(glob.glob(layout.IngestLayout(f"{work}/ingest").split_pattern(layout.EVAL)))
     examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit)]

@@ -29,7 +29,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE
+from esmm_model.contracts.predict_request import predict_request
+from esmm_model.schema import OUTPUTS, SERVING_SIGNATURE
 from serving_client.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,6 @@ def is_outage(code: grpc.StatusCode, details: str) -> bool:
     if code == grpc.StatusCode.UNAVAILABLE and any(marker in text for marker in _HANDSHAKE_FAILED):
         return False
     return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and _MESSAGE_TOO_LARGE in text)
-
-
-def predict_request(examples: Sequence[bytes], model_name: str, signature: str) -> predict_pb2.PredictRequest:
-    """A Predict request for ``signature`` of ``model_name``: the serialized tf.Examples as its one input,
-    a DT_STRING tensor of shape [n] (the serving signature's contract)."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature
-    tensor = request.inputs[SERVING_INPUT]
-    tensor.dtype = types_pb2.DT_STRING
-    tensor.tensor_shape.dim.add().size = len(examples)
-    tensor.string_val.extend(examples)
-    return request
 
 
 def _check_timeout(timeout_s: float) -> float:

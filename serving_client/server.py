@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from concurrent import futures
@@ -40,17 +39,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components import layout
+from esmm_model.contracts import layout
+from esmm_model.contracts.model_store import servable_versions
+from esmm_model.contracts.warmup import read_warmup_requests, warmup_file
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.schema import SERVING_SIGNATURE
 from serving_client.model_config import VersionPolicy, read_model_config
-from serving_client.warmup import read_warmup_requests, warmup_file
 
 log = logging.getLogger(__name__)
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
-_VERSION = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() rejects
 
 
 @dataclass(frozen=True)
@@ -62,16 +61,6 @@ class LoadedVersion:
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     model: Any  # the loaded object; keeps the signatures' variables alive
     warmup_requests: int = 0  # requests replayed from the warmup file before the version took traffic
-
-
-def servable_versions(model_dir: str) -> list[int]:
-    """Integer-named version directories holding a saved_model.pb, ascending (TF Serving's rule)."""
-    if not tf.io.gfile.isdir(model_dir):
-        return []
-    names = (entry.rstrip("/") for entry in tf.io.gfile.listdir(model_dir))
-    return sorted(int(name) for name in names
-                  if _VERSION.fullmatch(name)
-                  and tf.io.gfile.exists(layout.join(model_dir, name, layout.SAVED_MODEL_PB)))
 
 
 def load_version(model_dir: str, version: int) -> LoadedVersion:

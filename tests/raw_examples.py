@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from components import layout
 from esmm_model.config import LABELS, Config
+from esmm_model.contracts import layout
 from esmm_model.schema import SAMPLE_ID, default_value
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from components.beam_runner import artifact_location, with_worker_image
+from components.beam.runner import artifact_location, with_worker_image
 from esmm_model.config import config_to_json, load_config
 from pipelines import steps
 from pipelines.compile import compile_pipeline
@@ -55,7 +55,7 @@ def _artifact(tmp_path: Path, name: str) -> SimpleNamespace:
 @pytest.mark.parametrize("runner, remote", [("FlinkRunner", True), ("DirectRunner", False)])
 def test_transform_step_hands_beam_uris_and_the_image_for_a_remote_runner(tmp_path, monkeypatch, runner, remote):
     calls = []
-    monkeypatch.setattr("components.transform.transform", lambda *a: calls.append(a))
+    monkeypatch.setattr("components.transform.executor.transform", lambda *a: calls.append(a))
     examples, transformed = _artifact(tmp_path, "examples"), _artifact(tmp_path, "transformed")
     steps.transform_step(config_to_json(load_config("simulator")), examples, transformed, beam_runner=runner,
                          beam_worker_image=IMAGE)
@@ -71,7 +71,7 @@ def test_transform_step_hands_beam_uris_and_the_image_for_a_remote_runner(tmp_pa
 def test_ingest_step_writes_through_the_uri_for_a_remote_runner(tmp_path, monkeypatch):
     calls = []
     counts = SimpleNamespace(rows_read=1, rejected={}, split=lambda _: {"rows": 1})
-    monkeypatch.setattr("components.ingest.ingest", lambda *a: calls.append(a) or counts)
+    monkeypatch.setattr("components.ingest.executor.ingest", lambda *a: calls.append(a) or counts)
     examples = _artifact(tmp_path, "examples")
     steps.ingest_step(config_to_json(load_config("simulator")), "gs://bucket/raw", "fp", examples,
                       SimpleNamespace(log_metric=lambda *a: None), beam_runner="DataflowRunner",

@@ -6,8 +6,9 @@ import json
 import pytest
 import yaml
 
-from components.blessing import BLESSED, NOT_BLESSED, bless, metric_value, read_blessing, write_blessing
+from components.evaluate.gate import bless, metric_value
 from esmm_model.config import EvaluationConfig, Threshold, config_from_dict, load_config, read_config_text
+from esmm_model.contracts.blessing import BLESSED, NOT_BLESSED, read_blessing, write_blessing
 from esmm_model.errors import ConfigError, InputError
 
 GATE = EvaluationConfig(thresholds=(

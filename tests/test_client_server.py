@@ -23,12 +23,13 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from esmm_model.config import load_config
+from esmm_model.contracts.model_store import servable_versions
 from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from serving_client.client import Fallback, PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.packing import ExamplePacker
-from serving_client.server import ModelServer, servable_versions
+from serving_client.server import ModelServer
 from stub_models import save_stub_model
 
 CONFIG = load_config("simulator")

@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.blessing import NOT_BLESSED, bless, read_blessing
-from components.evaluate import BASELINE, CANDIDATE, Scores, check_example_counts, evaluate, read_block, write_blocks
+from components.evaluate.executor import (
+    BASELINE,
+    CANDIDATE,
+    Scores,
+    check_example_counts,
+    evaluate,
+    read_block,
+    write_blocks,
+)
+from components.evaluate.gate import bless
 from esmm_model.config import EvaluationConfig, Threshold, load_config
+from esmm_model.contracts.blessing import NOT_BLESSED, read_blessing
 from esmm_model.errors import EsmmError
 from esmm_model.metrics import exact_auc, log_loss
 from tests.raw_examples import make_example, random_rows, write_ingest_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.experiment import (
+from components.devtools.experiment import (
     METRICS,
     epoch_order,
     load_data,
@@ -17,7 +17,7 @@ from components.experiment import (
     table2_markdown,
     write_outputs,
 )
-from components.transform import transform
+from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from pipelines.cli import main as esmm
 from raw_examples import random_rows, write_ingest_dir

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import layout
-from components.ingest import EVAL, TRAIN, RejectionError, ingest
-from components.simulator import CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
+from components.devtools.simulator import CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
+from components.ingest.executor import EVAL, TRAIN, RejectionError, ingest
 from esmm_model.config import config_from_dict, load_config, with_overrides
+from esmm_model.contracts import layout
 from esmm_model.schema import feature_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.blessing import bless
-from components.push import push
+from components.evaluate.gate import bless
+from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
 from pipelines import cluster
 from serving_client.model_config import parse_model_config

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from components.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
+from components.beam.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
 
 
 def read_all(pattern: str, max_line_bytes: int, range_bytes: int, skip_header: bool = False):

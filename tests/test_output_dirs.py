@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from components.evaluate import evaluate
-from components.ingest import ingest
-from components.output_dir import OutputExistsError, require_empty
-from components.train import train
-from components.transform import transform
+from components.artifacts.output_dir import OutputExistsError, require_empty
+from components.evaluate.executor import evaluate
+from components.ingest.executor import ingest
+from components.train.executor import train
+from components.transform.executor import transform
 from esmm_model.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import yaml
 from kfp import components
 from scipy.stats import mannwhitneyu
 
-from components.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
-from components.train_callbacks import latest_backup
+from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
+from components.train.callbacks import latest_backup
 from esmm_model.config import load_config, read_config_text, with_overrides
 from esmm_model.errors import EsmmError
 from pipelines import cluster

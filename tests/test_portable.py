@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from components import layout
-from components.ingest import ingest
-from components.simulator import SimulationSpec, simulate
-from components.transform import transform
+from components.devtools.simulator import SimulationSpec, simulate
+from components.ingest.executor import ingest
+from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
+from esmm_model.contracts import layout
 from raw_examples import random_rows, write_ingest_dir
 
 DIRECT = ["--runner=DirectRunner"]

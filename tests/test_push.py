@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from components import push as push_module
-from components import storage
-from components.blessing import bless, read_blessing
-from components.push import latest_pushed, push, pushed_versions
+from components.artifacts import storage
+from components.evaluate.gate import bless
+from components.push import executor as push_module
+from components.push.executor import push
 from esmm_model.config import EvaluationConfig, Threshold
+from esmm_model.contracts.blessing import read_blessing
+from esmm_model.contracts.model_store import latest_pushed, pushed_versions
 from esmm_model.errors import InputError
 
 GATE = EvaluationConfig(thresholds=(Threshold("cvr/clicked/auc", min=0.52, max_regression=0.01),))
@@ -190,7 +192,7 @@ def test_a_directory_without_saved_model_pb_is_rejected_by_name(tmp_path, servin
 
 
 def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp_path, capsys):
-    from components.blessing import write_blessing
+    from esmm_model.contracts.blessing import write_blessing
     from pipelines.cli import main
 
     def evaluation(name: str, ctr_auc: float) -> str:

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.aliccp_reader import AliccpReader
-from components.csv_reader import CsvReader
-from components.example_batch import encode_rows
-from components.rows import RowError
+from components.ingest.aliccp_reader import AliccpReader
+from components.ingest.csv_reader import CsvReader
+from components.ingest.example_batch import encode_rows
+from components.ingest.rows import RowError
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.errors import InputError
 from esmm_model.schema import feature_spec

@@ -13,10 +13,11 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 from apache_beam.runners.worker import data_plane
 
-from components import beam_runner, layout
-from components.beam_runner import make_runner, pipeline_options
-from components.record_counts import RowCountError, count_records
-from components.transform import check_rows
+from components.artifacts.record_counts import RowCountError, count_records
+from components.beam import runner as beam_runner
+from components.beam.runner import make_runner, pipeline_options
+from components.transform.executor import check_rows
+from esmm_model.contracts import layout
 from raw_examples import write_split
 
 
@@ -61,7 +62,7 @@ import sys
 import apache_beam as beam
 from apache_beam.runners.worker import data_plane
 
-from components.beam_runner import make_pipeline
+from components.beam.runner import make_pipeline
 
 data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 1 << 20  # the runner's queues and (in-process) the workers' hold
 data_plane._DEFAULT_RECEIVE_QUEUE_MAX_ELEMENTS = 1  # a few 10 MB messages, not ~250 MB

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from components.beam_runner import beam_args
-from components.fingerprint import input_fingerprint
-from components.simulator import COMMON_FILE, GROUND_TRUTH_FILE, SKELETON_FILE, SimulationSpec, simulate
+from components.beam.runner import beam_args
+from components.devtools.simulator import COMMON_FILE, GROUND_TRUTH_FILE, SKELETON_FILE, SimulationSpec, simulate
+from components.ingest.fingerprint import input_fingerprint
 from esmm_model.config import BeamConfig, load_config
 from esmm_model.errors import InputError
 

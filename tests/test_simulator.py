@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.simulator import (
+from components.devtools.simulator import (
     COMMON_FILE,
     CSV_FILE,
     GROUND_TRUTH_FILE,

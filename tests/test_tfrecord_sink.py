@@ -3,8 +3,8 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from components.beam_runner import make_pipeline
-from components.tfrecord_sink import GzipTFRecordSink, frame_record
+from components.beam.runner import make_pipeline
+from components.beam.tfrecord_sink import GzipTFRecordSink, frame_record
 
 
 def test_framing_matches_beams_tfrecord_writer():

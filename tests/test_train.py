@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import layout, train_callbacks
-from components.train import NonFiniteLossError, train
-from components.train_callbacks import latest_backup
-from components.transform import transform
+from components.train import callbacks as train_callbacks
+from components.train.callbacks import latest_backup
+from components.train.executor import NonFiniteLossError, train
+from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
+from esmm_model.contracts import layout
 from esmm_model.errors import InputError
 from esmm_model.metrics import exact_auc
 from esmm_model.model import EsmmModel, model_inputs

@@ -15,10 +15,12 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from components import distribution, layout, train_callbacks
-from components.train import train
-from components.transform import transform
+from components.train import callbacks as train_callbacks
+from components.train import distribution
+from components.train.executor import train
+from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
+from esmm_model.contracts import layout
 from esmm_model.errors import ConfigError
 from esmm_model.metrics import exact_auc
 from raw_examples import make_example, random_rows, write_ingest_dir
@@ -30,7 +32,7 @@ PS_TASKS = {"chief": 1, "worker": 1, "ps": 2}
 # given global step; otherwise `esmm train` as it is.
 PREEMPTED_CHIEF = """
 import os, sys
-from components import train_callbacks
+from components.train import callbacks as train_callbacks
 from pipelines import cli
 
 backup = train_callbacks.EpochBackupAndRestore._backup

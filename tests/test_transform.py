@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.record_counts import RowCountError
-from components.transform import transform
+from components.artifacts.record_counts import RowCountError
+from components.transform.executor import transform
 from esmm_model.config import config_from_dict
 from esmm_model.errors import InputError
 from raw_examples import write_ingest_dir

@@ -11,11 +11,13 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from components import layout, storage
-from components.blessing import bless, write_blessing
-from components.train_callbacks import latest_backup
-from components.transform import transform
+from components.artifacts import storage
+from components.evaluate.gate import bless
+from components.train.callbacks import latest_backup
+from components.transform.executor import transform
 from esmm_model.config import load_config
+from esmm_model.contracts import layout
+from esmm_model.contracts.blessing import write_blessing
 from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from raw_examples import make_example, random_rows, write_ingest_dir

@@ -11,17 +11,23 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components import push as push_module
-from components.blessing import bless
-from components.push import push
+from components.evaluate.gate import bless
+from components.push import executor as push_module
+from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
+from esmm_model.contracts.warmup import (
+    WARMUP_FILE,
+    read_warmup_requests,
+    warmup_file,
+    warmup_requests,
+    write_warmup_file,
+)
 from esmm_model.errors import InputError
 from serving_client.client import PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.model_config import VersionPolicy, parse_model_config, read_model_config
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
-from serving_client.warmup import WARMUP_FILE, read_warmup_requests, warmup_file, warmup_requests, write_warmup_file
 from stub_models import save_stub_model
 
 CONFIG = load_config("simulator")

@@ -1,0 +1,1 @@
+"""Development tools apart from the product's steps: the simulator and the experiment harness."""

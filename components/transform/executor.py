@@ -1,0 +1,110 @@
+"""Transform step: tf.Transform on Beam, analyzing the train split and transforming both.
+
+Output layout under ``out_dir`` (``esmm_model.contracts.layout.TransformLayout``), which must be missing or
+empty (``components.artifacts.output_dir``):
+- ``transform_graph/``: the ``TFTransformOutput`` directory (``transform_fn/``,
+  ``transformed_metadata/``, and the raw ``metadata/`` that
+  ``TFTransformOutput.raw_feature_spec()`` reads);
+- ``transformed/train/part-*.tfrecord.gz`` and ``transformed/eval/part-*.tfrecord.gz``:
+  GZIP TFRecords of transformed tf.Example, parsed with
+  ``TFTransformOutput.transformed_feature_spec()``.
+
+After the run, the rows written per split are counted and must equal ingestion's
+``counts.json``; a difference fails the step (``components.artifacts.record_counts``).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata
+from tfx_bsl.coders import example_coder
+from tfx_bsl.public import tfxio
+
+from components.artifacts import record_counts, storage
+from components.artifacts.output_dir import require_empty
+from components.beam.runner import make_pipeline
+from esmm_model.config import Config
+from esmm_model.contracts import layout
+from esmm_model.errors import InputError
+from esmm_model.preprocessing import make_preprocessing_fn
+from esmm_model.schema import schema_proto
+
+log = logging.getLogger(__name__)
+
+
+def _raw_pattern(ingest: layout.IngestLayout, split: str) -> str:
+    pattern = ingest.split_pattern(split)
+    if not tf.io.gfile.glob(pattern):
+        raise InputError(f"no raw examples at {pattern!r}; run `esmm ingest` first or check --ingest-dir")
+    return pattern
+
+
+def _ingested_rows(ingest: layout.IngestLayout) -> dict[str, int] | None:
+    """Rows per split from ingestion's counts.json; None (with a warning) when there is none to compare with."""
+    counts = record_counts.read_ingest_counts(ingest.root)
+    if counts is None:
+        log.warning("transform: no %s, so the rows written cannot be checked against ingestion's counts", ingest.counts)
+        return None
+    return {split: counts.get(split, {}).get("rows", 0) for split in layout.SPLITS}
+
+
+def check_rows(ingest: layout.IngestLayout, out: layout.TransformLayout) -> dict[str, int]:
+    """Counts the transformed rows per split; RowCountError when they differ from ingestion's counts.json."""
+    expected = _ingested_rows(ingest)
+    written = {split: record_counts.count_records(out.split_pattern(split)) for split in layout.SPLITS}
+    for split in layout.SPLITS:
+        if expected is not None:
+            record_counts.check_written("transform", split, written[split], expected[split], out.transformed)
+    return written
+
+
+def _write(examples: beam.PCollection, out: layout.TransformLayout, split: str) -> beam.pvalue.PDone:
+    return (examples
+            | f"Encode{split}" >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
+            | f"Write{split}" >> beam.io.WriteToTFRecord(
+                out.split_prefix(split), file_name_suffix=layout.RECORD_SUFFIX,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+
+
+def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str]) -> layout.TransformLayout:
+    """Analyzes ``<ingest_dir>/train``, transforms train and eval, writes graph and TFRecords; returns the layout.
+
+    Both directories may be local paths or URIs that Beam's FileSystems and tf.io.gfile know.
+    beam_args: the Beam runner and its options, built by ``components.beam.runner`` as for
+    ingestion (the DirectRunner never falls into the network-dependent PrismRunner).
+    """
+    require_empty(str(out_dir), "transform")
+    ingest, out = layout.IngestLayout(str(ingest_dir)), layout.TransformLayout(str(out_dir))
+    patterns = {split: _raw_pattern(ingest, split) for split in layout.SPLITS}
+    tf.io.gfile.makedirs(out.root)
+    schema = schema_proto(config)
+    raw_metadata = dataset_metadata.DatasetMetadata(schema)
+    preprocessing_fn = make_preprocessing_fn(config)
+    log.info("transform: analyzing %s, transforming train and eval into %s", patterns[layout.TRAIN], out.root)
+    temp_dir = layout.join(out.root, f"tft-tmp-{uuid.uuid4().hex}")
+    try:
+        with make_pipeline(beam_args) as p, tft_beam.Context(temp_dir=temp_dir):
+            raw = {split: tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
+                                                telemetry_descriptors=["esmm", "transform"])
+                   for split, pattern in patterns.items()}
+            data = {split: p | f"Read{split}" >> source.BeamSource() for split, source in raw.items()}
+            train_dataset = (data[layout.TRAIN], raw[layout.TRAIN].TensorAdapterConfig())
+            (train_out, _), transform_fn = train_dataset | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+                preprocessing_fn, output_record_batches=True)
+            eval_dataset = (data[layout.EVAL], raw[layout.EVAL].TensorAdapterConfig())
+            eval_out, _ = (eval_dataset, transform_fn) | "TransformEval" >> (
+                tft_beam.TransformDataset(output_record_batches=True))
+            _write(train_out, out, layout.TRAIN)
+            _write(eval_out, out, layout.EVAL)
+            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.graph)
+            _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(out.raw_metadata, p)
+    finally:
+        storage.remove_if_present(temp_dir)
+    written = check_rows(ingest, out)
+    log.info("transform: wrote %s and %s (%s)", out.graph, out.transformed,
+             ", ".join(f"{split} {n:,} rows" for split, n in written.items()))
+    return out
