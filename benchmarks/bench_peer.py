@@ -46,12 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import aliccp_sized  # noqa: E402
 from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
-from components.evaluate.executor import CANDIDATE, load_ground_truth, score_split  # noqa: E402
+from components.evaluate.executor import CANDIDATE, score_split  # noqa: E402
 from components.ingest.executor import ingest  # noqa: E402
 from components.train.executor import train  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from esmm_model.contracts.ground_truth import load_ground_truth  # noqa: E402
 from esmm_model.metrics import exact_auc  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
 from overrides import apply_overrides  # noqa: E402

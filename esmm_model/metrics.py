@@ -59,3 +59,24 @@ def esmm_metrics(click: np.ndarray, conversion: np.ndarray, p_ctr: np.ndarray, p
         "clicks": int(click.sum()),
         "conversions": int(ctcvr.sum()),
     }
+
+
+def paper_aucs(click: np.ndarray, conversion: np.ndarray, p_ctr: np.ndarray, p_cvr: np.ndarray, p_ctcvr: np.ndarray,
+               would_convert: np.ndarray | None = None) -> dict[str, float]:
+    """The four AUCs: CTR and CTCVR over all impressions, CVR over clicked ones (the paper's protocol), and CVR
+    over all impressions against ``would_convert`` (NaN without ground truth)."""
+    click = np.asarray(click).astype(bool)
+    ctcvr = click & np.asarray(conversion).astype(bool)
+    entire_space = float("nan") if would_convert is None else exact_auc(np.asarray(would_convert).astype(bool), p_cvr)
+    return {"ctr_auc": exact_auc(click, p_ctr), "ctcvr_auc": exact_auc(ctcvr, p_ctcvr),
+            "cvr_auc_clicked": exact_auc(ctcvr[click], p_cvr[click]), "entire_space_cvr_auc": entire_space}
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve at every example, highest score first: (fpr, tpr, score), each starting at (0, 0, 1)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    y = np.asarray(labels).astype(bool)[order]
+    tps, fps = np.cumsum(y), np.cumsum(~y)
+    fpr = np.concatenate([[0.0], fps / max(fps[-1], 1) if y.size else []])
+    tpr = np.concatenate([[0.0], tps / max(tps[-1], 1) if y.size else []])
+    return fpr, tpr, np.concatenate([[1.0], np.asarray(scores, np.float64)[order]])

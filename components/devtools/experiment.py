@@ -25,12 +25,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from components.evaluate.executor import load_ground_truth
 from components.train.executor import SHUFFLE_BATCHES
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, with_overrides
 from esmm_model.contracts import layout
+from esmm_model.contracts.ground_truth import join_ground_truth, load_ground_truth
 from esmm_model.errors import InputError
-from esmm_model.metrics import exact_auc
+from esmm_model.metrics import paper_aucs
 from esmm_model.model import PAD_MULTIPLE, EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import SAMPLE_ID, feature_spec
@@ -138,13 +138,7 @@ def load_data(config: Config, transform_root: str, ingest_dir: str, ground_truth
 
     evaluation = _collect(config, eval_batches())
     if ground_truth:
-        truth = load_ground_truth(ground_truth)
-        ids = np.concatenate(sample_ids)
-        missing = [sid for sid in ids[:5] if sid not in truth]
-        if missing:
-            raise InputError(f"ground truth {ground_truth!r} has no row for sample_id {missing[0]!r}; "
-                             f"was it written by the same simulation?")
-        evaluation.truth = np.array([truth[sid] for sid in ids], dtype=np.float64)
+        evaluation.truth = join_ground_truth(load_ground_truth(ground_truth), np.concatenate(sample_ids), ground_truth)
     return Data(config, table_sizes(config, tft_output), train, evaluation)
 
 
@@ -213,13 +207,8 @@ def predict(model: EsmmModel, split: Split, batch_size: int = 16384) -> dict[str
 
 def score(split: Split, ctr: np.ndarray, cvr: np.ndarray, ctcvr: np.ndarray) -> dict[str, float]:
     """The four AUCs of METRICS over the whole eval split (entire-space CVR needs ground truth)."""
-    click = split.labels[LABEL_CLICK].astype(bool)
-    ctcvr_label = click & split.labels[LABEL_CONVERSION].astype(bool)
-    would_convert = split.truth[:, 2].astype(bool) if split.truth is not None else None
-    return {"cvr_auc_clicked": exact_auc(ctcvr_label[click], cvr[click]),
-            "ctcvr_auc": exact_auc(ctcvr_label, ctcvr),
-            "entire_space_cvr_auc": exact_auc(would_convert, cvr) if would_convert is not None else float("nan"),
-            "ctr_auc": exact_auc(click, ctr)}
+    would_convert = split.truth[:, 2] if split.truth is not None else None
+    return paper_aucs(split.labels[LABEL_CLICK], split.labels[LABEL_CONVERSION], ctr, cvr, ctcvr, would_convert)
 
 
 def oracle_scores(split: Split) -> dict[str, float]:

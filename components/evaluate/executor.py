@@ -41,13 +41,14 @@ from components.artifacts.output_dir import require_empty
 from components.beam.runner import make_pipeline
 from components.evaluate import thresholds as tfma_thresholds
 from components.evaluate.gate import bless
-from components.evaluate.report import LABEL_OF, OUTPUTS, SLICES, markdown_tables, write_report
+from components.evaluate.report import LABEL_OF, OUTPUTS, SLICES, markdown_tables, thin_index, write_report
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, Config
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import Blessing, write_blessing
+from esmm_model.contracts.ground_truth import join_ground_truth, load_ground_truth
 from esmm_model.contracts.model_store import latest_pushed
 from esmm_model.errors import EsmmError, InputError
-from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss
+from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss, paper_aucs, roc_points
 from esmm_model.schema import SAMPLE_ID, SERVING_SIGNATURE
 
 CANDIDATE, BASELINE = "candidate", "baseline"
@@ -315,55 +316,34 @@ def headline_roc(scores: Scores, model: str = CANDIDATE, points: int = ROC_POINT
     curves = {}
     for output, slice_name in HEADLINE_SLICE.items():
         mask = slices[slice_name]
-        y, predicted = labels[output][mask], scores.outputs[model][output][mask].astype(np.float64)
-        order = np.argsort(-predicted, kind="stable")
-        tps, fps = np.cumsum(y[order]), np.cumsum(~y[order])
-        index = np.unique(np.linspace(0, max(y.size - 1, 0), min(points, y.size)).astype(int))
-        curves[output] = {"slice": slice_name,
-                          "fpr": [0.0, *(fps[index] / max(fps[-1], 1) if y.size else [])],
-                          "tpr": [0.0, *(tps[index] / max(tps[-1], 1) if y.size else [])],
-                          "threshold": [1.0, *(predicted[order][index] if y.size else [])]}
-        curves[output] = {k: [float(x) for x in v] if isinstance(v, (list, np.ndarray)) else v
-                          for k, v in curves[output].items()}
+        fpr, tpr, threshold = roc_points(labels[output][mask], scores.outputs[model][output][mask])
+        index = thin_index(fpr.size, points + 1)
+        curves[output] = {"slice": slice_name, "fpr": fpr[index].tolist(), "tpr": tpr[index].tolist(),
+                          "threshold": threshold[index].tolist()}
     return curves
 
 
-def load_ground_truth(path: str) -> dict[bytes, tuple[float, float, int]]:
-    """sample_id -> (p_click, p_cvr, would_convert) from the simulator's sidecar."""
-    if not tf.io.gfile.exists(path):
-        raise InputError(f"ground truth file {path!r} does not exist")
-    with tf.io.gfile.GFile(path) as f:
-        table = np.genfromtxt(f, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    ids = np.char.encode(table["sample_id"].astype(str))
-    return {sid: (pc, pv, int(w))
-            for sid, pc, pv, w in zip(ids, table["p_click"], table["p_cvr"], table["would_convert"])}
-
-
-def entire_space_metrics(scores: Scores, model: str, truth: dict[bytes, tuple[float, float, int]]) -> dict[str, float]:
-    """CVR AUC against would_convert over all impressions, and the oracle AUCs."""
-    missing = [sid for sid in scores.sample_id[:5] if sid not in truth]
-    if missing:
-        raise InputError(f"ground truth has no row for sample_id {missing[0]!r}; "
-                         f"was it written by the same simulation?")
-    rows = np.array([truth[sid] for sid in scores.sample_id])
-    p_click, p_cvr, would_convert = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
+def entire_space_metrics(scores: Scores, model: str, truth: np.ndarray) -> dict[str, float]:
+    """CVR AUC against would_convert over all impressions, and the oracle AUCs; ``truth`` is the ground truth
+    joined to the scored rows ([n, 3]: p_click, p_cvr, would_convert)."""
+    p_click, p_cvr, would_convert = truth[:, 0], truth[:, 1], truth[:, 2].astype(bool)
     click = scores.click.astype(bool)
-    ctcvr = scores.labels()["ctcvr"]
     cvr = scores.outputs[model]["cvr"]
+    oracle = paper_aucs(click, scores.conversion, p_click, p_cvr, p_click * p_cvr, would_convert)
     return {
         "cvr_auc": exact_auc(would_convert, cvr),
         "cvr_auc_unclicked": exact_auc(would_convert[~click], cvr[~click]),
         "cvr_bce": log_loss(would_convert, cvr),
-        "oracle_ctr_auc_all": exact_auc(click, p_click),
-        "oracle_ctcvr_auc_all": exact_auc(ctcvr, p_click * p_cvr),
-        "oracle_cvr_auc_clicked": exact_auc(ctcvr[click], p_cvr[click]),
-        "oracle_cvr_auc": exact_auc(would_convert, p_cvr),
+        "oracle_ctr_auc_all": oracle["ctr_auc"],
+        "oracle_ctcvr_auc_all": oracle["ctcvr_auc"],
+        "oracle_cvr_auc_clicked": oracle["cvr_auc_clicked"],
+        "oracle_cvr_auc": oracle["entire_space_cvr_auc"],
         "mean_p_cvr_true": float(p_cvr.mean()),
         "mean_p_cvr_predicted": float(cvr.mean()),
     }
 
 
-def model_metrics(scores: Scores, model: str, tfma_metrics: dict, truth: Optional[dict]) -> dict[str, Any]:
+def model_metrics(scores: Scores, model: str, tfma_metrics: dict, truth: Optional[np.ndarray]) -> dict[str, Any]:
     """One model's metrics: TFMA's per output and slice, the exact AUCs, and the entire-space ones."""
     metrics: dict[str, Any] = tfma_metrics[model]
     add_exact_aucs(metrics, scores, model)
@@ -407,7 +387,8 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
         tfma_metrics, validation = run_tfma(config, scores, out_dir, beam_args, block_rows)
         check_example_counts(tfma_metrics, scores)
     with _timed(timings, "exact"):
-        truth = load_ground_truth(ground_truth) if ground_truth else None
+        truth = (join_ground_truth(load_ground_truth(ground_truth), scores.sample_id, ground_truth)
+                 if ground_truth else None)
         metrics = model_metrics(scores, CANDIDATE, tfma_metrics, truth)
         metrics["baseline"] = None
         if served:

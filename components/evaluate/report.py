@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR
 from esmm_model.contracts import layout
+from esmm_model.metrics import roc_points
 from esmm_model.schema import OUTPUTS
 
 SLICES = ("all", "clicked", "unclicked")
@@ -160,13 +161,6 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-scores, kind="stable")
-    y = labels[order].astype(bool)
-    tps, fps = np.cumsum(y), np.cumsum(~y)
-    return np.concatenate([[0.0], fps / max(fps[-1], 1)]), np.concatenate([[0.0], tps / max(tps[-1], 1)])
-
-
 def calibration_curve(labels: np.ndarray, scores: np.ndarray,
                       bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray]:
     """Mean prediction and observed rate per quantile bin of the prediction (equal counts)."""
@@ -175,9 +169,9 @@ def calibration_curve(labels: np.ndarray, scores: np.ndarray,
     return np.array([scores[c].mean() for c in chunks]), np.array([labels[c].mean() for c in chunks])
 
 
-def _thin(x: np.ndarray, y: np.ndarray, points: int = ROC_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    index = np.unique(np.linspace(0, x.size - 1, min(points, x.size)).astype(int))
-    return x[index], y[index]
+def thin_index(size: int, points: int = ROC_POINTS) -> np.ndarray:
+    """At most ``points`` indices spread evenly over ``size`` curve points, the first and the last included."""
+    return np.unique(np.linspace(0, size - 1, min(points, size)).astype(int))
 
 
 def write_plots(scores, plot_dir: str) -> list[str]:
@@ -203,7 +197,9 @@ def write_plots(scores, plot_dir: str) -> list[str]:
                 if not 0 < ys.sum() < ys.size:
                     continue
                 label = f"{model} {slice_name} (n={ys.size:,})"
-                roc_ax.plot(*_thin(*roc_curve(ys, ss)), linestyle=styles.get(model, "-"), label=label)
+                fpr, tpr, _ = roc_points(ys, ss)
+                index = thin_index(fpr.size)
+                roc_ax.plot(fpr[index], tpr[index], linestyle=styles.get(model, "-"), label=label)
                 mean_pred, rate = calibration_curve(ys.astype(np.float64), ss)
                 shown = (mean_pred > 0) & (rate > 0)
                 cal_ax.plot(mean_pred[shown], rate[shown], marker="o", markersize=3, linestyle=styles.get(model, "-"),
