@@ -7,7 +7,7 @@ the scores in its model-agnostic mode (``ModelSpec.prediction_keys``, no model i
 two models, three outputs, slices all / clicked / unclicked, with the baseline diffs and the
 thresholds it can check (``components.thresholds``). Its input is blocks of scored rows that
 share one click value, reduced by vectorised metrics (``components.block_metrics``); see the
-README's evaluation benchmark for why. The exact rank AUCs come from the same scores.
+docs/benchmarks.md (Evaluation) for why. The exact rank AUCs come from the same scores.
 
 Outputs under ``out_dir``:
 - ``metrics.json``: the candidate's ``{output: {slice: {auc, pr_auc, bce, mean_prediction,
