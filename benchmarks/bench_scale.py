@@ -23,7 +23,7 @@ What two cores can show: that the steps scale linearly in rows, and that a secon
 process gives at most ~2x (less when the machine is shared). What they cannot show: speed-up
 past two workers (a second trainer process on the same two cores shares them with the first,
 and all-reduces over loopback), or any distributed runner's behaviour (shuffle over a network, worker
-start-up, stragglers); that takes a cluster (see the README's "Scale out").
+start-up, stragglers); that takes a cluster (see docs/scale-out.md).
 
     .venv/bin/python benchmarks/bench_scale.py [--rows 100000 1000000] [--workers 1 2]
         [--sections ingest transform train] [--work-dir /tmp/esmm_bench_scale] [--seed 7]

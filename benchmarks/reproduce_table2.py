@@ -11,7 +11,7 @@ prints the table, the wall clock and the load average.
 
 The default size is where the comparison means something: at 200k impressions (100k training
 rows, 100 steps in 4 epochs) every model is undertrained and BASE leads; at 2.2M (1.1M training
-rows, 537 steps in 2 epochs) ESMM leads BASE beyond the seeds' spread (README, Results).
+rows, 537 steps in 2 epochs) ESMM leads BASE beyond the seeds' spread (docs/results.md).
 """
 from __future__ import annotations
 

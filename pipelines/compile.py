@@ -51,7 +51,7 @@ class Submission:
     namespace: Optional[str] = None
     service_account: Optional[str] = None
     pipeline_root: Optional[str] = None
-    enable_caching: Optional[bool] = None  # None: as compiled (every step but snapshot and push caches)
+    enable_caching: Optional[bool] = None  # None: as compiled (every step but snapshot, evaluate and push caches)
     schedule: Optional[str] = None  # KFP cron; None: a single run
 
     def describe(self) -> str:

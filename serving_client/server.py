@@ -14,7 +14,7 @@ thread while the served ones keep serving: its warmup requests
 signature runs once on an empty batch. A version that fails to load is retried, as TF
 Serving does (one whose variables land after its saved_model.pb loads on a later try).
 Loading competes with serving for the CPU and the GIL, so requests slow down while a
-version loads (see serving_client/README.md for what was measured). On Kubernetes the
+version loads (see docs/serving.md for what was measured). On Kubernetes the
 real ``tensorflow/serving`` image takes its place; clients cannot tell the difference.
 """
 from __future__ import annotations

@@ -6,8 +6,8 @@ split, exactly as TF Serving will call them, in one pass over the files. TFMA th
 the scores in its model-agnostic mode (``ModelSpec.prediction_keys``, no model inside TFMA):
 two models, three outputs, slices all / clicked / unclicked, with the baseline diffs and the
 thresholds it can check (``components.evaluate.thresholds``). Its input is blocks of scored rows that
-share one click value, reduced by vectorised metrics (``components.evaluate.block_metrics``); see the
-README's evaluation benchmark for why. The exact rank AUCs come from the same scores.
+share one click value, reduced by vectorised metrics (``components.evaluate.block_metrics``); see
+docs/benchmarks.md (Evaluation) for why. The exact rank AUCs come from the same scores.
 
 Outputs under ``out_dir``:
 - ``metrics.json``: the candidate's ``{output: {slice: {auc, pr_auc, bce, mean_prediction,

@@ -72,7 +72,7 @@ def resolve(training: TrainingConfig, cluster: Optional[Cluster]) -> str:
     if cluster is None:
         if wanted == "parameter_server":
             raise ConfigError("training.distribution: parameter_server needs a cluster in TF_CONFIG with 'ps' "
-                              "tasks (see k8s/base/tfjob.yaml); unset TF_CONFIG trains in one process")
+                              "tasks (see docs/scale-out.md); unset TF_CONFIG trains in one process")
         return "default"
     if cluster.parameter_servers:
         if wanted == "multi_worker_mirrored":
