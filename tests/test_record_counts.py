@@ -18,6 +18,7 @@ from components.beam import runner as beam_runner
 from components.beam.runner import make_runner, pipeline_options
 from components.transform.executor import check_rows
 from esmm_model.contracts import layout
+from esmm_model.errors import EsmmError
 from raw_examples import write_split
 
 
@@ -133,3 +134,10 @@ def test_without_counts_json_nothing_is_compared(tmp_path):
     (tmp_path / "ingest").mkdir()
     written = check_rows(layout.IngestLayout(str(tmp_path / "ingest")), _transformed(tmp_path, 2, 1))
     assert written == {"train": 2, "eval": 1}
+
+
+def test_the_direct_runner_corrections_refuse_another_beam_version():
+    """The corrections replace Beam 2.77.0 internals; on any other version a Beam step stops with one line."""
+    beam_runner.check_beam_version(beam_runner.PATCHED_BEAM_VERSION)
+    with pytest.raises(EsmmError, match=r"apache-beam 2.78.0 is installed, but .* apache-beam 2.77.0 only"):
+        beam_runner.check_beam_version("2.78.0")

@@ -24,6 +24,14 @@ hang of a 2.2M-row transform). The bundle joins its senders and raises their err
 (``_process_bundle_joining_senders``). The steps also count what they wrote
 (``components.artifacts.record_counts``).
 
+These corrections replace private FnApiRunner internals of apache-beam 2.77.0 and are installed only
+on that version: on any other, a Beam step fails with one line saying so (``PATCHED_BEAM_VERSION``).
+Upstream report, not yet filed (the time-based flush came with apache/beam PR #10246, BEAM-7949):
+"Python FnApiRunner: TimeBasedBufferingClosableOutputStream's periodic flush clears the buffer after
+its send callback without excluding the writer, so elements written during a blocked send are lost
+without error (DirectRunner multi_processing/multi_threading, large stage inputs); and a synchronous
+_send_input_to_worker deadlocks once a bundle's input exceeds the data plane's bounded queues."
+
 A process that ran tf.Transform on Beam segfaults at interpreter exit (exit 139) while the
 garbage collector tears TensorFlow objects down, after the pipeline succeeded. So every
 process that builds a pipeline here freezes the collector at exit: the objects are left to
@@ -41,7 +49,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions, WorkerOptions
 
 from esmm_model.config import BeamConfig
+from esmm_model.errors import EsmmError
 
+# The only apache-beam whose FnApiRunner internals _patch_fn_runner knows (constraints.txt pins it).
+PATCHED_BEAM_VERSION = "2.77.0"
 DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
 DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
 _senders = threading.local()  # the input senders of the bundle this thread runs
@@ -135,9 +146,18 @@ def _process_bundle_joining_senders(process_bundle):
     return run
 
 
+def check_beam_version(installed: str) -> None:
+    """EsmmError unless ``installed`` is the apache-beam whose internals ``_patch_fn_runner`` corrects."""
+    if installed != PATCHED_BEAM_VERSION:
+        raise EsmmError(f"apache-beam {installed} is installed, but components/beam/runner.py corrects the "
+                        f"DirectRunner's internals of apache-beam {PATCHED_BEAM_VERSION} only; install "
+                        f"apache-beam=={PATCHED_BEAM_VERSION} (constraints.txt), or recheck those corrections")
+
+
 @functools.cache
 def _patch_fn_runner() -> None:
     """Installs the corrections of the module docstring into Beam's FnApiRunner, once per process."""
+    check_beam_version(beam.__version__)
     from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0  # no racing time-based flush on the runner's data streams
