@@ -82,7 +82,8 @@ class TrainScalars(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str, every: int, *, print_progress: bool):
         super().__init__()
-        self._supports_tf_logs = True  # read only every `every` steps
+        # Keras' only switch (private, no public API) to receive the logs as tensors, read every `every` steps.
+        self._supports_tf_logs = True
         self._log_dir, self._every, self._print = log_dir, every, print_progress
         self._writer: Optional[tf.summary.SummaryWriter] = None
 
@@ -178,10 +179,15 @@ class EpochBackupAndRestore(keras.callbacks.BackupAndRestore):
     resumed run never repeats a finished epoch (its history is already saved), under every strategy
     the trainer runs. Under ParameterServerStrategy, where Keras' own backs up per epoch only, the
     chief (the coordinator) first waits for the steps it has scheduled (``ClusterCoordinator.join``),
-    so a backup holds exactly the steps it records; that drains the workers' queues once per backup."""
+    so a backup holds exactly the steps it records; that drains the workers' queues once per backup.
+    Keras has no public API for a mid-epoch backup under parameter servers, so this extends
+    BackupAndRestore's own private members (its batch count, training state and ``_backup``)."""
+
+    def _coordinated(self) -> bool:
+        return isinstance(self.model.distribute_strategy, tf.distribute.ParameterServerStrategy)
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        if self.model._cluster_coordinator is None:
+        if not self._coordinated():
             super().on_train_batch_end(batch, logs)
             return
         self._batches_count += 1
@@ -190,13 +196,14 @@ class EpochBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._coordinated_backup(batch)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        if self.model._cluster_coordinator is None:
+        if not self._coordinated():
             self._backup(epoch=epoch)
         else:  # fit has joined the epoch's steps: record its last one, as on_train_batch_begin does elsewhere
             self._coordinated_backup(self.params["steps"] - 1)
 
     def _coordinated_backup(self, batch: int) -> None:
-        self.model._cluster_coordinator.join()
+        # The strategy's one coordinator: the constructor returns the instance fit already made.
+        tf.distribute.experimental.coordinator.ClusterCoordinator(self.model.distribute_strategy).join()
         self._training_state._ckpt_saved_batch.assign(batch)
         self._backup(epoch=self._current_epoch, batch=batch)
 
