@@ -7,17 +7,17 @@ dispatcher never consults it, so every local run executes all six steps.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from esmm_model.config import portable_config_ref
+from esmm_model.config import load_config, portable_config_ref
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import read_json
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import create_pipeline
+from pipelines.run_overrides import with_run_overrides
 
 
 @dataclass(frozen=True)
@@ -49,50 +49,6 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-@contextlib.contextmanager
-def _unset_optional_inputs_allowed() -> Iterator[None]:
-    """Lets kfp.local leave an ``Optional`` pipeline parameter unset, as the KFP backend does.
-
-    kfp 2.17.0's local orchestrator fails on a pipeline input that is optional and has no
-    default ("Unknown value type"), and refuses None as an argument. Within this context an
-    unset one reaches its tasks unset, so each component's own default (None) applies.
-    """
-    from unittest import mock
-
-    from kfp.local import executor_input_utils
-    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
-
-    join = OrchestratorUtils.join_user_inputs_and_defaults.__func__
-    construct = executor_input_utils.construct_executor_input
-    to_dict = executor_input_utils.executor_input_to_dict
-
-    def join_set_inputs(cls, dag_arguments, dag_inputs_spec):
-        unset = [name for name, spec in dag_inputs_spec.parameters.items()
-                 if name not in dag_arguments and spec.is_optional and not spec.HasField("default_value")]
-        spec = type(dag_inputs_spec)()
-        spec.CopyFrom(dag_inputs_spec)
-        for name in unset:
-            del spec.parameters[name]
-        return {**join(cls, dag_arguments, spec), **dict.fromkeys(unset)}
-
-    def construct_without_unset(component_spec, arguments, *args, **kwargs):
-        return construct(component_spec, {k: v for k, v in arguments.items() if v is not None}, *args, **kwargs)
-
-    def to_dict_without_unset(executor_input, component_spec):
-        """A component's own None default arrives as a null value, which kfp.local casts with int()."""
-        trimmed = type(executor_input)()
-        trimmed.CopyFrom(executor_input)
-        values = trimmed.inputs.parameter_values
-        for name in [name for name, value in values.items() if value.WhichOneof("kind") in (None, "null_value")]:
-            del values[name]
-        return to_dict(trimmed, component_spec)
-
-    with (mock.patch.object(OrchestratorUtils, "join_user_inputs_and_defaults", classmethod(join_set_inputs)),
-          mock.patch.object(executor_input_utils, "construct_executor_input", construct_without_unset),
-          mock.patch.object(executor_input_utils, "executor_input_to_dict", to_dict_without_unset)):
-        yield
-
-
 def _task_dir(run_dir: Path, task: str) -> Path:
     matches = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(task))
     if not matches:
@@ -117,14 +73,18 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(root.iterdir())
-    overrides = {"beam_runner": beam_runner, "beam_options": beam_options, "variant": variant, "epochs": epochs,
-                 "thresholds": thresholds, "ground_truth": _absolute(ground_truth) if ground_truth else None,
-                 "max_rejected_fraction": max_rejected_fraction}
+    # Every parameter gets a value, resolved from the config where the run does not override it: kfp 2.17.0's
+    # local orchestrator fails on an optional pipeline parameter left unset ("Unknown value type").
+    config = with_run_overrides(load_config(config_path), variant=variant, epochs=epochs, thresholds=thresholds,
+                                max_rejected_fraction=max_rejected_fraction)
+    arguments = {"beam_runner": beam_runner or config.beam.runner, "beam_options": list(beam_options or ()),
+                 "variant": config.model.variant, "epochs": config.training.epochs,
+                 "thresholds": config.to_dict()["evaluation"]["thresholds"],
+                 "max_rejected_fraction": config.input.max_rejected_fraction,
+                 "ground_truth": _absolute(ground_truth) if ground_truth else ""}
     try:
-        with _unset_optional_inputs_allowed():
-            create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
-                              serving_base=_absolute(serving_base), work_root=str(root.parent / "work"),
-                              **{name: value for name, value in overrides.items() if value is not None})
+        create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+                          serving_base=_absolute(serving_base), work_root=str(root.parent / "work"), **arguments)
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before

@@ -24,13 +24,11 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
     from collections import namedtuple
 
     from components.ingest.fingerprint import input_fingerprint
-    from esmm_model.config import config_to_json, load_config, with_overrides
+    from esmm_model.config import config_to_json, load_config
+    from pipelines.run_overrides import with_run_overrides
 
-    overrides = {"input": {"max_rejected_fraction": max_rejected_fraction} if max_rejected_fraction is not None else {},
-                 "model": {"variant": variant} if variant is not None else {},
-                 "training": {"epochs": epochs} if epochs is not None else {},
-                 "evaluation": {"thresholds": thresholds} if thresholds is not None else {}}
-    config = with_overrides(load_config(config_path), overrides)
+    config = with_run_overrides(load_config(config_path), variant=variant, epochs=epochs, thresholds=thresholds,
+                                max_rejected_fraction=max_rejected_fraction)
     fingerprint = input_fingerprint(config, input_path, ground_truth)
     print(f"config {config.name} ({config.model.variant}), input fingerprint {fingerprint}")
     return namedtuple("Snapshot", ["config", "input_fingerprint"])(config_to_json(config), fingerprint)
