@@ -37,7 +37,6 @@ FeatureKind = Literal["id", "weighted_ids", "dense"]
 Side = Literal["user", "context", "item"]
 IdDtype = Literal["bytes", "int64"]
 Combiner = Literal["sum", "mean"]
-VariantName = Literal[tuple(VARIANTS)]
 
 LABEL_CLICK = "click"
 LABEL_CONVERSION = "conversion"
@@ -64,19 +63,16 @@ def invalid(message: str, *at: str | int, value_check: bool = False, show_input:
 
 def bounded(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
             le: float | None = None) -> AfterValidator:
-    """A range check for ``Annotated[number, bounded(...)]``; its error says the whole range."""
+    """A range check for ``Annotated[number, bounded(...)]``: a lower bound, and maybe an upper one; its error
+    says the whole range (``must lie in [0, 1)``)."""
     low, high = (gt if gt is not None else ge), (lt if lt is not None else le)
     if high is None:
-        wording = {(0, True): "be positive", (0, False): "be zero or more"}.get(
-            (low, gt is not None), f"exceed {low}" if gt is not None else f"be at least {low}")
-    elif low is None:
-        wording = f"be below {high}" if lt is not None else f"be at most {high}"
-    elif gt is not None and lt is not None:
-        wording = f"lie strictly between {low} and {high}"
-    elif gt is None and lt is None:
-        wording = f"lie between {low} and {high}"
+        wording = ("be positive" if low == 0 else f"exceed {low}") if gt is not None else (
+            "be zero or more" if low == 0 else f"be at least {low}")
     else:
-        wording = f"lie in {'(' if gt is not None else '['}{low}, {high}{')' if lt is not None else ']'}"
+        left, right = "(" if gt is not None else "[", ")" if lt is not None else "]"
+        wording = {"()": f"lie strictly between {low} and {high}", "[]": f"lie between {low} and {high}"}.get(
+            left + right, f"lie in {left}{low}, {high}{right}")
 
     def check(value: float) -> float:
         if ((gt is not None and value <= gt) or (ge is not None and value < ge)
@@ -130,8 +126,10 @@ class Preprocessing(ConfigSection):
     @model_validator(mode="before")
     @classmethod
     def _read(cls, data: Any) -> Any:
-        if data == "zscore" or isinstance(data, Preprocessing):
-            return {"zscore": True} if data == "zscore" else data
+        if isinstance(data, Preprocessing):
+            return data
+        if data == "zscore":
+            return {"zscore": True}
         if not isinstance(data, dict) or len(data) != 1:
             raise invalid("give exactly one of hash_buckets: N, vocab: {top_k, min_frequency, oov_buckets}, "
                           f"zscore, buckets: [boundaries]; got {data!r}")
@@ -147,9 +145,11 @@ class Preprocessing(ConfigSection):
     @field_validator("buckets")
     @classmethod
     def _increasing(cls, buckets: Optional[tuple[float, ...]]) -> Optional[tuple[float, ...]]:
-        if buckets is not None and not buckets:
+        if buckets is None:
+            return None
+        if not buckets:
             raise invalid("give at least one boundary", value_check=True)
-        if buckets is not None and list(buckets) != sorted(set(buckets)):
+        if list(buckets) != sorted(set(buckets)):
             raise invalid("boundaries must be strictly increasing", value_check=True)
         return buckets
 
@@ -245,7 +245,7 @@ Fraction = Annotated[Float, bounded(gt=0, lt=1)]
 class ModelConfig(ConfigSection):
     """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
 
-    variant: VariantName = "esmm"
+    variant: str = "esmm"  # a key of esmm_model.variants.VARIANTS, read when validating (a registry one may extend)
     embedding_dim: PositiveInt = 18
     embedding_init_stddev: Optional[PositiveFloat] = None
     tower_units: tuple[PositiveInt, ...] = (200, 80)
@@ -256,6 +256,13 @@ class ModelConfig(ConfigSection):
     aman_negative_rate: Annotated[Float, bounded(gt=0, le=1)] = 0.1
     oversampling_k: PositiveInt = 5
     unbias_min_ctr: Fraction = 0.01
+
+    @field_validator("variant")
+    @classmethod
+    def _registered(cls, variant: str) -> str:
+        if variant not in VARIANTS:
+            raise invalid(f"{variant!r} is not one of {', '.join(VARIANTS)}")
+        return variant
 
     @field_validator("tower_units")
     @classmethod
@@ -322,7 +329,7 @@ class Threshold(ConfigSection):
 
     def __init__(self, metric: Optional[str] = None, /, **data: Any) -> None:
         """``Threshold("cvr/clicked/auc", min=0.52)``: the metric may come first, by position."""
-        super().__init__(**data if metric is None else {"metric": metric, **data})
+        super().__init__(**(data if metric is None else {"metric": metric, **data}))
 
     @field_validator("metric")
     @classmethod
@@ -334,8 +341,6 @@ class Threshold(ConfigSection):
 
     @model_validator(mode="after")
     def _bounds_fit(self) -> Threshold:
-        if self.min is None and self.max is None and self.max_regression is None:
-            raise invalid("give at least one of min, max, max_regression")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise invalid(f"min {self.min} exceeds max {self.max}")
         if self.max_regression is not None and self.metric_name in DIRECTIONLESS:
@@ -366,9 +371,11 @@ class EvaluationConfig(ConfigSection):
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
 
     @model_validator(mode="after")
-    def _one_entry_per_metric(self) -> EvaluationConfig:
+    def _gates_complete_and_distinct(self) -> EvaluationConfig:
         seen: dict[str, int] = {}
         for i, threshold in enumerate(self.thresholds):
+            if threshold.min is None and threshold.max is None and threshold.max_regression is None:
+                raise invalid("give at least one of min, max, max_regression", "thresholds", i)
             if threshold.metric in seen:
                 first = seen[threshold.metric]
                 raise invalid(f"{threshold.metric!r} is already gated by evaluation.thresholds[{first}]; merge the "
@@ -644,7 +651,7 @@ def config_from_dict(data: Any, schema: type[C] = Config) -> C:
 
 
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-             "string_type": "a string", "tuple_type": "a list", "list_type": "a list"}
+             "string_type": "a string", "tuple_type": "a list"}
 
 
 def _key_error(error: Any, data: dict) -> ConfigKeyError:
@@ -655,9 +662,7 @@ def _key_error(error: Any, data: dict) -> ConfigKeyError:
         message = context["message"] + (f", got {value!r}" if context["show_input"] else "")
     elif kind == "missing":
         message = "required key is missing"
-    elif kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+    elif kind == "model_type":
         message = f"expected a mapping, got {type(value).__name__}"
     elif kind in _EXPECTED:
         message = f"expected {_EXPECTED[kind]}, got {value!r}"
