@@ -334,9 +334,13 @@ def test_more_errors_name_the_offending_key(change, expected):
     assert str(err.value) == expected
 
 
-def test_a_number_where_a_string_is_expected_reads_as_that_string():
-    config = config_from_dict(mutate(lambda d: d["features"][0].update(source=101)))
+def test_numbers_read_as_their_fields_types():
+    """An integer where a number is expected is a float; a number where a string is expected is that string."""
+    config = config_from_dict(mutate(lambda d: d["features"][0].update(source=101)
+                                     or d.update(training={"learning_rate": 1})))
     assert config.feature("user_id").source == "101"
+    assert type(config.training.learning_rate) is float
+    assert config.to_dict()["training"]["learning_rate"] == 1.0
 
 
 @pytest.mark.parametrize("text, line", [
