@@ -1,23 +1,34 @@
 """One validated YAML file configures the whole pipeline.
 
-The YAML is parsed once, at the edge, into frozen dataclasses. Code below this edge
-takes dataclasses, never raw dicts. Every validation error names the offending key
-path (for example ``features[3].preprocessing.vocab.top_k``) and says how to fix it.
+The YAML is parsed once, at the edge, into frozen pydantic models: the classes below are the
+schema, typing, defaulting and bounding every key. Code below this edge takes these objects,
+never raw dicts. Every validation error is one line naming the offending key path (for example
+``features[3].preprocessing.vocab.top_k``) and, for a file, its line.
+
+``pipelines.config`` extends ``Config`` with the Kubernetes section; this module knows nothing of pods.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import json
-import math
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Strict,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from esmm_model.errors import ConfigError
 from esmm_model.variants import VARIANTS
@@ -34,23 +45,118 @@ LABELS = (LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR)
 WEIGHT_SUFFIX = "_weight"
 
 
-@dataclass(frozen=True)
-class Vocab:
+class ConfigKeyError(ConfigError):
+    """A config error at one key; ``loc`` is its path as keys and list indices, to find its line in the YAML."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]):
+        super().__init__(message)
+        self.loc = loc
+
+
+def invalid(message: str, *at: str | int, value_check: bool = False, show_input: bool = False) -> PydanticCustomError:
+    """A validation error for a section's validator to raise. ``at``: the keys below the section it concerns;
+    ``value_check``: a bad value rather than a bad shape, so the error names the feature it is in;
+    ``show_input``: the message ends with the value as the YAML gave it (``got 7``)."""
+    return PydanticCustomError("config_value" if value_check else "config", "{message}",
+                               {"message": message, "at": at, "show_input": show_input})
+
+
+def bounded(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None) -> AfterValidator:
+    """A range check for ``Annotated[number, bounded(...)]``: a lower bound, and maybe an upper one; its error
+    says the whole range (``must lie in [0, 1)``)."""
+    low, high = (gt if gt is not None else ge), (lt if lt is not None else le)
+    if high is None:
+        wording = ("be positive" if low == 0 else f"exceed {low}") if gt is not None else (
+            "be zero or more" if low == 0 else f"be at least {low}")
+    else:
+        left, right = "(" if gt is not None else "[", ")" if lt is not None else "]"
+        wording = {"()": f"lie strictly between {low} and {high}", "[]": f"lie between {low} and {high}"}.get(
+            left + right, f"lie in {left}{low}, {high}{right}")
+
+    def check(value: float) -> float:
+        if ((gt is not None and value <= gt) or (ge is not None and value < ge)
+                or (lt is not None and value >= lt) or (le is not None and value > le)):
+            raise invalid(f"must {wording}", value_check=True, show_input=True)
+        return value
+
+    return AfterValidator(check)
+
+
+# YAML's 3.0, true or "3" is not an integer here, nor is "1e-8" (quoted) a number; an integer is a fine number.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+PositiveInt = Annotated[Int, bounded(gt=0)]
+PositiveFloat = Annotated[Float, bounded(gt=0)]
+
+
+class ConfigSection(BaseModel):
+    """A frozen section of the config: unknown keys, wrong types and numbers out of range are errors.
+    Numbers given where a string is expected (``source: 101``) are read as that string."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+            if unknown:
+                raise invalid(f"unknown key; known keys are {', '.join(sorted(cls.model_fields))}", unknown[0])
+        return data
+
+
+class Vocab(ConfigSection):
     """A vocabulary computed on the train split; ids outside it go to OOV buckets."""
 
-    top_k: Optional[int] = None
-    min_frequency: int = 1
-    oov_buckets: int = 1
+    top_k: Optional[PositiveInt] = None
+    min_frequency: PositiveInt = 1
+    oov_buckets: Annotated[Int, bounded(ge=1)] = 1
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """Exactly one of the four preprocessing methods."""
+class Preprocessing(ConfigSection):
+    """Exactly one of the four preprocessing methods. In YAML: ``zscore``, or a mapping of one key,
+    ``hash_buckets: N``, ``vocab: {top_k, min_frequency, oov_buckets}`` or ``buckets: [boundaries]``."""
 
-    hash_buckets: Optional[int] = None
+    hash_buckets: Optional[PositiveInt] = None
     vocab: Optional[Vocab] = None
-    zscore: bool = False
-    buckets: Optional[tuple[float, ...]] = None
+    zscore: StrictBool = False
+    buckets: Optional[tuple[Float, ...]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read(cls, data: Any) -> Any:
+        if isinstance(data, Preprocessing):
+            return data
+        if data == "zscore":
+            return {"zscore": True}
+        if not isinstance(data, dict) or len(data) != 1:
+            raise invalid("give exactly one of hash_buckets: N, vocab: {top_k, min_frequency, oov_buckets}, "
+                          f"zscore, buckets: [boundaries]; got {data!r}")
+        (key, value), = data.items()
+        if key == "zscore":
+            return {"zscore": True}
+        if key == "vocab":
+            return {"vocab": {} if value is None else value}
+        if key not in ("hash_buckets", "buckets"):
+            raise invalid(f"unknown preprocessing {key!r}; use hash_buckets, vocab, zscore or buckets")
+        return data
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, buckets: Optional[tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+        if buckets is None:
+            return None
+        if not buckets:
+            raise invalid("give at least one boundary", value_check=True)
+        if list(buckets) != sorted(set(buckets)):
+            raise invalid("boundaries must be strictly increasing", value_check=True)
+        return buckets
+
+    @model_serializer(mode="wrap")
+    def _yaml_form(self, handler: Any) -> Any:
+        """The YAML form: ``zscore``, or ``{method: value}``."""
+        return "zscore" if self.zscore else {self.method: handler(self)[self.method]}
 
     @property
     def method(self) -> str:
@@ -68,8 +174,7 @@ class Preprocessing:
         return self.method != "zscore"
 
 
-@dataclass(frozen=True)
-class Feature:
+class Feature(ConfigSection):
     """One model feature: where it comes from, how it is preprocessed and embedded.
 
     ``source`` is the Ali-CCP field id that carries it (default: the name); a CSV log
@@ -83,9 +188,23 @@ class Feature:
     preprocessing: Preprocessing
     source: Optional[str] = None
     dtype: IdDtype = "bytes"
-    embedding_dim: Optional[int] = None
+    embedding_dim: Optional[PositiveInt] = None
     shared_embedding: Optional[str] = None
     combiner: Combiner = "sum"
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> Feature:
+        method = self.preprocessing.method
+        if self.kind == "dense" and method not in ("zscore", "buckets"):
+            raise invalid(f"a dense feature takes zscore or buckets, not {method}", "preprocessing", value_check=True)
+        if self.kind != "dense" and method not in ("hash_buckets", "vocab"):
+            raise invalid(f"an {self.kind} feature takes hash_buckets or vocab, not {method}", "preprocessing",
+                          value_check=True)
+        if self.shared_embedding and not self.preprocessing.is_categorical:
+            raise invalid("a z-scored dense feature has no embedding to share", "shared_embedding", value_check=True)
+        if self.combiner != "sum" and self.kind != "weighted_ids":
+            raise invalid("only weighted_ids features are pooled", "combiner", value_check=True)
+        return self
 
     @property
     def weight_name(self) -> str:
@@ -98,8 +217,7 @@ class Feature:
         return self.shared_embedding or self.name
 
 
-@dataclass(frozen=True)
-class InputConfig:
+class InputConfig(ConfigSection):
     """Which raw format to read, how to split it by time, and how much of it may be rejected.
 
     ``max_rejected_fraction``: ingestion fails when a larger share of the impression lines
@@ -109,54 +227,81 @@ class InputConfig:
 
     format: Literal["aliccp", "csv"] = "aliccp"
     order_by: str = "sample_id"
-    train_fraction: float = 0.5
+    train_fraction: Annotated[Float, bounded(gt=0, lt=1)] = 0.5
     conversion_without_click: Literal["reject", "keep"] = "reject"
-    max_rejected_fraction: float = 0.01
-    max_line_bytes: int = 1 << 20
+    max_rejected_fraction: Annotated[Float, bounded(ge=0, le=1)] = 0.01
+    max_line_bytes: PositiveInt = 1 << 20
+
+    @model_validator(mode="after")
+    def _ordered_as_the_format_is(self) -> InputConfig:
+        if self.format == "aliccp" and self.order_by != "sample_id":
+            raise invalid(f"Ali-CCP raw logs are ordered by sample_id, not {self.order_by!r}", "order_by")
+        return self
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+Fraction = Annotated[Float, bounded(gt=0, lt=1)]
+
+
+class ModelConfig(ConfigSection):
     """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
 
-    variant: str = "esmm"  # a key of esmm_model.variants.VARIANTS
-    embedding_dim: int = 18
-    embedding_init_stddev: Optional[float] = None
-    tower_units: tuple[int, ...] = (200, 80)
+    variant: str = "esmm"  # a key of esmm_model.variants.VARIANTS, read when validating (a registry one may extend)
+    embedding_dim: PositiveInt = 18
+    embedding_init_stddev: Optional[PositiveFloat] = None
+    tower_units: tuple[PositiveInt, ...] = (200, 80)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
-    dropout: float = 0.0
-    ctr_loss_weight: float = 1.0
-    ctcvr_loss_weight: float = 1.0
-    aman_negative_rate: float = 0.1
-    oversampling_k: int = 5
-    unbias_min_ctr: float = 0.01
+    dropout: Annotated[Float, bounded(ge=0, lt=1)] = 0.0
+    ctr_loss_weight: Annotated[Float, bounded(ge=0)] = 1.0
+    ctcvr_loss_weight: Annotated[Float, bounded(ge=0)] = 1.0
+    aman_negative_rate: Annotated[Float, bounded(gt=0, le=1)] = 0.1
+    oversampling_k: PositiveInt = 5
+    unbias_min_ctr: Fraction = 0.01
+
+    @field_validator("variant")
+    @classmethod
+    def _registered(cls, variant: str) -> str:
+        if variant not in VARIANTS:
+            raise invalid(f"{variant!r} is not one of {', '.join(VARIANTS)}")
+        return variant
+
+    @field_validator("tower_units")
+    @classmethod
+    def _some_layers(cls, units: tuple[int, ...]) -> tuple[int, ...]:
+        if not units:
+            raise invalid("give one or more positive layer widths")
+        return units
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> ModelConfig:
+        if self.ctr_loss_weight == 0 and self.ctcvr_loss_weight == 0:
+            raise invalid("ctr_loss_weight and ctcvr_loss_weight are both 0, so nothing would train; make one "
+                          "positive", "ctcvr_loss_weight")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(ConfigSection):
     """Optimisation: the paper's Adam by default, Adagrad as the seed uses."""
 
     optimizer: Literal["adam", "adagrad"] = "adam"
     embedding_optimizer: Literal["same", "lazy_adam", "adagrad", "sgd"] = "lazy_adam"
-    learning_rate: float = 0.001
-    embedding_learning_rate: Optional[float] = None
-    adam_beta_1: float = 0.9
-    adam_beta_2: float = 0.999
-    adam_epsilon: float = 1e-8
-    batch_size: int = 4096
-    epochs: int = 4
-    steps_per_epoch: Optional[int] = None
-    seed: int = 42
-    early_stopping_patience: Optional[int] = None
-    jit_compile: bool = False
+    learning_rate: PositiveFloat = 0.001
+    embedding_learning_rate: Optional[PositiveFloat] = None
+    adam_beta_1: Fraction = 0.9
+    adam_beta_2: Fraction = 0.999
+    adam_epsilon: PositiveFloat = 1e-8
+    batch_size: PositiveInt = 4096
+    epochs: PositiveInt = 4
+    steps_per_epoch: Optional[PositiveInt] = None
+    seed: Annotated[Int, bounded(ge=0, le=2**32 - 1)] = 42  # NumPy's seed range (keras.utils.set_random_seed)
+    early_stopping_patience: Optional[PositiveInt] = None
+    jit_compile: StrictBool = False
     # With TF_CONFIG set: auto = parameter_server when it names ps tasks, else multi_worker_mirrored.
     distribution: Literal["auto", "multi_worker_mirrored", "parameter_server"] = "auto"
     # Under parameter_server: variables of at least this many bytes are split over the ps tasks.
-    ps_min_shard_bytes: int = 256 << 10
+    ps_min_shard_bytes: PositiveInt = 256 << 10
 
 
-@dataclass(frozen=True)
-class BeamConfig:
+class BeamConfig(ConfigSection):
     """Runner and options of every Beam step; ``components.beam_runner.beam_args`` adds a run's overrides."""
 
     runner: str = "DirectRunner"
@@ -169,8 +314,7 @@ LOWER_IS_BETTER = frozenset({"bce", "loss", "log_loss", "brier_score"})
 DIRECTIONLESS = frozenset({"mean_prediction", "mean_label", "example_count", "calibration"})
 
 
-@dataclass(frozen=True)
-class Threshold:
+class Threshold(ConfigSection):
     """A gate on one evaluation metric, addressed by path: ``cvr/clicked/auc``, ``entire_space/cvr_auc``.
 
     ``min`` and ``max`` bound the candidate's value. ``max_regression`` is the largest change
@@ -179,9 +323,30 @@ class Threshold:
     """
 
     metric: str
-    min: Optional[float] = None
-    max: Optional[float] = None
-    max_regression: Optional[float] = None
+    min: Optional[Float] = None
+    max: Optional[Float] = None
+    max_regression: Optional[Annotated[Float, bounded(ge=0)]] = None
+
+    def __init__(self, metric: Optional[str] = None, /, **data: Any) -> None:
+        """``Threshold("cvr/clicked/auc", min=0.52)``: the metric may come first, by position."""
+        super().__init__(**(data if metric is None else {"metric": metric, **data}))
+
+    @field_validator("metric")
+    @classmethod
+    def _a_path(cls, metric: str) -> str:
+        parts = metric.split("/")
+        if len(parts) < 2 or not all(part.strip() for part in parts):
+            raise invalid(f"give a metric path like cvr/clicked/auc or entire_space/cvr_auc, not {metric!r}")
+        return metric
+
+    @model_validator(mode="after")
+    def _bounds_fit(self) -> Threshold:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise invalid(f"min {self.min} exceeds max {self.max}")
+        if self.max_regression is not None and self.metric_name in DIRECTIONLESS:
+            raise invalid(f"{self.metric_name} has no better direction, so it cannot regress; bound it with min "
+                          f"and max instead", "max_regression")
+        return self
 
     @property
     def metric_name(self) -> str:
@@ -200,87 +365,62 @@ DEFAULT_THRESHOLDS = (
 )
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(ConfigSection):
     """The blessing gate: absolute bounds on the candidate, change bounds against the pushed model."""
 
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
 
+    @model_validator(mode="after")
+    def _gates_complete_and_distinct(self) -> EvaluationConfig:
+        seen: dict[str, int] = {}
+        for i, threshold in enumerate(self.thresholds):
+            if threshold.min is None and threshold.max is None and threshold.max_regression is None:
+                raise invalid("give at least one of min, max, max_regression", "thresholds", i)
+            if threshold.metric in seen:
+                first = seen[threshold.metric]
+                raise invalid(f"{threshold.metric!r} is already gated by evaluation.thresholds[{first}]; merge the "
+                              "two entries", "thresholds", i, "metric")
+            seen[threshold.metric] = i
+        return self
 
-@dataclass(frozen=True)
-class PushConfig:
+
+class PushConfig(ConfigSection):
     """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept."""
 
     model_name: str = "esmm"
-    keep_versions: int = 5
+    keep_versions: Int = 5
+
+    @field_validator("model_name")
+    @classmethod
+    def _a_directory_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or name.isdigit():
+            raise invalid(f"use letters, digits, '_', '-' and '.', not all digits, got {name!r}")
+        return name
+
+    @field_validator("keep_versions")
+    @classmethod
+    def _at_least_one(cls, keep: int) -> int:
+        if keep < 1:
+            raise invalid(f"keep at least 1 version, got {keep}", value_check=True)
+        return keep
 
 
-@dataclass(frozen=True)
-class StepResources:
-    """One step's pod: CPU and memory requests and limits in Kubernetes quantities ("500m", "2", "8Gi")."""
-
-    cpu: Optional[str] = None
-    memory: Optional[str] = None
-    cpu_limit: Optional[str] = None
-    memory_limit: Optional[str] = None
-
-
-# Requests per step when the config names none: TF training and TFMA are the heavy pods.
-BUILTIN_RESOURCES = {"snapshot": ("500m", "1Gi"), "ingest": ("2", "4Gi"), "transform": ("2", "8Gi"),
-                     "train": ("4", "8Gi"), "evaluate": ("2", "8Gi"), "push": ("1", "2Gi")}
-
-
-@dataclass(frozen=True)
-class ResourcesConfig:
-    """Requests and limits per step of the compiled pipeline, so no pod runs BestEffort.
-
-    Each field resolves in order: the step's own entry, ``default``, then the built-in
-    request for that step (BUILTIN_RESOURCES); a limit left out equals the request.
-    """
-
-    default: StepResources = StepResources()
-    snapshot: StepResources = StepResources()
-    ingest: StepResources = StepResources()
-    transform: StepResources = StepResources()
-    train: StepResources = StepResources()
-    evaluate: StepResources = StepResources()
-    push: StepResources = StepResources()
-
-    def for_step(self, step: str) -> StepResources:
-        """The step's requests and limits, every field filled."""
-        own, default = getattr(self, step), self.default
-        builtin_cpu, builtin_memory = BUILTIN_RESOURCES[step]
-        cpu = own.cpu or default.cpu or builtin_cpu
-        memory = own.memory or default.memory or builtin_memory
-        return StepResources(cpu=cpu, memory=memory, cpu_limit=own.cpu_limit or default.cpu_limit or cpu,
-                             memory_limit=own.memory_limit or default.memory_limit or memory)
-
-
-@dataclass(frozen=True)
-class KubernetesConfig:
-    """How the compiled pipeline's pods run: resources per step, and retries of the transient steps."""
-
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    retries: int = 2
-    retry_backoff_s: int = 60
-    # 0: the train step trains in its own pod; N: it runs a TFJob of N workers (pipelines.tfjob),
-    # which needs the work volume.
-    train_workers: int = 0
-
-
-@dataclass(frozen=True)
-class Config:
+class Config(ConfigSection):
     """The root of the YAML file."""
 
     name: str
     features: tuple[Feature, ...]
-    input: InputConfig = field(default_factory=InputConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    beam: BeamConfig = field(default_factory=BeamConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    push: PushConfig = field(default_factory=PushConfig)
-    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    input: InputConfig = InputConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    beam: BeamConfig = BeamConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    push: PushConfig = PushConfig()
+
+    @model_validator(mode="after")
+    def _features_fit_together(self) -> Config:
+        _check_features(self)
+        return self
 
     def feature(self, name: str) -> Feature:
         for feature in self.features:
@@ -302,8 +442,52 @@ class Config:
         return {name: tuple(members) for name, members in groups.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain-data form that round-trips through ``config_from_dict``."""
-        return _to_plain(self)
+        """A plain-data form (the YAML's) that round-trips through ``config_from_dict``."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _check_features(config: Config) -> None:
+    """The checks across features: names, sources and shared embedding groups."""
+    def fail(i: int, key: str, message: str) -> ConfigKeyError:
+        return ConfigKeyError(f"features[{i}] ({config.features[i].name}).{key}: {message}", ("features", i, key))
+
+    if not config.features:
+        raise ConfigKeyError("features: at least one feature is required", ("features",))
+    seen: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    reserved = set(LABELS) | {config.input.order_by, "sample_id"}
+    for i, feature in enumerate(config.features):
+        if not feature.name.isidentifier():
+            raise fail(i, "name", f"use letters, digits and underscores, not {feature.name!r}")
+        if feature.name in seen:
+            raise fail(i, "name", f"duplicate feature name, first used by features[{seen[feature.name]}]")
+        if feature.name in reserved:
+            raise fail(i, "name", f"{feature.name!r} is reserved for labels and ordering")
+        if feature.name.endswith(WEIGHT_SUFFIX):
+            raise fail(i, "name", f"names ending in {WEIGHT_SUFFIX!r} are reserved for weights")
+        seen[feature.name] = i
+        source = feature.source or feature.name
+        if source in sources:
+            raise fail(i, "source", f"{source!r} is already read by {sources[source]}")
+        sources[source] = feature.name
+    for group, members in config.shared_groups().items():
+        first = members[0]
+        for other in members[1:]:
+            at = ("features", seen[other.name], "shared_embedding")
+            plain = [member.preprocessing.model_dump(mode="json", exclude_none=True) for member in (first, other)]
+            if other.preprocessing != first.preprocessing:
+                raise ConfigKeyError(
+                    f"shared_embedding {group!r}: {first.name} and {other.name} use different preprocessing "
+                    f"({plain[0]} vs {plain[1]}); members of a group must map into one id space", at)
+            if config.embedding_dim(other) != config.embedding_dim(first):
+                raise ConfigKeyError(f"shared_embedding {group!r}: {first.name} and {other.name} have different "
+                                     "embedding_dim", at)
+            if other.dtype != first.dtype:
+                raise ConfigKeyError(f"shared_embedding {group!r}: {first.name} is {first.dtype} but {other.name} is "
+                                     f"{other.dtype}", at)
+        if group in seen and config.feature(group).shared_embedding != group:
+            raise ConfigKeyError(f"shared_embedding {group!r}: the group name clashes with feature {group!r}",
+                                 ("features", seen[group], "name"))
 
 
 SHIPPED_CONFIGS = "esmm_model.configs"
@@ -331,7 +515,7 @@ def portable_config_ref(ref: str | os.PathLike) -> str:
 
 
 def read_config_text(ref: str | os.PathLike) -> str:
-    """The YAML text of a shipped config name, or of a local path or URI (``gs://...``) read with tf.io.gfile."""
+    """The YAML text of a shipped config name, of a local path, or of a URI (``gs://...``) read with tf.io.gfile."""
     ref = os.fspath(ref)
     if is_shipped_name(ref):
         resource = importlib.resources.files(SHIPPED_CONFIGS) / f"{ref}.yaml"
@@ -339,7 +523,15 @@ def read_config_text(ref: str | os.PathLike) -> str:
             raise ConfigError(f"config {ref!r} is neither a shipped config ({', '.join(shipped_config_names())}) "
                               f"nor a path to a .yaml file")
         return resource.read_text(encoding="utf-8")
-    import tensorflow as tf  # only a file or URI needs TensorFlow's filesystems
+    if "://" not in ref:  # a local file: no TensorFlow import (seconds, and its log lines) to read it
+        if not os.path.isfile(ref):
+            raise ConfigError(f"config file {ref!r} does not exist")
+        try:
+            with open(ref, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {ref!r} cannot be read: {exc}") from None
+    import tensorflow as tf  # only a URI needs TensorFlow's filesystems
 
     try:
         if not tf.io.gfile.exists(ref) or tf.io.gfile.isdir(ref):
@@ -350,20 +542,38 @@ def read_config_text(ref: str | os.PathLike) -> str:
         raise ConfigError(f"config file {ref!r} cannot be read: {' '.join(exc.message.split())}") from None
 
 
-def load_config(ref: str | os.PathLike) -> Config:
-    """Reads and validates a config: a shipped name (``aliccp``) or a YAML path or URI; errors name the file and key."""
+C = TypeVar("C", bound=Config)
+
+
+def load_config(ref: str | os.PathLike, schema: type[C] = Config) -> C:
+    """Reads and validates a config: a shipped name (``aliccp``) or a YAML path or URI; errors name the file, the
+    key and its line. ``schema``: ``Config`` or an extension of it (``pipelines.config.PipelineConfig``)."""
     ref = os.fspath(ref)
     text = read_config_text(ref)
     try:
-        data = parse_yaml(text)
+        node, data = _parse(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {ref!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {ref!r} is not valid YAML: {_yaml_problem(exc)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{ref}: {exc}") from None
     try:
-        return config_from_dict(data)
+        return config_from_dict(data, schema)
+    except ConfigKeyError as exc:
+        line = _line_of(node, exc.loc)
+        raise ConfigError(f"{ref}: {exc}" + (f" (line {line})" if line else "")) from None
     except ConfigError as exc:
         raise ConfigError(f"{ref}: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line: where, what, and the construct it was in."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        where += f" ({exc.context} from line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return " ".join(where.split())
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -380,8 +590,18 @@ ConfigLoader.add_implicit_resolver(
 def parse_yaml(text: str) -> Any:
     """Plain data from YAML text (``ConfigLoader``); a key repeated within one mapping is a ConfigError
     naming its path (plain YAML loading keeps the last value silently)."""
-    _reject_duplicate_keys(yaml.compose(text, Loader=ConfigLoader), "")
-    return yaml.load(text, Loader=ConfigLoader)
+    return _parse(text)[1]
+
+
+def _parse(text: str) -> tuple[Optional[yaml.Node], Any]:
+    """The YAML's node tree (which knows each key's line) and its plain data, from one parse."""
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        _reject_duplicate_keys(node, "")
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _reject_duplicate_keys(node: Optional[yaml.Node], where: str) -> None:
@@ -389,7 +609,7 @@ def _reject_duplicate_keys(node: Optional[yaml.Node], where: str) -> None:
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node.start_mark.line
-            path = _join(where, str(key))
+            path = f"{where}.{key}" if where else str(key)
             line = key_node.start_mark.line + 1
             if key in first_line:
                 raise ConfigError(f"{path}: duplicate key on line {line} (first on line {first_line[key]}); "
@@ -401,336 +621,79 @@ def _reject_duplicate_keys(node: Optional[yaml.Node], where: str) -> None:
             _reject_duplicate_keys(item, f"{where}[{i}]")
 
 
-def config_from_dict(data: Any) -> Config:
-    """Validates plain data (as parsed from YAML) into a Config."""
+def _line_of(node: Optional[yaml.Node], loc: tuple[str | int, ...]) -> Optional[int]:
+    """The YAML line of the key at ``loc``, or of the nearest enclosing one that the file has."""
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)]
+            if not found:
+                break
+            key_node, node = found[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def config_from_dict(data: Any, schema: type[C] = Config) -> C:
+    """Validates plain data (as parsed from YAML) into a ``schema``, by default a Config; a ConfigKeyError names
+    the first offending key."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping at the top level")
-    config = _build(Config, data, "")
-    if config.model.variant not in VARIANTS:
-        raise ConfigError(f"model.variant: {config.model.variant!r} is not one of {', '.join(VARIANTS)}")
-    _check_numbers(config)
-    _check_features(config)
-    _check_evaluation_and_push(config)
-    _check_kubernetes(config.kubernetes)
-    return config
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise _key_error(exc.errors(include_url=False)[0], data) from None
 
 
-def _check_features(config: Config) -> None:
-    if not config.features:
-        raise ConfigError("features: at least one feature is required")
-    seen: dict[str, int] = {}
-    reserved = set(LABELS) | {config.input.order_by, "sample_id"}
-    for i, feature in enumerate(config.features):
-        where = f"features[{i}] ({feature.name})"
-        if not feature.name.isidentifier():
-            raise ConfigError(f"{where}.name: use letters, digits and underscores, not {feature.name!r}")
-        if feature.name in seen:
-            raise ConfigError(f"{where}.name: duplicate feature name, first used by features[{seen[feature.name]}]")
-        if feature.name in reserved:
-            raise ConfigError(f"{where}.name: {feature.name!r} is reserved for labels and ordering")
-        if feature.name.endswith(WEIGHT_SUFFIX):
-            raise ConfigError(f"{where}.name: names ending in {WEIGHT_SUFFIX!r} are reserved for weights")
-        seen[feature.name] = i
-        method = feature.preprocessing.method
-        if feature.kind == "dense" and method not in ("zscore", "buckets"):
-            raise ConfigError(f"{where}.preprocessing: a dense feature takes zscore or buckets, not {method}")
-        if feature.kind != "dense" and method not in ("hash_buckets", "vocab"):
-            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets or vocab, not "
-                              f"{method}")
-        if feature.shared_embedding and not feature.preprocessing.is_categorical:
-            raise ConfigError(f"{where}.shared_embedding: a z-scored dense feature has no embedding to share")
-        if feature.combiner != "sum" and feature.kind != "weighted_ids":
-            raise ConfigError(f"{where}.combiner: only weighted_ids features are pooled")
-    sources: dict[str, str] = {}
-    for feature in config.features:
-        source = feature.source or feature.name
-        if source in sources:
-            raise ConfigError(f"features ({feature.name}).source: {source!r} is already read by {sources[source]}")
-        sources[source] = feature.name
-    for group, members in config.shared_groups().items():
-        first = members[0]
-        for other in members[1:]:
-            if other.preprocessing != first.preprocessing:
-                raise ConfigError(
-                    f"shared_embedding {group!r}: {first.name} and {other.name} use different preprocessing "
-                    f"({_to_plain(first.preprocessing)} vs {_to_plain(other.preprocessing)}); members of a group must "
-                    "map into one id space")
-            if config.embedding_dim(other) != config.embedding_dim(first):
-                raise ConfigError(f"shared_embedding {group!r}: {first.name} and {other.name} have different "
-                                  "embedding_dim")
-            if other.dtype != first.dtype:
-                raise ConfigError(f"shared_embedding {group!r}: {first.name} is {first.dtype} but {other.name} is "
-                                  f"{other.dtype}")
-        if group in seen and config.feature(group).shared_embedding != group:
-            raise ConfigError(f"shared_embedding {group!r}: the group name clashes with feature {group!r}")
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "tuple_type": "a list"}
 
 
-def _check_numbers(config: Config) -> None:
-    def positive(value: float | int | None, where: str) -> None:
-        if value is not None and value <= 0:
-            raise ConfigError(f"{where}: must be positive, got {value}")
-
-    for i, feature in enumerate(config.features):
-        where = f"features[{i}] ({feature.name})"
-        pre = feature.preprocessing
-        positive(pre.hash_buckets, f"{where}.preprocessing.hash_buckets")
-        positive(feature.embedding_dim, f"{where}.embedding_dim")
-        if pre.vocab is not None:
-            positive(pre.vocab.top_k, f"{where}.preprocessing.vocab.top_k")
-            positive(pre.vocab.min_frequency, f"{where}.preprocessing.vocab.min_frequency")
-            if pre.vocab.oov_buckets < 1:
-                raise ConfigError(f"{where}.preprocessing.vocab.oov_buckets: must be at least 1")
-        if pre.buckets is not None:
-            if not pre.buckets:
-                raise ConfigError(f"{where}.preprocessing.buckets: give at least one boundary")
-            if list(pre.buckets) != sorted(set(pre.buckets)):
-                raise ConfigError(f"{where}.preprocessing.buckets: boundaries must be strictly increasing")
-    if config.input.format == "aliccp" and config.input.order_by != "sample_id":
-        raise ConfigError(f"input.order_by: Ali-CCP raw logs are ordered by sample_id, not {config.input.order_by!r}")
-    if not 0.0 < config.input.train_fraction < 1.0:
-        raise ConfigError(f"input.train_fraction: must lie strictly between 0 and 1, got {config.input.train_fraction}")
-    if not 0.0 <= config.input.max_rejected_fraction <= 1.0:
-        raise ConfigError("input.max_rejected_fraction: must lie between 0 and 1, got "
-                          f"{config.input.max_rejected_fraction}")
-    positive(config.input.max_line_bytes, "input.max_line_bytes")
-    positive(config.model.embedding_dim, "model.embedding_dim")
-    positive(config.model.embedding_init_stddev, "model.embedding_init_stddev")
-    if not config.model.tower_units or any(u <= 0 for u in config.model.tower_units):
-        raise ConfigError("model.tower_units: give one or more positive layer widths")
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout: must lie in [0, 1), got {config.model.dropout}")
-    if not 0.0 < config.model.aman_negative_rate <= 1.0:
-        raise ConfigError("model.aman_negative_rate: must lie in (0, 1]")
-    positive(config.model.oversampling_k, "model.oversampling_k")
-    if not 0.0 < config.model.unbias_min_ctr < 1.0:
-        raise ConfigError("model.unbias_min_ctr: must lie in (0, 1)")
-    for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
-                "early_stopping_patience", "ps_min_shard_bytes"):
-        positive(getattr(config.training, key), f"training.{key}")
+def _key_error(error: Any, data: dict) -> ConfigKeyError:
+    """One pydantic error as a line that names its key path: ``features[0].kind: 'x' is not one of ...``."""
+    kind, value, context = error["type"], error.get("input"), error.get("ctx") or {}
+    loc = (*error["loc"], *context.get("at", ()))
+    if kind in ("config", "config_value"):
+        message = context["message"] + (f", got {value!r}" if context["show_input"] else "")
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "model_type":
+        message = f"expected a mapping, got {type(value).__name__}"
+    elif kind in _EXPECTED:
+        message = f"expected {_EXPECTED[kind]}, got {value!r}"
+    elif kind == "literal_error":
+        allowed = re.findall(r"'([^']*)'", context["expected"])  # pydantic writes "'id', 'weighted_ids' or 'dense'"
+        message = f"{value!r} is not one of {', '.join(allowed)}"
+    elif kind == "finite_number":
+        message = f"must be a finite number, got {value!r}"
+    else:
+        message = error["msg"]
+    return ConfigKeyError(f"{_path(loc, data, value_check=kind in ('config_value', 'finite_number'))}: {message}", loc)
 
 
-def _check_evaluation_and_push(config: Config) -> None:
-    seen: dict[str, int] = {}
-    for i, threshold in enumerate(config.evaluation.thresholds):
-        where = f"evaluation.thresholds[{i}]"
-        parts = threshold.metric.split("/")
-        if len(parts) < 2 or not all(part.strip() for part in parts):
-            raise ConfigError(f"{where}.metric: give a metric path like cvr/clicked/auc or entire_space/cvr_auc, "
-                              f"not {threshold.metric!r}")
-        if threshold.metric in seen:
-            raise ConfigError(f"{where}.metric: {threshold.metric!r} is already gated by "
-                              f"evaluation.thresholds[{seen[threshold.metric]}]; "
-                              f"merge the two entries")
-        seen[threshold.metric] = i
-        bounds = {"min": threshold.min, "max": threshold.max, "max_regression": threshold.max_regression}
-        if all(value is None for value in bounds.values()):
-            raise ConfigError(f"{where} ({threshold.metric}): give at least one of min, max, max_regression")
-        for key, value in bounds.items():
-            if value is not None and not math.isfinite(value):
-                raise ConfigError(f"{where}.{key}: must be a finite number, got {value}")
-        if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
-            raise ConfigError(f"{where} ({threshold.metric}): min {threshold.min} exceeds max {threshold.max}")
-        if threshold.max_regression is not None:
-            if threshold.max_regression < 0:
-                raise ConfigError(f"{where}.max_regression: must be zero or positive, got {threshold.max_regression}")
-            if threshold.metric_name in DIRECTIONLESS:
-                raise ConfigError(f"{where}.max_regression: {threshold.metric_name} has no better direction, "
-                                  f"so it cannot regress; bound it with min and max instead")
-    name = config.push.model_name
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or name.isdigit():
-        raise ConfigError(f"push.model_name: use letters, digits, '_', '-' and '.', not all digits, got {name!r}")
-    if config.push.keep_versions < 1:
-        raise ConfigError(f"push.keep_versions: keep at least 1 version, got {config.push.keep_versions}")
-
-
-_CPU = re.compile(r"(\d+(\.\d+)?|\.\d+)(m)?")
-_MEMORY = re.compile(r"(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")
-_MEMORY_UNITS = {None: 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
-
-
-def cpu_cores(quantity: str) -> float:
-    """A Kubernetes CPU quantity in cores: "500m" is 0.5."""
-    match = _CPU.fullmatch(quantity)
-    if not match:
-        raise ValueError(quantity)
-    return float(match.group(1)) / (1000 if match.group(3) else 1)
-
-
-def memory_bytes(quantity: str) -> float:
-    """A Kubernetes memory quantity in bytes: "2Gi" is 2**31."""
-    match = _MEMORY.fullmatch(quantity)
-    if not match:
-        raise ValueError(quantity)
-    return float(match.group(1)) * _MEMORY_UNITS[match.group(3)]
-
-
-def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
-    if kubernetes.retries < 0:
-        raise ConfigError(f"kubernetes.retries: must be zero or more, got {kubernetes.retries}")
-    if kubernetes.retry_backoff_s < 1:
-        raise ConfigError(f"kubernetes.retry_backoff_s: must be at least 1 second, got {kubernetes.retry_backoff_s}")
-    if kubernetes.train_workers < 0:
-        raise ConfigError(f"kubernetes.train_workers: 0 trains in the step's pod, N >= 1 in a TFJob of N workers; "
-                          f"got {kubernetes.train_workers}")
-    resources = kubernetes.resources
-    for step in ("default", *BUILTIN_RESOURCES):
-        where = f"kubernetes.resources.{step}"
-        own = getattr(resources, step)
-        for key, parse, example in (("cpu", cpu_cores, "500m or 2"), ("cpu_limit", cpu_cores, "500m or 2"),
-                                    ("memory", memory_bytes, "512Mi or 8Gi"),
-                                    ("memory_limit", memory_bytes, "512Mi or 8Gi")):
-            value = getattr(own, key)
-            if value is None:
-                continue
-            try:
-                amount = parse(value)
-            except ValueError:
-                raise ConfigError(f"{where}.{key}: {value!r} is not a Kubernetes quantity; write it like "
-                                  f"{example}") from None
-            if amount <= 0:
-                raise ConfigError(f"{where}.{key}: must be positive, got {value!r}")
-        if step == "default":
-            continue
-        final = resources.for_step(step)
-        if cpu_cores(final.cpu_limit) < cpu_cores(final.cpu):
-            raise ConfigError(f"{where}.cpu_limit: {final.cpu_limit} is below the request {final.cpu}")
-        if memory_bytes(final.memory_limit) < memory_bytes(final.memory):
-            raise ConfigError(f"{where}.memory_limit: {final.memory_limit} is below the request {final.memory}")
-
-
-def _parse_preprocessing(data: Any, where: str) -> Preprocessing:
-    if data == "zscore":
-        return Preprocessing(zscore=True)
-    if not isinstance(data, dict) or len(data) != 1:
-        raise ConfigError(
-            f"{where}: give exactly one of hash_buckets: N, vocab: {{top_k, min_frequency, oov_buckets}}, "
-            f"zscore, buckets: [boundaries]; got {data!r}")
-    (key, value), = data.items()
-    if key == "hash_buckets":
-        return Preprocessing(hash_buckets=_coerce(int, value, f"{where}.hash_buckets"))
-    if key == "vocab":
-        return Preprocessing(vocab=_build(Vocab, value or {}, f"{where}.vocab"))
-    if key == "zscore":
-        return Preprocessing(zscore=True)
-    if key == "buckets":
-        return Preprocessing(buckets=_coerce(tuple[float, ...], value, f"{where}.buckets"))
-    raise ConfigError(f"{where}: unknown preprocessing {key!r}; use hash_buckets, vocab, zscore or buckets")
-
-
-_CUSTOM_PARSERS = {Preprocessing: _parse_preprocessing}
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Builds dataclass ``cls`` from a mapping, checking keys and types by annotation."""
-    if cls in _CUSTOM_PARSERS:
-        return _CUSTOM_PARSERS[cls](data, where)
-    label = where or "the config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; known keys are {', '.join(sorted(fields))}")
-    values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _coerce(hints[name], data[name], _join(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{_join(where, name)}: required key is missing")
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """``value`` checked against type ``hint`` (and converted: lists to tuples, ints to floats);
-    a ConfigError names ``where`` and what was expected."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return _coerce(members[0], value, where)
-        for member in members:  # the first member that takes the value, in declared order
-            try:
-                return _coerce(member, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {' or '.join(_describe(m) for m in members)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_hint, value_hint = args or (str, Any)
-        items = {}
-        for key, item in value.items():
-            at = _join(where, str(key))
-            items[_coerce(key_hint, key, at)] = _coerce(value_hint, item, at)
-        return types.MappingProxyType(items)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"no coercion for {hint} at {where}")
-
-
-def _describe(hint: Any) -> str:
-    """What a value of type ``hint`` looks like in YAML, for error messages."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    if origin is tuple:
-        return "a list"
-    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, Preprocessing):
-        if value.zscore:
-            return "zscore"
-        method = value.method
-        return {method: _to_plain(getattr(value, method))}
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if getattr(value, f.name) is not None}
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, types.MappingProxyType):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
+def _path(loc: tuple[str | int, ...], data: Any, value_check: bool) -> str:
+    """``features[3] (price).preprocessing``: the key path of ``loc``. A bad value in a feature names the
+    feature, and an error about a whole list entry names its feature or metric, as they appear in ``data``."""
+    path, node, parent = "", data, None
+    for depth, key in enumerate(loc):
+        if isinstance(key, int):
+            path += f"[{key}]"
+            node = node[key] if isinstance(node, list) and key < len(node) else None
+            label_key = {"features": "name", "thresholds": "metric"}.get(parent)
+            whole_entry = depth == len(loc) - 1
+            if isinstance(node, dict) and label_key and (whole_entry or (value_check and parent == "features")):
+                label = node.get(label_key)
+                path += f" ({label})" if isinstance(label, (str, int, float)) else ""
+        else:
+            path += f".{key}" if path else str(key)
+            node = node.get(key) if isinstance(node, dict) else None
+        parent = key
+    return path
 
 
 def config_to_json(config: Config) -> str:
@@ -738,18 +701,18 @@ def config_to_json(config: Config) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-def config_from_json(text: str) -> Config:
+def config_from_json(text: str, schema: type[C] = Config) -> C:
     """The inverse of ``config_to_json``, validated again."""
-    return config_from_dict(json.loads(text))
+    return config_from_dict(json.loads(text), schema)
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """A new Config with ``overrides`` (a nested mapping, e.g. {"model": {"variant": "base"}}) deep-merged
-    and re-validated."""
+def with_overrides(config: C, overrides: dict[str, Any]) -> C:
+    """A new config of the same schema with ``overrides`` (a nested mapping, e.g. {"model": {"variant": "base"}})
+    deep-merged and re-validated."""
     def merge(base: dict, extra: dict) -> dict:
         merged = dict(base)
         for key, value in extra.items():
             merged[key] = merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
         return merged
 
-    return config_from_dict(merge(config.to_dict(), overrides))
+    return config_from_dict(merge(config.to_dict(), overrides), type(config))

@@ -42,7 +42,7 @@ def beam_args(config, args: argparse.Namespace) -> list[str]:
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
     from components.devtools.simulator import SimulationSpec, simulate
-    from esmm_model.config import load_config
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     spec = SimulationSpec.preset(args.preset, rows=args.rows, users=args.users, items=args.items, seed=args.seed)
@@ -58,7 +58,8 @@ def _add_max_rejected(parser: argparse.ArgumentParser) -> None:
 
 def _ingest_config(args: argparse.Namespace):
     """The config, with --max-rejected-fraction on top when given."""
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import with_overrides
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     if args.max_rejected_fraction is None:
@@ -76,7 +77,7 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 def _cmd_transform(args: argparse.Namespace) -> None:
     from components.transform.executor import transform
-    from esmm_model.config import load_config
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     outputs = transform(config, args.ingest_dir, args.out, beam_args(config, args))
@@ -86,7 +87,7 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.train.distribution import serve_if_not_coordinator
     from components.train.executor import train
-    from esmm_model.config import load_config
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     if serve_if_not_coordinator(config.training):
@@ -99,10 +100,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_push(args: argparse.Namespace) -> int:
     from components.push.executor import push
-    from esmm_model.config import load_config
     from esmm_model.contracts import layout
     from esmm_model.contracts.blessing import read_blessing, read_json
     from esmm_model.contracts.warmup import BATCH_SIZES, read_examples
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     evaluation = layout.EvaluationLayout(args.evaluation)
@@ -121,8 +122,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from esmm_model.config import load_config
     from esmm_model.contracts import layout
+    from pipelines.config import load_config
     from serving_client.server import ModelServer
 
     model_name = args.model_name or load_config(args.config).push.model_name
@@ -141,7 +142,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from esmm_model.config import load_config
+    from pipelines.config import load_config
     from serving_client.score_file import predict_command
 
     config = load_config(args.config)
@@ -152,8 +153,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from components.evaluate.executor import evaluate
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import with_overrides
     from esmm_model.contracts import layout
+    from pipelines.config import load_config
 
     config = load_config(args.config)
     if args.thresholds:
@@ -191,8 +193,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
-    from esmm_model.config import load_config
     from pipelines.compile import compile_pipeline
+    from pipelines.config import load_config
 
     path = compile_pipeline(args.out, args.image, load_config(args.config), model_store_pvc=args.model_store_pvc,
                             work_pvc=args.work_pvc or None)
@@ -244,7 +246,8 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from components.devtools.experiment import load_data, read_runs, run_experiment, table2_markdown, write_outputs
-    from esmm_model.config import load_config, with_overrides
+    from esmm_model.config import with_overrides
+    from pipelines.config import load_config
 
     rows, sweep_rows = _names(args.variants, "--variants"), _names(args.sweep_variants, "--sweep-variants")
     fractions = _fractions(args.fractions)

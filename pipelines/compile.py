@@ -7,14 +7,14 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from esmm_model.config import Config
 from esmm_model.errors import EsmmError
+from pipelines.config import PipelineConfig
 from pipelines.pipeline import Cluster, create_pipeline
 
 _CRON_FIELD = re.compile(r"[0-9*,/?LW#A-Za-z-]+")
 
 
-def compile_pipeline(out_path: str, image: str, config: Config, *, model_store_pvc: str,
+def compile_pipeline(out_path: str, image: str, config: PipelineConfig, *, model_store_pvc: str,
                      work_pvc: Optional[str]) -> str:
     """Writes the pipeline YAML whose steps run in ``image`` with the config's resources and retries,
     the model store mounted on push and the work volume (if any) on train; returns the path."""

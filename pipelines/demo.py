@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
-from esmm_model.config import load_config
+from pipelines.config import load_config
 from pipelines.local_run import run_local
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from esmm_model.config import load_config, portable_config_ref
+from esmm_model.config import portable_config_ref
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import read_json
 from esmm_model.errors import EsmmError
+from pipelines.config import load_config
 from pipelines.pipeline import create_pipeline
 from pipelines.run_overrides import with_run_overrides
 

@@ -17,8 +17,8 @@ from typing import Optional
 
 from kfp import dsl
 
-from esmm_model.config import KubernetesConfig
 from pipelines import cluster
+from pipelines.config import KubernetesConfig
 from pipelines.steps import build_steps
 
 DEFAULT_IMAGE = "ghcr.io/esmm-pipeline/esmm:0.1.0"

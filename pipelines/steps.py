@@ -24,7 +24,8 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
     from collections import namedtuple
 
     from components.ingest.fingerprint import input_fingerprint
-    from esmm_model.config import config_to_json, load_config
+    from esmm_model.config import config_to_json
+    from pipelines.config import load_config
     from pipelines.run_overrides import with_run_overrides
 
     config = with_run_overrides(load_config(config_path), variant=variant, epochs=epochs, thresholds=thresholds,
@@ -46,7 +47,7 @@ def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: 
     from components.artifacts.output_dir import clear_task_output
     from components.beam.runner import artifact_location, beam_args, with_worker_image
     from components.ingest.executor import ingest
-    from esmm_model.config import config_from_json
+    from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     clear_task_output(examples.path)  # a retried pod's leftovers
@@ -68,7 +69,7 @@ def transform_step(config: str, examples: Input[Dataset], transformed: Output[Da
     from components.artifacts.output_dir import clear_task_output
     from components.beam.runner import artifact_location, beam_args, with_worker_image
     from components.transform.executor import transform
-    from esmm_model.config import config_from_json
+    from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     clear_task_output(transformed.path)  # a retried pod's leftovers
@@ -91,8 +92,8 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
     import hashlib
 
     from components.train.executor import train
-    from esmm_model.config import config_from_json
     from esmm_model.contracts import layout
+    from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     run_key = hashlib.sha256(model.uri.encode()).hexdigest()[:20]
@@ -141,9 +142,9 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
     from components.artifacts.output_dir import clear_task_output
     from components.beam.runner import artifact_location, beam_args, with_worker_image
     from components.evaluate.executor import evaluate
-    from esmm_model.config import config_from_json
     from esmm_model.contracts import layout
     from esmm_model.contracts.blessing import write_blessing
+    from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
@@ -179,10 +180,10 @@ def push_step(config: str, serving_base: str, examples: Input[Dataset], model: I
     import tensorflow as tf
 
     from components.push.executor import push
-    from esmm_model.config import config_from_json
     from esmm_model.contracts import layout
     from esmm_model.contracts.blessing import read_blessing, read_json
     from esmm_model.contracts.warmup import BATCH_SIZES, read_examples
+    from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     verdict = read_blessing(blessing.path)

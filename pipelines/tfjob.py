@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from esmm_model.config import StepResources
 from esmm_model.contracts import layout, model_store
 from esmm_model.errors import EsmmError
 from pipelines import cluster
+from pipelines.config import StepResources
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 CONTAINER = "tensorflow"  # the container name the Training Operator expects

@@ -1,16 +1,16 @@
 """The feature config: the shipped files load, and every mistake names its key."""
 import copy
 import re
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+import subprocess
+import sys
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from esmm_model.config import (
-    Vocab,
-    _build,
-    _to_plain,
+    Config,
+    Threshold,
     config_from_dict,
     config_from_json,
     config_to_json,
@@ -18,8 +18,13 @@ from esmm_model.config import (
     portable_config_ref,
     read_config_text,
     shipped_config_names,
+    with_overrides,
 )
 from esmm_model.errors import ConfigError
+from pipelines.config import PipelineConfig
+from pipelines.config import config_from_dict as pipeline_config_from_dict
+from pipelines.config import config_from_json as pipeline_config_from_json
+from pipelines.config import load_config as load_pipeline_config
 
 
 def base() -> dict:
@@ -201,11 +206,11 @@ def test_input_limits_are_validated(key, value, message):
 def test_step_resources_resolve_step_then_default_then_builtin():
     data = base()
     data["kubernetes"] = {"resources": {"default": {"memory": "3Gi", "cpu_limit": "6"}, "train": {"cpu": "5"}}}
-    resources = config_from_dict(data).kubernetes.resources
+    resources = pipeline_config_from_dict(data).kubernetes.resources
     train, push = resources.for_step("train"), resources.for_step("push")
     assert (train.cpu, train.memory, train.cpu_limit, train.memory_limit) == ("5", "3Gi", "6", "3Gi")
     assert (push.cpu, push.memory, push.cpu_limit, push.memory_limit) == ("1", "3Gi", "6", "3Gi")
-    builtin = config_from_dict(base()).kubernetes.resources.for_step("train")
+    builtin = pipeline_config_from_dict(base()).kubernetes.resources.for_step("train")
     assert (builtin.cpu, builtin.memory, builtin.cpu_limit, builtin.memory_limit) == ("4", "8Gi", "4", "8Gi")
 
 
@@ -226,7 +231,7 @@ def test_kubernetes_errors_name_the_key(kubernetes, expected):
     data = base()
     data["kubernetes"] = kubernetes
     with pytest.raises(ConfigError, match=re.escape(expected)):
-        config_from_dict(data)
+        pipeline_config_from_dict(data)
 
 
 def test_config_json_round_trips_canonically():
@@ -236,45 +241,172 @@ def test_config_json_round_trips_canonically():
     assert config_to_json(config_from_json(text)) == text
 
 
-@dataclass(frozen=True)
-class _Typed:
-    """Field types no shipped config section uses yet, for the coercer."""
-
-    size: Union[int, Literal["auto"]] = "auto"
-    rates: dict[str, float] = field(default_factory=dict)
-    vocabs: Optional[dict[str, Vocab]] = None
-    extra: dict = field(default_factory=dict)
+def write_config(tmp_path, extra: str) -> str:
+    """The base config as YAML with ``extra`` (YAML text) appended, so values such as ``.nan`` come from YAML."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base()) + extra)
+    return str(path)
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"size": 3}, _Typed(size=3)),
-    ({"size": "auto"}, _Typed(size="auto")),
-    ({"rates": {"ctr": 1, "cvr": 0.5}}, _Typed(rates={"ctr": 1.0, "cvr": 0.5})),
-    ({"vocabs": {"item": {"top_k": 10}}}, _Typed(vocabs={"item": Vocab(top_k=10)})),
-    ({"extra": {"a": [1, "b"]}}, _Typed(extra={"a": [1, "b"]})),
+@pytest.mark.parametrize("extra, message", [
+    ("training:\n  learning_rate: .nan\n", "training.learning_rate: must be a finite number, got nan"),
+    ("training:\n  learning_rate: .inf\n", "training.learning_rate: must be a finite number, got inf"),
+    ("training:\n  learning_rate: -.inf\n", "training.learning_rate: must be a finite number, got -inf"),
+    ("training:\n  learning_rate: 0\n", "training.learning_rate: must be positive, got 0"),
+    ("training:\n  embedding_learning_rate: .inf\n",
+     "training.embedding_learning_rate: must be a finite number, got inf"),
+    ("training:\n  embedding_learning_rate: -0.1\n", "training.embedding_learning_rate: must be positive, got -0.1"),
+    ("training:\n  adam_beta_1: 7\n", "training.adam_beta_1: must lie strictly between 0 and 1, got 7"),
+    ("training:\n  adam_beta_1: 0\n", "training.adam_beta_1: must lie strictly between 0 and 1, got 0"),
+    ("training:\n  adam_beta_1: 1.0\n", "training.adam_beta_1: must lie strictly between 0 and 1, got 1.0"),
+    ("training:\n  adam_beta_2: 1\n", "training.adam_beta_2: must lie strictly between 0 and 1, got 1"),
+    ("training:\n  adam_beta_2: .nan\n", "training.adam_beta_2: must be a finite number, got nan"),
+    ("training:\n  adam_epsilon: -1\n", "training.adam_epsilon: must be positive, got -1"),
+    ("training:\n  adam_epsilon: 0\n", "training.adam_epsilon: must be positive, got 0"),
+    ("model:\n  embedding_init_stddev: .nan\n", "model.embedding_init_stddev: must be a finite number, got nan"),
+    ("model:\n  embedding_init_stddev: .inf\n", "model.embedding_init_stddev: must be a finite number, got inf"),
+    ("model:\n  embedding_init_stddev: 0\n", "model.embedding_init_stddev: must be positive, got 0"),
+    ("model:\n  dropout: 1\n", "model.dropout: must lie in [0, 1), got 1"),
+    ("model:\n  dropout: -0.5\n", "model.dropout: must lie in [0, 1), got -0.5"),
+    ("model:\n  ctr_loss_weight: -1\n", "model.ctr_loss_weight: must be zero or more, got -1"),
+    ("model:\n  ctcvr_loss_weight: .nan\n", "model.ctcvr_loss_weight: must be a finite number, got nan"),
+    ("model:\n  ctr_loss_weight: 0\n  ctcvr_loss_weight: 0\n",
+     "model.ctcvr_loss_weight: ctr_loss_weight and ctcvr_loss_weight are both 0, so nothing would train; make one "
+     "positive"),
+    ("model:\n  aman_negative_rate: 0\n", "model.aman_negative_rate: must lie in (0, 1], got 0"),
+    ("model:\n  aman_negative_rate: 1.5\n", "model.aman_negative_rate: must lie in (0, 1], got 1.5"),
+    ("model:\n  unbias_min_ctr: 1\n", "model.unbias_min_ctr: must lie strictly between 0 and 1, got 1"),
+    ("model:\n  oversampling_k: 0\n", "model.oversampling_k: must be positive, got 0"),
+    ("model:\n  embedding_dim: -8\n", "model.embedding_dim: must be positive, got -8"),
+    ("model:\n  tower_units: [200, 0]\n", "model.tower_units[1]: must be positive, got 0"),
+    ("training:\n  epochs: 0\n", "training.epochs: must be positive, got 0"),
+    ("training:\n  steps_per_epoch: 0\n", "training.steps_per_epoch: must be positive, got 0"),
+    ("training:\n  early_stopping_patience: -1\n", "training.early_stopping_patience: must be positive, got -1"),
+    ("training:\n  ps_min_shard_bytes: 0\n", "training.ps_min_shard_bytes: must be positive, got 0"),
+    ("training:\n  seed: -1\n", "training.seed: must lie between 0 and 4294967295, got -1"),
+    ("training:\n  seed: 4294967296\n", "training.seed: must lie between 0 and 4294967295, got 4294967296"),
+    ("training:\n  batch_size: 2.5\n", "training.batch_size: expected an integer, got 2.5"),
+    ("training:\n  batch_size: '64'\n", "training.batch_size: expected an integer, got '64'"),
+    ("training:\n  batch_size: true\n", "training.batch_size: expected an integer, got True"),
+    ("training:\n  jit_compile: 'no'\n", "training.jit_compile: expected true or false, got 'no'"),
+    ("training: [adam]\n", "training: expected a mapping, got list"),
+    ("input:\n  train_fraction: .nan\n", "input.train_fraction: must be a finite number, got nan"),
+    ("input:\n  max_rejected_fraction: .inf\n", "input.max_rejected_fraction: must be a finite number, got inf"),
+    ("evaluation:\n  thresholds:\n    - {metric: ctr/all/auc, min: .inf}\n",
+     "evaluation.thresholds[0].min: must be a finite number, got inf"),
+    ("evaluation:\n  thresholds:\n    - {metric: ctr/all/auc, max_regression: .nan}\n",
+     "evaluation.thresholds[0].max_regression: must be a finite number, got nan"),
 ])
-def test_unions_of_two_types_and_mappings_coerce(data, expected):
-    assert _build(_Typed, data, "typed") == expected
-
-
-def test_a_coerced_mapping_is_read_only_and_converts_back_to_plain_data():
-    built = _build(_Typed, {"rates": {"ctr": 1}, "vocabs": {"item": {"top_k": 10}}}, "typed")
-    assert type(built.rates["ctr"]) is float
-    with pytest.raises(TypeError):
-        built.rates["new"] = 1.0  # a frozen config holds read-only mappings
-    assert _to_plain(built) == {"size": "auto", "rates": {"ctr": 1.0}, "extra": {},
-                                "vocabs": {"item": {"top_k": 10, "min_frequency": 1, "oov_buckets": 1}}}
-
-
-@pytest.mark.parametrize("data, message", [
-    ({"size": "big"}, "typed.size: expected an integer or one of auto, got 'big'"),
-    ({"size": 2.5}, "typed.size: expected an integer or one of auto, got 2.5"),
-    ({"rates": [1.0]}, "typed.rates: expected a mapping, got [1.0]"),
-    ({"rates": {"ctr": "high"}}, "typed.rates.ctr: expected a number, got 'high'"),
-    ({"vocabs": {"item": {"top_n": 3}}},
-     "typed.vocabs.item.top_n: unknown key; known keys are min_frequency, oov_buckets, top_k"),
-])
-def test_union_and_mapping_errors_name_the_key(data, message):
+def test_numbers_that_cannot_train_are_rejected_with_their_key(tmp_path, extra, message):
+    """Issue 19's bad numbers (a NaN or infinite rate, a beta outside (0, 1), a negative epsilon, a NaN
+    stddev) and the ranges of every other number in the schema."""
+    path = write_config(tmp_path, extra)
     with pytest.raises(ConfigError) as err:
-        _build(_Typed, data, "typed")
-    assert str(err.value) == message
+        load_config(path)
+    assert re.fullmatch(re.escape(f"{path}: {message}") + r" \(line \d+\)", str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d["features"][1]["preprocessing"]["vocab"].update(min_frequency=0),
+     "features[1] (hist_items).preprocessing.vocab.min_frequency: must be positive, got 0"),
+    (lambda d: d["features"][1]["preprocessing"]["vocab"].update(oov_buckets=0),
+     "features[1] (hist_items).preprocessing.vocab.oov_buckets: must be at least 1, got 0"),
+    (lambda d: d["features"][0].update(embedding_dim=0),
+     "features[0] (user_id).embedding_dim: must be positive, got 0"),
+    (lambda d: d["features"][4].update(preprocessing={"buckets": []}),
+     "features[4] (hour).preprocessing.buckets: give at least one boundary"),
+    (lambda d: d["features"][4].update(preprocessing={"buckets": [1, float("nan")]}),
+     "features[4] (hour).preprocessing.buckets[1]: must be a finite number, got nan"),
+    (lambda d: d["features"][4].update(preprocessing={"buckets": [1, 1]}),
+     "features[4] (hour).preprocessing.buckets: boundaries must be strictly increasing"),
+    (lambda d: d["features"][1]["preprocessing"]["vocab"].update(top_n=3),
+     "features[1].preprocessing.vocab.top_n: unknown key; known keys are min_frequency, oov_buckets, top_k"),
+    (lambda d: d.update(training={"learning_rate": "fast"}), "training.learning_rate: expected a number, got 'fast'"),
+    (lambda d: d.update(beam={"options": "--direct_num_workers=2"}),
+     "beam.options: expected a list, got '--direct_num_workers=2'"),
+    (lambda d: d.update(push={"keep_versions": 0}), "push.keep_versions: keep at least 1 version, got 0"),
+    (lambda d: d["features"][1].update(source=101) or d["features"][2].update(source="101"),
+     "features[2] (item_id).source: '101' is already read by hist_items"),
+])
+def test_more_errors_name_the_offending_key(change, expected):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(mutate(change))
+    assert str(err.value) == expected
+
+
+def test_numbers_read_as_their_fields_types():
+    """An integer where a number is expected is a float; a number where a string is expected is that string."""
+    config = config_from_dict(mutate(lambda d: d["features"][0].update(source=101)
+                                     or d.update(training={"learning_rate": 1})))
+    assert config.feature("user_id").source == "101"
+    assert type(config.training.learning_rate) is float
+    assert config.to_dict()["training"]["learning_rate"] == 1.0
+
+
+@pytest.mark.parametrize("text, line", [
+    ("name: t\nfeatures:\n  - name: u\n    kind: idd\n    side: user\n    preprocessing: {hash_buckets: 3}\n", 4),
+    ("name: t\nfeatures:\n  - {name: u, kind: id, side: user, preprocessing: {hash_buckets: 3}}\n"
+     "training:\n  epochs: 4\n  learning_rate: .nan\n", 6),
+    ("name: t\nfeatures:\n  - {name: u, kind: id, side: user, preprocessing: {hash_buckets: 3}}\n"
+     "  - {name: v, kind: id, side: user, preprocessing: {hash_buckets: 3}, combiner: mean}\n", 4),
+    ("name: t\nfeatures:\n  - {name: u, kind: id, side: user, preprocessing: {hash_buckets: 3}, shared_embedding: g}\n"
+     "  - {name: v, kind: id, side: user, preprocessing: {hash_buckets: 4}, shared_embedding: g}\n", 4),
+    ("name: t\nfeatures:\n  - name: u\n    kind: id\n    side: user\n", 3),  # preprocessing missing: the entry's line
+])
+def test_errors_in_a_file_name_the_line(tmp_path, text, line):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).endswith(f" (line {line})")
+    assert "\n" not in str(err.value)
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: t\nfeatures: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"config file '{path}' is not valid YAML: line 3, column 1: expected ',' or ']', but got "
+                              "'<stream end>' (while parsing a flow sequence from line 2, column 11)")
+
+
+def test_the_cli_prints_a_yaml_syntax_error_as_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\ntraining:\n  epochs: 4\n   batch_size: 64\n")
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "--config", str(path), "--image", "x",
+                             "--out", str(tmp_path / "p.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"esmm compile: error: config file '{path}' is not valid YAML: line 4, column 14: mapping values are not "
+        "allowed here"]
+
+
+def test_a_config_is_frozen_and_hashable():
+    config = config_from_dict(base())
+    with pytest.raises(ValidationError, match="frozen"):
+        config.training.epochs = 1
+    assert hash(config) == hash(config_from_dict(base()))
+    assert {config.feature("user_id"), config_from_dict(base()).feature("user_id")} == {config.feature("user_id")}
+
+
+def test_thresholds_take_their_metric_by_position():
+    assert Threshold("ctr/all/auc", min=0.5) == Threshold(metric="ctr/all/auc", min=0.5)
+    with pytest.raises(ValidationError, match="give a metric path"):
+        Threshold("auc", min=0.5)
+
+
+def test_the_kubernetes_section_belongs_to_the_pipeline_config(tmp_path):
+    """The model's Config knows nothing of pods; the pipeline's loaders read the kubernetes section, and a
+    pipeline config keeps its type through overrides and JSON."""
+    path = write_config(tmp_path, "kubernetes:\n  retries: 5\n")
+    with pytest.raises(ConfigError, match=r"kubernetes: unknown key; known keys are beam, .*training \(line \d+\)"):
+        load_config(path)
+    config = load_pipeline_config(path)
+    assert isinstance(config, PipelineConfig) and isinstance(config, Config)
+    assert config.kubernetes.retries == 5
+    changed = with_overrides(config, {"kubernetes": {"train_workers": 2}})
+    assert type(changed) is PipelineConfig
+    assert (changed.kubernetes.retries, changed.kubernetes.train_workers) == (5, 2)
+    assert pipeline_config_from_json(config_to_json(changed)) == changed
+    assert "kubernetes" not in load_config("simulator").to_dict()

@@ -13,11 +13,12 @@ from scipy.stats import mannwhitneyu
 
 from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate
 from components.train.callbacks import latest_backup
-from esmm_model.config import load_config, read_config_text, with_overrides
+from esmm_model.config import read_config_text, with_overrides
 from esmm_model.errors import EsmmError
 from pipelines import cluster
 from pipelines.cli import main
 from pipelines.compile import compile_pipeline
+from pipelines.config import load_config
 from pipelines.local_run import run_local
 from serving_client.client import PredictionClient
 from serving_client.packing import ExamplePacker

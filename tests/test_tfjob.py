@@ -10,9 +10,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from esmm_model.config import config_to_json, load_config
+from esmm_model.config import config_to_json
 from esmm_model.contracts import layout
 from pipelines import cluster
+from pipelines.config import load_config
 from pipelines.pipeline import DEFAULT_IMAGE
 from pipelines.tfjob import TFJobFailed, TFJobPaths, job_name, run_tfjob, tfjob_manifest, train_as_tfjob
 
