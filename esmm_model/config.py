@@ -266,6 +266,9 @@ class KubernetesConfig:
     # 0: the train step trains in its own pod; N: it runs a TFJob of N workers (pipelines.tfjob),
     # which needs the work volume.
     train_workers: int = 0
+    # The sizeLimit of the scratch emptyDir (/scratch, TMPDIR) of the steps that stage data (ingest,
+    # transform, train, evaluate); the kubelet evicts a pod past it. None: no scratch volume.
+    scratch_storage: Optional[str] = "20Gi"
 
 
 @dataclass(frozen=True)
@@ -573,6 +576,14 @@ def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
     if kubernetes.train_workers < 0:
         raise ConfigError(f"kubernetes.train_workers: 0 trains in the step's pod, N >= 1 in a TFJob of N workers; "
                           f"got {kubernetes.train_workers}")
+    if kubernetes.scratch_storage is not None:
+        try:
+            scratch = memory_bytes(kubernetes.scratch_storage)
+        except ValueError:
+            raise ConfigError(f"kubernetes.scratch_storage: {kubernetes.scratch_storage!r} is not a Kubernetes "
+                              f"quantity; write it like 20Gi, or null for no scratch volume") from None
+        if scratch <= 0:
+            raise ConfigError(f"kubernetes.scratch_storage: must be positive, got {kubernetes.scratch_storage!r}")
     resources = kubernetes.resources
     for step in ("default", *BUILTIN_RESOURCES):
         where = f"kubernetes.resources.{step}"

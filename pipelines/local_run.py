@@ -19,6 +19,10 @@ from esmm_model.config import portable_config_ref
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import create_pipeline
 
+# The steps' image label under kfp.local: its SubprocessRunner runs the step functions in this Python
+# environment and never pulls an image. On a cluster the image is `esmm compile --image`'s, required.
+LOCAL_IMAGE = "esmm:local"
+
 
 @dataclass(frozen=True)
 class LocalRun:
@@ -122,7 +126,7 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
                  "max_rejected_fraction": max_rejected_fraction}
     try:
         with _unset_optional_inputs_allowed():
-            create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+            create_pipeline(LOCAL_IMAGE)(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
                               serving_base=_absolute(serving_base), work_root=str(root.parent / "work"),
                               **{name: value for name, value in overrides.items() if value is not None})
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above

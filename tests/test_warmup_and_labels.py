@@ -21,7 +21,15 @@ from serving_client.errors import ServingError
 from serving_client.model_config import VersionPolicy, parse_model_config, read_model_config
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
-from serving_client.warmup import WARMUP_FILE, read_warmup_requests, warmup_file, warmup_requests, write_warmup_file
+from serving_client.warmup import (
+    WARMUP_FILE,
+    read_examples,
+    read_warmup_requests,
+    warmup_file,
+    warmup_requests,
+    write_examples,
+    write_warmup_file,
+)
 from stub_models import save_stub_model
 
 CONFIG = load_config("simulator")
@@ -183,3 +191,10 @@ def test_the_client_refuses_a_version_and_a_label_together():
 def test_esmm_serve_takes_either_a_serving_base_or_a_model_config_file():
     with pytest.raises(InputError, match="either a model base path or a model config file"):
         ModelServer(Path("/x"), "esmm", model_config_file="models.config")
+
+
+def test_the_warmup_artifact_holds_examples_that_read_back_in_order(tmp_path):
+    examples = [f"example-{i}".encode() for i in range(300)]
+    path = str(tmp_path / "warmup")
+    assert write_examples(path, examples) == 300
+    assert read_examples(path, 256) == examples[:256]  # what the push step takes for its requests
