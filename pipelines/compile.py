@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, TextIO
 
 from esmm_model.config import Config
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import Cluster, create_pipeline
 
 _CRON_FIELD = re.compile(r"[0-9*,/?LW#A-Za-z-]+")
+# The KFP backend's run-parameter macros (backend/src/common/util/parameter_formatter.go), formatted in the
+# parameters of each run a recurring run starts (for KFP v2 pipelines from backend 2.16.0): the scheduled
+# time, UTC, by strftime or by a Go layout. A single run leaves them as written.
+SCHEDULED_DATE = "{{$.scheduledTime.strftime('%Y-%m-%d')}}"
+_SCHEDULE_MACRO = re.compile(r"\{\{\$\.scheduledTime\.strftime\('[^']*'\)\}\}|\[\[ScheduledTime(\.[^\]]+)?\]\]")
+# A run's terminal states (kfp_server_api V2beta1RuntimeState); only SUCCEEDED is a success.
+FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 
 
 def compile_pipeline(out_path: str, image: str, config: Config, *, model_store_pvc: str,
@@ -53,42 +62,114 @@ class Submission:
     pipeline_root: Optional[str] = None
     enable_caching: Optional[bool] = None  # None: as compiled (every step but snapshot and push caches)
     schedule: Optional[str] = None  # KFP cron; None: a single run
+    # Credentials by file, so no secret lands in the shell history, `ps` or --dry-run's output:
+    token_file: Optional[str] = None  # a bearer token (an OIDC id token, `kubectl create token ...`)
+    cookies_file: Optional[str] = None  # a Cookie header's value, e.g. an oauth2-proxy or Dex session
+    ca_bundle: Optional[str] = None  # PEM CA certificates that sign the endpoint's TLS certificate
 
     def describe(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2, sort_keys=True)
 
+    def check_schedule_macros(self) -> Optional[str]:
+        """EsmmError for a schedule-time macro in a single run's arguments (KFP would pass it unformatted);
+        for a schedule whose arguments have none, a note that every run reads the same input."""
+        with_macro = sorted(k for k, v in self.arguments.items() if isinstance(v, str) and _SCHEDULE_MACRO.search(v))
+        if with_macro and not self.schedule:
+            raise EsmmError(f"--arguments {', '.join(with_macro)}: the schedule-time macro is formatted only in the "
+                            f"runs of a recurring run (--schedule); a single run would get it verbatim")
+        if self.schedule and not with_macro:
+            return (f"note: no argument holds a schedule-time macro, so every run reads the same input_path; "
+                    f"e.g. \"input_path\": \"gs://bucket/logs/{SCHEDULED_DATE}\"")
+        return None
 
-def submit(request: Submission, client_factory=None) -> str:
+
+@dataclass(frozen=True)
+class Submitted:
+    """What KFP created: a run (``run_id``) or a recurring run, and the client that created it."""
+
+    description: str
+    run_id: Optional[str] = None
+    client: Any = field(default=None, repr=False)
+
+
+def submit(request: Submission, client_factory=None) -> Submitted:
     """Starts the run (or creates the recurring run) and returns what KFP calls it.
 
     Connection and authentication failures raise EsmmError naming the host, so the CLI prints
     one line instead of the HTTP client's traceback.
     """
+    credentials = {"existing_token": _read_secret(request.token_file, "--token-file"),
+                   "cookies": _read_secret(request.cookies_file, "--cookies-file"),
+                   "ssl_ca_cert": _existing(request.ca_bundle, "--ca-bundle")}
     try:
-        client = (client_factory or _client)(request.host, request.namespace)
+        client = (client_factory or _client)(request.host, request.namespace, **credentials)
         if request.schedule:
             experiment = client.create_experiment(request.experiment or "Default", namespace=request.namespace)
             job = client.create_recurring_run(
                 experiment.experiment_id, job_name=request.run_name or "esmm", cron_expression=request.schedule,
                 pipeline_package_path=request.package, params=request.arguments, pipeline_root=request.pipeline_root,
                 enable_caching=request.enable_caching, service_account=request.service_account)
-            return f"recurring run {job.recurring_run_id} ({request.schedule})"
+            return Submitted(f"recurring run {job.recurring_run_id} ({request.schedule})", client=client)
         run = client.create_run_from_pipeline_package(
             request.package, arguments=request.arguments, run_name=request.run_name,
             experiment_name=request.experiment, namespace=request.namespace, pipeline_root=request.pipeline_root,
             enable_caching=request.enable_caching, service_account=request.service_account)
-        return f"run {run.run_id}"
+        return Submitted(f"run {run.run_id}", run_id=run.run_id, client=client)
     except Exception as exc:
         raise EsmmError(_explain(request.host, exc)) from None
 
 
-def _client(host: str, namespace: Optional[str]):
+def watch(submitted: Submitted, host: str, *, poll_s: float = 10.0, sleep: Callable[[float], None] = time.sleep,
+          out: Optional[TextIO] = None) -> str:
+    """Follows the run to its end, printing each state it enters; returns the final state (FINAL_STATES).
+    A failure to ask raises EsmmError naming the host."""
+    if submitted.run_id is None:
+        raise EsmmError("--watch follows a single run; a recurring run starts its runs later")
+    out = out or sys.stdout
+    state = None
+    while True:
+        try:
+            run = submitted.client.get_run(submitted.run_id)
+        except Exception as exc:
+            raise EsmmError(_explain(host, exc)) from None
+        if run.state != state:
+            state = run.state
+            print(f"run {submitted.run_id}: {state}", file=out, flush=True)
+        if state in FINAL_STATES:
+            if state != "SUCCEEDED" and getattr(run, "error", None) is not None:
+                print(f"run {submitted.run_id}: {getattr(run.error, 'message', None) or run.error}", file=out)
+            return state
+        sleep(poll_s)
+
+
+def _read_secret(path: Optional[str], flag: str) -> Optional[str]:
+    if path is None:
+        return None
+    text = _existing(path, flag)
+    with open(text) as f:
+        secret = f.read().strip()
+    if not secret:
+        raise EsmmError(f"{flag} {path!r} is empty")
+    return secret
+
+
+def _existing(path: Optional[str], flag: str) -> Optional[str]:
+    import os
+
+    if path is not None and not os.path.isfile(path):
+        raise EsmmError(f"{flag} {path!r} does not exist")
+    return path
+
+
+def _client(host: str, namespace: Optional[str], *, existing_token: Optional[str] = None,
+            cookies: Optional[str] = None, ssl_ca_cert: Optional[str] = None):
     import kfp
 
     with warnings.catch_warnings():
         # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
         warnings.simplefilter("ignore", FutureWarning)
-        return kfp.Client(host=host, namespace=namespace)
+        return kfp.Client(host=host, namespace=namespace, existing_token=existing_token, cookies=cookies,
+                          ssl_ca_cert=ssl_ca_cert)
 
 
 def _explain(host: str, exc: Exception) -> str:
@@ -99,7 +180,7 @@ def _explain(host: str, exc: Exception) -> str:
     if isinstance(exc, ApiException):
         if exc.status in (401, 403):
             return (f"the KFP endpoint {host} refused the request (HTTP {exc.status} {exc.reason}): check the "
-                    f"credentials (KF_PIPELINES_SA_TOKEN_PATH, a kubeflow-userid header or an IAP token) "
+                    f"credentials (--token-file, --cookies-file, or KF_PIPELINES_SA_TOKEN_PATH in a pod) "
                     f"and --namespace")
         return f"the KFP endpoint {host} answered HTTP {exc.status} {exc.reason}: {str(exc.body or '').strip()[:200]}"
     if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
