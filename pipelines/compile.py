@@ -12,13 +12,9 @@ from typing import Any, Callable, Optional, TextIO
 from esmm_model.config import Config
 from esmm_model.errors import EsmmError
 from pipelines.pipeline import Cluster, create_pipeline
+from pipelines.schedule import SCHEDULED_DATE, has_schedule_macro
 
 _CRON_FIELD = re.compile(r"[0-9*,/?LW#A-Za-z-]+")
-# The KFP backend's run-parameter macros (backend/src/common/util/parameter_formatter.go), formatted in the
-# parameters of each run a recurring run starts (for KFP v2 pipelines from backend 2.16.0): the scheduled
-# time, UTC, by strftime or by a Go layout. A single run leaves them as written.
-SCHEDULED_DATE = "{{$.scheduledTime.strftime('%Y-%m-%d')}}"
-_SCHEDULE_MACRO = re.compile(r"\{\{\$\.scheduledTime\.strftime\('[^']*'\)\}\}|\[\[ScheduledTime(\.[^\]]+)?\]\]")
 # A run's terminal states (kfp_server_api V2beta1RuntimeState); only SUCCEEDED is a success.
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 
@@ -71,14 +67,15 @@ class Submission:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2, sort_keys=True)
 
     def check_schedule_macros(self) -> Optional[str]:
-        """EsmmError for a schedule-time macro in a single run's arguments (KFP would pass it unformatted);
-        for a schedule whose arguments have none, a note that every run reads the same input."""
-        with_macro = sorted(k for k, v in self.arguments.items() if isinstance(v, str) and _SCHEDULE_MACRO.search(v))
-        if with_macro and not self.schedule:
-            raise EsmmError(f"--arguments {', '.join(with_macro)}: the schedule-time macro is formatted only in the "
-                            f"runs of a recurring run (--schedule); a single run would get it verbatim")
-        if self.schedule and not with_macro:
-            return (f"note: no argument holds a schedule-time macro, so every run reads the same input_path; "
+        """Only ``input_path`` is formatted at the schedule time (pipelines.schedule): EsmmError for a macro in
+        another argument; for a schedule whose input_path has none, a note that every run reads the same input."""
+        elsewhere = sorted(k for k, v in self.arguments.items()
+                           if k != "input_path" and isinstance(v, str) and has_schedule_macro(v))
+        if elsewhere:
+            raise EsmmError(f"--arguments {', '.join(elsewhere)}: a schedule-time macro is formatted in input_path "
+                            f"only")
+        if self.schedule and not has_schedule_macro(str(self.arguments.get("input_path", ""))):
+            return (f"note: input_path holds no schedule-time macro, so every run reads the same input; "
                     f"e.g. \"input_path\": \"gs://bucket/logs/{SCHEDULED_DATE}\"")
         return None
 

@@ -59,15 +59,19 @@ def create_pipeline(image: str, on_cluster: Optional[Cluster] = None):
                       max_rejected_fraction: Optional[float] = None, beam_worker_image: Optional[str] = image,
                       model_store_pvc: str = volumes.model_store_pvc, work_pvc: str = volumes.work_pvc or ""):
         # The config with this run's overrides, and a fingerprint of the input files: what the caches key on.
+        # On a cluster it also gets the run's schedule time (KFP's driver resolves the placeholder; kfp.local
+        # 2.17 cannot) to format input_path's schedule-time macros (pipelines.schedule).
         snapshot = steps.snapshot(config_path=config_path, input_path=input_path, ground_truth=ground_truth,
                                   variant=variant, epochs=epochs, thresholds=thresholds,
-                                  max_rejected_fraction=max_rejected_fraction)
+                                  max_rejected_fraction=max_rejected_fraction,
+                                  **({"schedule_time": dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER}
+                                     if on_cluster else {}))
         snapshot.set_caching_options(False)  # must see an edited config and new data on every run
         config, fingerprint = snapshot.outputs["config"], snapshot.outputs["input_fingerprint"]
         # Raw impression logs -> raw tf.Example split by time (Beam); fails past input.max_rejected_fraction,
         # so nothing trains on a log the config does not fit.
         # A remote Beam runner's workers run beam_worker_image (the component image unless overridden).
-        ingest = steps.ingest(config=config, input_path=input_path, input_fingerprint=fingerprint,
+        ingest = steps.ingest(config=config, input_path=snapshot.outputs["input_path"], input_fingerprint=fingerprint,
                               beam_runner=beam_runner, beam_options=beam_options, beam_worker_image=beam_worker_image)
         # Hash, vocabulary, z-score and buckets, analyzed on train only (tf.Transform on Beam).
         transform = steps.transform(config=config, beam_runner=beam_runner, beam_options=beam_options,

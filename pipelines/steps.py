@@ -17,23 +17,28 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 
 def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str] = None, variant: Optional[str] = None,
                   epochs: Optional[int] = None, thresholds: Optional[list] = None,
-                  max_rejected_fraction: Optional[float] = None) -> NamedTuple(
-                      "Snapshot", [("config", str), ("input_fingerprint", str)]):
+                  max_rejected_fraction: Optional[float] = None, schedule_time: Optional[str] = None) -> NamedTuple(
+                      "Snapshot", [("config", str), ("input_fingerprint", str), ("input_path", str)]):
     """Reads the config with the run's overrides and fingerprints the input files: the values every
-    cache key below depends on. Never cached itself, so an edited config or new data is always seen."""
+    cache key below depends on. Never cached itself, so an edited config or new data is always seen.
+    ``input_path``'s schedule-time macros are formatted at ``schedule_time`` (KFP's
+    ``{{$.pipeline_job_schedule_time_utc}}``; pipelines.schedule), and the result is what ingest reads."""
     from collections import namedtuple
 
     from components.fingerprint import input_fingerprint
     from esmm_model.config import config_to_json, load_config, with_overrides
+    from pipelines.schedule import with_schedule_time
 
     overrides = {"input": {"max_rejected_fraction": max_rejected_fraction} if max_rejected_fraction is not None else {},
                  "model": {"variant": variant} if variant is not None else {},
                  "training": {"epochs": epochs} if epochs is not None else {},
                  "evaluation": {"thresholds": thresholds} if thresholds is not None else {}}
     config = with_overrides(load_config(config_path), overrides)
+    input_path = with_schedule_time(input_path, schedule_time)
     fingerprint = input_fingerprint(config, input_path, ground_truth)
-    print(f"config {config.name} ({config.model.variant}), input fingerprint {fingerprint}")
-    return namedtuple("Snapshot", ["config", "input_fingerprint"])(config_to_json(config), fingerprint)
+    print(f"config {config.name} ({config.model.variant}), input {input_path}, input fingerprint {fingerprint}")
+    return namedtuple("Snapshot", ["config", "input_fingerprint", "input_path"])(
+        config_to_json(config), fingerprint, input_path)
 
 
 def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset],

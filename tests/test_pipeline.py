@@ -232,6 +232,14 @@ def test_every_step_runs_as_the_images_non_root_user_and_staging_steps_get_scrat
     assert not any("emptyDirMounts" in e for e in compiled(tmp_path, none)[1].values())
 
 
+def test_ingest_reads_the_input_path_the_snapshot_formatted_at_the_schedule_time(tmp_path):
+    tasks = compiled(tmp_path)[0]["root"]["dag"]["tasks"]
+    snapshot = tasks["snapshot-step"]["inputs"]["parameters"]
+    assert snapshot["schedule_time"] == {"runtimeValue": {"constant": "{{$.pipeline_job_schedule_time_utc}}"}}
+    assert tasks["ingest-step"]["inputs"]["parameters"]["input_path"] == {
+        "taskOutputParameter": {"producerTask": "snapshot-step", "outputParameterKey": "input_path"}}
+
+
 def test_the_push_step_gets_evaluates_warmup_examples_not_the_dataset(tmp_path):
     spec, _ = compiled(tmp_path)
     push = spec["root"]["dag"]["tasks"]["push-step"]["inputs"]["artifacts"]

@@ -170,13 +170,30 @@ def test_watch_needs_a_single_run(package, stub, capsys):
         watch(Submitted("recurring run rec-7"), "h")
 
 
-def test_schedule_time_macros_belong_to_recurring_runs(package, stub, capsys):
-    # a single run would read the literal text as its input path
-    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(SCHEDULED)]) == 2
-    assert "input_path: the schedule-time macro is formatted only in the runs of a recurring run" in (
-        capsys.readouterr().err)
+def test_schedule_time_macros_go_in_input_path(package, stub, capsys):
+    elsewhere = {**SCHEDULED, "ground_truth": f"gs://bucket/truth/{SCHEDULED_DATE}.csv"}
+    assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(elsewhere),
+                 "--schedule", "0 3 * * *"]) == 2
+    assert "ground_truth: a schedule-time macro is formatted in input_path only" in capsys.readouterr().err
     # a schedule on a fixed input path is allowed, with a note
     assert main(["submit", "--package", package, "--host", "h", "--arguments", json.dumps(ARGS),
                  "--schedule", "0 3 * * *", "--dry-run"]) == 0
-    assert "every run reads the same input_path" in capsys.readouterr().err
+    assert "input_path holds no schedule-time macro" in capsys.readouterr().err
     assert SCHEDULED_DATE == "{{$.scheduledTime.strftime('%Y-%m-%d')}}"  # KFP backend's parameter_formatter.go
+
+
+def test_the_snapshot_formats_input_path_at_the_schedule_time():
+    import datetime
+
+    from esmm_model.errors import EsmmError
+    from pipelines.schedule import with_schedule_time
+
+    template = "gs://bucket/logs/" + SCHEDULED_DATE + "/hour={{$.scheduledTime.strftime('%H')}}"
+    # KFP's {{$.pipeline_job_schedule_time_utc}}: RFC 3339, UTC
+    assert with_schedule_time(template, "2026-11-27T03:00:00Z") == "gs://bucket/logs/2026-11-27/hour=03"
+    assert with_schedule_time(template, "2026-11-27T01:30:00+02:00") == "gs://bucket/logs/2026-11-26/hour=23"
+    local = datetime.datetime(2026, 12, 4, 18, 0, tzinfo=datetime.timezone.utc)
+    assert with_schedule_time(template, None, now=local) == "gs://bucket/logs/2026-12-04/hour=18"
+    assert with_schedule_time("gs://bucket/logs/2026-11-27", "garbage") == "gs://bucket/logs/2026-11-27"
+    with pytest.raises(EsmmError, match="schedule time 'garbage' is not an RFC 3339 time"):
+        with_schedule_time(template, "garbage")
