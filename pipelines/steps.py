@@ -21,8 +21,9 @@ def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str]
                       "Snapshot", [("config", str), ("input_fingerprint", str), ("input_path", str)]):
     """Reads the config with the run's overrides and fingerprints the input files: the values every
     cache key below depends on. Never cached itself, so an edited config or new data is always seen.
-    ``input_path``'s schedule-time macros are formatted at ``schedule_time`` (KFP's
-    ``{{$.pipeline_job_schedule_time_utc}}``; pipelines.schedule), and the result is what ingest reads."""
+    ``input_path``'s schedule-time macros are formatted at ``schedule_time`` (KFP's schedule-time
+    placeholder, dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER; pipelines.schedule), and the result is
+    what ingest reads. (No placeholder text here: kfp.local substitutes it in the shipped source.)"""
     from collections import namedtuple
 
     from components.fingerprint import input_fingerprint

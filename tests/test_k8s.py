@@ -159,6 +159,7 @@ def test_the_profile_namespace_enforces_pod_security_restricted():
     docs = build("prod")
     labels = one(docs, "Namespace", NAMESPACES["prod"])["metadata"]["labels"]
     assert RESTRICTED.items() <= labels.items()
+    assert labels["pipelines.kubeflow.org/enabled"] == "true"  # KFP's profile controller then adds kfp-launcher
     profile = yaml.safe_load((ROOT / "k8s" / "multi-user" / "profile.yaml").read_text())
     assert (profile["apiVersion"], profile["kind"]) == ("kubeflow.org/v1", "Profile")
     assert profile["metadata"]["name"] == NAMESPACES["prod"]  # a Profile's namespace is named after it
