@@ -422,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="container image the steps run in (the project installed)")
     p.add_argument("--out", default="esmm_pipeline.yaml", help="YAML path (default: %(default)s)")
     p.add_argument("--model-store-pvc", default=cluster.MODEL_STORE_PVC,
-                   help=f"PVC TF Serving reads, mounted on push at {cluster.MODEL_STORE_MOUNT} (default: %(default)s)")
+                   help=f"PVC TF Serving reads, mounted on evaluate and push at {cluster.MODEL_STORE_MOUNT}: the "
+                        f"default of the pipeline parameter model_store_pvc (default: %(default)s)")
     p.add_argument("--work-pvc", default=cluster.WORK_PVC,
-                   help=f"PVC for checkpoints, mounted on train at {cluster.WORK_MOUNT}; '' for none (then pass "
-                        f"work_root=gs://... or keep checkpoints in the model artifact) (default: %(default)s)")
+                   help=f"PVC for checkpoints, mounted on train at {cluster.WORK_MOUNT}: the default of the pipeline "
+                        f"parameter work_pvc; '' for none (then pass work_root=gs://... or keep checkpoints in the "
+                        f"model artifact) (default: %(default)s)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint, or schedule one")
