@@ -35,10 +35,13 @@ COPY --from=build /opt/esmm /opt/esmm
 # as the workers' container of a remote runner (Dataflow's --sdk_container_image, a DOCKER
 # environment on Flink or Spark), whose runner starts it with flags only (--id=... --control_endpoint=...).
 COPY --from=apache/beam_python3.11_sdk:2.77.0 /opt/apache/beam /opt/apache/beam
+# RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT: Beam's boot (sdks/python/container/boot.go) otherwise creates a
+# venv under /opt/apache/beam-venv for each worker, which uid 1000 cannot write: workers run in /opt/esmm.
 ENV PATH=/opt/esmm/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1
 USER 1000:1000
 WORKDIR /home/esmm
 # Flags only (a Beam runner starting an SDK worker) run Beam's launcher; a command runs as given.

@@ -202,10 +202,10 @@ def _cmd_compile(args: argparse.Namespace) -> None:
           f"{f'work PVC {args.work_pvc} on train' if args.work_pvc else 'no work PVC'})")
 
 
-def _cmd_submit(args: argparse.Namespace) -> None:
+def _cmd_submit(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.compile import Submission, kfp_cron, submit
+    from pipelines.compile import Submission, kfp_cron, submit, watch
 
     try:
         arguments = json.loads(args.arguments)
@@ -219,11 +219,22 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     request = Submission(host=args.host, package=args.package, arguments=arguments, experiment=args.experiment,
                          run_name=args.run_name, namespace=args.namespace, service_account=args.service_account,
                          pipeline_root=args.pipeline_root, enable_caching=False if args.no_cache else None,
-                         schedule=kfp_cron(args.schedule) if args.schedule else None)
+                         schedule=kfp_cron(args.schedule) if args.schedule else None, token_file=args.token_file,
+                         cookies_file=args.cookies_file, ca_bundle=args.ca_bundle)
+    if args.watch and request.schedule:
+        raise EsmmError("--watch follows a single run; a recurring run (--schedule) starts its runs later")
+    note = request.check_schedule_macros()
+    if note:
+        print(note, file=sys.stderr)
     if args.dry_run:
         print(request.describe())
-        return
-    print(f"created {submit(request)} on {args.host}")
+        return 0
+    submitted = submit(request)
+    print(f"created {submitted.description} on {args.host}", flush=True)
+    if args.watch:
+        state = watch(submitted, args.host)
+        return 0 if state == "SUCCEEDED" else 1
+    return 0
 
 
 def _names(text: str, what: str) -> tuple[str, ...]:
@@ -414,10 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="container image the steps run in (the project installed)")
     p.add_argument("--out", default="esmm_pipeline.yaml", help="YAML path (default: %(default)s)")
     p.add_argument("--model-store-pvc", default=cluster.MODEL_STORE_PVC,
-                   help=f"PVC TF Serving reads, mounted on push at {cluster.MODEL_STORE_MOUNT} (default: %(default)s)")
+                   help=f"PVC TF Serving reads, mounted on evaluate and push at {cluster.MODEL_STORE_MOUNT}: the "
+                        f"default of the pipeline parameter model_store_pvc (default: %(default)s)")
     p.add_argument("--work-pvc", default=cluster.WORK_PVC,
-                   help=f"PVC for checkpoints, mounted on train at {cluster.WORK_MOUNT}; '' for none (then pass "
-                        f"work_root=gs://... or keep checkpoints in the model artifact) (default: %(default)s)")
+                   help=f"PVC for checkpoints, mounted on train at {cluster.WORK_MOUNT}: the default of the pipeline "
+                        f"parameter work_pvc; '' for none (then pass work_root=gs://... or keep checkpoints in the "
+                        f"model artifact) (default: %(default)s)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("submit", help="start a run of a compiled pipeline on a KFP endpoint, or schedule one")
@@ -435,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="run every step, ignoring KFP's cache")
     p.add_argument("--schedule", metavar="CRON", help="create a recurring run instead, e.g. '0 3 * * *' (KFP's 6-field "
                                                       "cron with seconds is accepted too)")
+    p.add_argument("--token-file", help="a file holding a bearer token for the endpoint (an OIDC id token, "
+                                        "`kubectl create token ...`)")
+    p.add_argument("--cookies-file", help="a file holding a Cookie header value (e.g. an oauth2-proxy or Dex "
+                                          "session cookie)")
+    p.add_argument("--ca-bundle", help="PEM file of the CA certificates that sign the endpoint's TLS certificate")
+    p.add_argument("--watch", action="store_true",
+                   help="follow the run to its end; exit 1 unless it succeeds")
     p.add_argument("--dry-run", action="store_true", help="print the request and send nothing")
     p.set_defaults(func=_cmd_submit)
 

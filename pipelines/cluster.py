@@ -8,4 +8,6 @@ MODEL_STORE_PVC = "esmm-model-store"
 MODEL_STORE_MOUNT = "/models"
 WORK_PVC = "esmm-pipeline-work"
 WORK_MOUNT = "/work"
+# The steps' scratch space (an emptyDir of kubernetes.scratch_storage; TMPDIR points there).
+SCRATCH_MOUNT = "/scratch"
 SERVICE_ACCOUNT = "esmm-pipeline"

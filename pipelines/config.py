@@ -117,6 +117,14 @@ class KubernetesConfig(ConfigSection):
     # 0: the train step trains in its own pod; N: it runs a TFJob of N workers (pipelines.tfjob),
     # which needs the work volume.
     train_workers: Int = 0
+    # The sizeLimit of the scratch emptyDir (/scratch, TMPDIR) of the steps that stage data (ingest,
+    # transform, train, evaluate); the kubelet evicts a pod past it. None: no scratch volume.
+    scratch_storage: Optional[str] = "20Gi"
+
+    @field_validator("scratch_storage")
+    @classmethod
+    def _scratch_quantity(cls, value: Optional[str]) -> Optional[str]:
+        return _check_quantity(value, memory_bytes, "20Gi, or null for no scratch volume")
 
     @field_validator("train_workers")
     @classmethod

@@ -20,6 +20,10 @@ from pipelines.config import load_config
 from pipelines.pipeline import create_pipeline
 from pipelines.run_overrides import with_run_overrides
 
+# The steps' image label under kfp.local: its SubprocessRunner runs the step functions in this Python
+# environment and never pulls an image. On a cluster the image is `esmm compile --image`'s, required.
+LOCAL_IMAGE = "esmm:local"
+
 
 @dataclass(frozen=True)
 class LocalRun:
@@ -84,8 +88,9 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
                  "max_rejected_fraction": config.input.max_rejected_fraction,
                  "ground_truth": _absolute(ground_truth) if ground_truth else ""}
     try:
-        create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
-                          serving_base=_absolute(serving_base), work_root=str(root.parent / "work"), **arguments)
+        create_pipeline(LOCAL_IMAGE)(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
+                                     serving_base=_absolute(serving_base), work_root=str(root.parent / "work"),
+                                     **arguments)
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
         raise EsmmError(f"the local pipeline run failed: {exc}") from None
     (run_dir,) = set(root.iterdir()) - before

@@ -17,22 +17,28 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 
 def snapshot_step(config_path: str, input_path: str, ground_truth: Optional[str] = None, variant: Optional[str] = None,
                   epochs: Optional[int] = None, thresholds: Optional[list] = None,
-                  max_rejected_fraction: Optional[float] = None) -> NamedTuple(
-                      "Snapshot", [("config", str), ("input_fingerprint", str)]):
+                  max_rejected_fraction: Optional[float] = None, schedule_time: Optional[str] = None) -> NamedTuple(
+                      "Snapshot", [("config", str), ("input_fingerprint", str), ("input_path", str)]):
     """Reads the config with the run's overrides and fingerprints the input files: the values every
-    cache key below depends on. Never cached itself, so an edited config or new data is always seen."""
+    cache key below depends on. Never cached itself, so an edited config or new data is always seen.
+    ``input_path``'s schedule-time macros are formatted at ``schedule_time`` (KFP's schedule-time
+    placeholder, dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER; pipelines.schedule), and the result is
+    what ingest reads. (No placeholder text here: kfp.local substitutes it in the shipped source.)"""
     from collections import namedtuple
 
     from components.ingest.fingerprint import input_fingerprint
     from esmm_model.config import config_to_json
     from pipelines.config import load_config
     from pipelines.run_overrides import with_run_overrides
+    from pipelines.schedule import with_schedule_time
 
     config = with_run_overrides(load_config(config_path), variant=variant, epochs=epochs, thresholds=thresholds,
                                 max_rejected_fraction=max_rejected_fraction)
+    input_path = with_schedule_time(input_path, schedule_time)
     fingerprint = input_fingerprint(config, input_path, ground_truth)
-    print(f"config {config.name} ({config.model.variant}), input fingerprint {fingerprint}")
-    return namedtuple("Snapshot", ["config", "input_fingerprint"])(config_to_json(config), fingerprint)
+    print(f"config {config.name} ({config.model.variant}), input {input_path}, input fingerprint {fingerprint}")
+    return namedtuple("Snapshot", ["config", "input_fingerprint", "input_path"])(
+        config_to_json(config), fingerprint, input_path)
 
 
 def ingest_step(config: str, input_path: str, input_fingerprint: str, examples: Output[Dataset],
@@ -79,7 +85,7 @@ def transform_step(config: str, examples: Input[Dataset], transformed: Output[Da
 
 
 def train_step(config: str, transformed: Input[Dataset], model: Output[Model], work_root: Optional[str] = None,
-               tfjob_image: Optional[str] = None):
+               tfjob_image: Optional[str] = None, work_pvc: Optional[str] = None):
     """Trains the ESMM variant and exports the serving SavedModel; its metadata locates it (layout.SAVED_MODEL_KEY).
 
     With ``work_root`` (a work volume or an object-store URI), checkpoints go to a directory
@@ -87,7 +93,8 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
     or run shares: a retried pod resumes where the last one stopped. Without it they stay
     inside the model artifact. With ``kubernetes.train_workers`` set in the config (and
     ``tfjob_image``, which the compiled pipeline passes), training runs as a TFJob of that many
-    workers in that image (``pipelines.tfjob``), staged on the work volume.
+    workers in that image (``pipelines.tfjob``), staged on the work volume (claim ``work_pvc``, which the
+    TFJob's workers mount too), owned by this step's pod.
     """
     import hashlib
 
@@ -109,7 +116,7 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
             raise ConfigError("kubernetes.train_workers: a TFJob needs the work volume (compile with a work PVC)")
         export_dir = train_as_tfjob(config, transformed.path, model.path, image=tfjob_image, workers=workers,
                                     resources=run_config.kubernetes.resources.for_step("train"),
-                                    work_root=work_root, run_key=run_key)
+                                    work_root=work_root, run_key=run_key, work_pvc=work_pvc or None)
         steps = json.loads(storage.read_text(layout.TrainLayout(model.path).metrics))["final"]["step"]
     else:
         checkpoints = layout.checkpoint_dir(work_root, run_key) if work_root else None
@@ -124,13 +131,15 @@ def train_step(config: str, transformed: Input[Dataset], model: Output[Model], w
 def evaluate_step(config: str, input_fingerprint: str, serving_base: str, examples: Input[Dataset],
                   model: Input[Model], evaluation: Output[Metrics], report: Output[HTML], blessing: Output[Artifact],
                   roc_ctr: Output[ClassificationMetrics], roc_cvr: Output[ClassificationMetrics],
-                  roc_ctcvr: Output[ClassificationMetrics], beam_runner: Optional[str] = None,
+                  roc_ctcvr: Output[ClassificationMetrics], warmup: Output[Dataset], beam_runner: Optional[str] = None,
                   beam_options: Optional[list] = None, ground_truth: Optional[str] = None,
                   beam_worker_image: Optional[str] = None):
     """Scores the candidate and the served model on the raw eval split, TFMA sliced all/clicked/unclicked,
     the gate on those same rows (TFX's Evaluator: it writes the blessing), the report, and the kfp metrics.
     ``blessing`` is the verdict as JSON (TFX's ModelBlessing; kfp 2 admits only system.* and google.* types,
     so a plain Artifact), its metadata ``blessed``, ``status``, ``baseline_version`` and ``reasons``.
+    ``warmup`` holds the first few hundred raw eval examples (a GZIP TFRecord): all the push step needs
+    of the data, so its pod does not download the whole split.
 
     ``input_fingerprint`` covers the ground-truth file too, so an edited one is not replayed from cache.
     Beam (TFMA) reads and writes only the evaluation directory: a remote runner gets its URI and
@@ -144,10 +153,13 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
     from components.evaluate.executor import evaluate
     from esmm_model.contracts import layout
     from esmm_model.contracts.blessing import write_blessing
+    from esmm_model.contracts.warmup import BATCH_SIZES, read_examples, write_examples
     from pipelines.config import config_from_json
 
     run_config = config_from_json(config)
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
+    warmup.metadata["examples"] = write_examples(
+        warmup.path, read_examples(layout.IngestLayout(examples.path).split_pattern(layout.EVAL), max(BATCH_SIZES)))
     clear_task_output(evaluation.path)  # a retried pod's leftovers
     args = with_worker_image(beam_args(run_config.beam, beam_runner, beam_options), beam_worker_image)
     result = evaluate(run_config, saved_model, examples.path, artifact_location(args, evaluation.uri, evaluation.path),
@@ -171,10 +183,10 @@ def evaluate_step(config: str, input_fingerprint: str, serving_base: str, exampl
     print(result.blessing.describe())
 
 
-def push_step(config: str, serving_base: str, examples: Input[Dataset], model: Input[Model],
+def push_step(config: str, serving_base: str, warmup: Input[Dataset], model: Input[Model],
               evaluation: Input[Metrics], blessing: Input[Artifact], pushed: Output[Model]):
-    """Pushes the model atomically, with warmup requests from the eval examples, if the evaluator
-    blessed it against the version still served."""
+    """Pushes the model atomically, with warmup requests from evaluate's few eval examples (``warmup``), if
+    the evaluator blessed it against the version still served."""
     import json
 
     import tensorflow as tf
@@ -189,10 +201,9 @@ def push_step(config: str, serving_base: str, examples: Input[Dataset], model: I
     verdict = read_blessing(blessing.path)
     metrics = read_json(layout.EvaluationLayout(evaluation.path).metrics, "evaluation metrics")
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
-    warmup = (read_examples(layout.IngestLayout(examples.path).split_pattern(layout.EVAL), max(BATCH_SIZES))
-              if verdict.blessed else ())
+    warmup_examples = read_examples(warmup.path, max(BATCH_SIZES)) if verdict.blessed else ()
     result = push(saved_model, verdict, serving_base, run_config.push.model_name, run_config.push.keep_versions,
-                  metrics, warmup)
+                  metrics, warmup_examples)
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path,
                             "reason": result.reason})
     with tf.io.gfile.GFile(pushed.path, "w") as f:

@@ -10,6 +10,7 @@ caller's mistake or misconfiguration, so they raise at once whatever their statu
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -42,6 +43,23 @@ _Response = TypeVar("_Response")
 # Markers in a gRPC status's details of failures that no retry or fallback can fix.
 _HANDSHAKE_FAILED = ("handshake failed", "certificate_verify_failed", "ssl_error")
 _MESSAGE_TOO_LARGE = "larger than max"
+
+
+# gRPC's service config choosing round_robin: a call goes to the next of all resolved addresses, not to the
+# first one that connected (pick_first, the default).
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+_BALANCING_KEYS = ("grpc.service_config", "grpc.lb_policy_name")
+# Target schemes whose resolver can yield several addresses: dns (a headless Service's pods), ipv4/ipv6 lists.
+_MULTI_ADDRESS_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def balancing_options(target: str, channel_options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """Channel options spreading calls over every address ``target`` resolves to: round_robin for a
+    ``dns:///`` (or ``ipv4:``/``ipv6:`` list) target, e.g. ``dns:///esmm-serving-grpc.<ns>.svc.cluster.local:8500``
+    on the headless Service; none for a plain ``host:port`` or when ``channel_options`` already choose a policy."""
+    if not target.startswith(_MULTI_ADDRESS_SCHEMES) or any(key in _BALANCING_KEYS for key, _ in channel_options):
+        return []
+    return [("grpc.service_config", ROUND_ROBIN)]
 
 
 def is_outage(code: grpc.StatusCode, details: str) -> bool:
@@ -129,7 +147,9 @@ class PredictionClient:
     attempt, so a call takes at most about ``max_attempts * timeout_s`` plus the backoffs.
     ``credentials`` (e.g. ``grpc.ssl_channel_credentials()``) switch to TLS; ``metadata`` is
     sent with every call; ``keepalive_s`` pings an idle-looking connection so that load
-    balancers and NAT do not drop it silently (the server must permit that ping rate).
+    balancers and NAT do not drop it silently (the server must permit that ping rate). A
+    ``dns:///`` target gets the round_robin policy (``balancing_options``), so calls spread over
+    every pod of a headless Service.
     """
 
     def __init__(self, target: str, model_name: str, signature: str = SERVING_SIGNATURE, *,
@@ -153,7 +173,7 @@ class PredictionClient:
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if keepalive_s is not None:
             options += [("grpc.keepalive_time_ms", int(keepalive_s * 1000)), ("grpc.keepalive_timeout_ms", 10_000)]
-        options += list(channel_options)
+        options += balancing_options(target, channel_options) + list(channel_options)
         self._channel = (grpc.secure_channel(target, credentials, options) if credentials is not None
                          else grpc.insecure_channel(target, options))
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

@@ -226,6 +226,8 @@ def test_step_resources_resolve_step_then_default_then_builtin():
     ({"resources": {"default": {"cpu": "0"}}}, "kubernetes.resources.default.cpu: must be positive"),
     ({"resources": {"trainer": {}}}, "kubernetes.resources.trainer: unknown key"),
     ({"retries": -1}, "kubernetes.retries: must be zero or more"),
+    ({"scratch_storage": "20GB"}, "kubernetes.scratch_storage: '20GB' is not a Kubernetes quantity"),
+    ({"scratch_storage": "0Gi"}, "kubernetes.scratch_storage: must be positive"),
 ])
 def test_kubernetes_errors_name_the_key(kubernetes, expected):
     data = base()

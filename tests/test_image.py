@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -121,3 +124,68 @@ def test_the_image_doubles_as_the_beam_workers_container_of_the_pinned_release()
     command = subprocess.run(["sh", "-c", script, "entrypoint", "esmm", "--help"],
                              capture_output=True, text=True, check=True)
     assert command.stdout.split() == ["run", "esmm", "--help"]
+
+
+def final_env() -> dict[str, str]:
+    """The final stage's ENV settings (KEY=VALUE form), in order."""
+    _, final = stages()[-1]
+    env: dict[str, str] = {}
+    for line in final:
+        if line.upper().startswith("ENV "):
+            env.update(item.split("=", 1) for item in shlex.split(line[4:]))
+    return env
+
+
+# Beam's Python boot (apache/beam sdks/python/container/boot.go, the Beam release the image copies):
+#   if os.Getenv("RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT") == "" { setupVenv(ctx, logger, "/opt/apache/beam-venv", *id) }
+# This stand-in makes the same decision, with the venv directory under a root-owned stand-in of /opt/apache.
+BOOT = """#!/bin/sh
+if [ -z "$RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT" ]; then
+    mkdir "$BEAM_VENV" || { echo "failed to create a virtual environment" >&2; exit 1; }
+fi
+echo "worker $*"
+"""
+
+
+@pytest.fixture
+def image_root():
+    """A stand-in of the image's /opt/apache, owned by root (or read-only), readable by anyone."""
+    root = Path(tempfile.mkdtemp(prefix="esmm-image-"))
+    try:
+        root.chmod(0o755)
+        apache = root / "opt" / "apache"
+        (apache / "beam").mkdir(parents=True)
+        boot = apache / "beam" / "boot"
+        boot.write_text(BOOT)
+        boot.chmod(0o755)
+        for path in (root / "opt", apache, apache / "beam"):
+            path.chmod(0o755 if os.geteuid() == 0 else 0o555)  # uid 1000 cannot write it, as in the image
+        yield apache
+    finally:
+        for path in (root / "opt", root / "opt" / "apache", root / "opt" / "apache" / "beam"):
+            path.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def start_worker(apache: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The image's ENTRYPOINT as a runner starts a worker (flags only), as the image's user uid 1000."""
+    _, final = stages()[-1]
+    entrypoint = json.loads(next(line for line in final if line.startswith("ENTRYPOINT ")).split(None, 1)[1])
+    script = entrypoint[2].replace("/opt/apache/beam/boot", str(apache / "beam" / "boot"))
+    as_user = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"] if os.geteuid() == 0 else []
+    environment = {**env, "PATH": "/usr/bin:/bin", "HOME": "/home/esmm", "BEAM_VENV": str(apache / "beam-venv")}
+    return subprocess.run([*as_user, "sh", "-c", script, "entrypoint", "--id=1", "--control_endpoint=localhost:1"],
+                          env=environment, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="no setpriv to drop root")
+def test_beam_workers_start_as_the_images_non_root_user_in_its_own_environment(image_root):
+    env = final_env()
+    assert env.get("RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT")  # boot.go checks for any non-empty value
+    started = start_worker(image_root, env)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["worker", "--id=1", "--control_endpoint=localhost:1"]
+    assert not (image_root / "beam-venv").exists()
+    # without the variable, boot's venv under /opt/apache fails for uid 1000: what the image shipped before
+    without = start_worker(image_root, {k: v for k, v in env.items() if k != "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT"})
+    assert without.returncode == 1 and "failed to create a virtual environment" in without.stderr

@@ -20,6 +20,11 @@ from serving_client.model_config import parse_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ("dev", "prod")
+# Where KFP runs pipeline pods, so where each overlay puts the volumes, the steps' identity and TF Serving:
+# standalone KFP's own namespace (dev), a multi-user Profile's namespace (prod).
+NAMESPACES = {"dev": "kubeflow", "prod": "esmm"}
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/audit": "restricted",
+              "pod-security.kubernetes.io/warn": "restricted"}
 # The oldest and newest Kubernetes minor versions the manifests are checked against.
 KUBERNETES_VERSIONS = ("1.29", "1.33")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
@@ -29,8 +34,8 @@ pytestmark = pytest.mark.skipif(KUBECTL is None,
                                 reason="kubectl is not installed: the kustomize overlays cannot be built")
 
 
-def build(overlay: str) -> list[dict]:
-    rendered = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True,
+def build(overlay: str, root: Path = ROOT) -> list[dict]:
+    rendered = subprocess.run([KUBECTL, "kustomize", str(root / "k8s" / "overlays" / overlay)], capture_output=True,
                               text=True, check=True, timeout=60).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
@@ -79,14 +84,14 @@ def test_kubectl_has_kustomize():
 
 def test_every_manifest_validates_against_the_kubernetes_schemas(rendered):
     overlay, docs = rendered
-    assert {d["kind"] for d in docs} == {
-        "Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "PersistentVolumeClaim",
-        "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
+    kinds = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "PersistentVolumeClaim",
+             "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
+    # standalone KFP's namespace is its install's; a Profile's namespace gets Pod Security labels from prod
+    assert {d["kind"] for d in docs} == kinds | ({"Namespace"} if overlay == "prod" else set())
     for doc in docs:
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)  # raises on an unknown or mistyped field
-    namespace = one(docs, "Namespace", "esmm")["metadata"]["name"]
-    assert namespace == {"dev": "esmm-dev", "prod": "esmm"}[overlay]
+    namespace = NAMESPACES[overlay]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {namespace}
 
 
@@ -150,6 +155,57 @@ def test_tf_serving_serves_what_the_pusher_writes(rendered, tmp_path):
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == metrics_path
 
 
+def test_the_profile_namespace_enforces_pod_security_restricted():
+    docs = build("prod")
+    labels = one(docs, "Namespace", NAMESPACES["prod"])["metadata"]["labels"]
+    assert RESTRICTED.items() <= labels.items()
+    assert labels["pipelines.kubeflow.org/enabled"] == "true"  # KFP's profile controller then adds kfp-launcher
+    profile = yaml.safe_load((ROOT / "k8s" / "multi-user" / "profile.yaml").read_text())
+    assert (profile["apiVersion"], profile["kind"]) == ("kubeflow.org/v1", "Profile")
+    assert profile["metadata"]["name"] == NAMESPACES["prod"]  # a Profile's namespace is named after it
+    assert profile["spec"]["owner"]["kind"] == "User"
+
+
+def test_namespace_and_claim_names_are_the_overlays_to_set(tmp_path):
+    """An overlay on top of prod renames the namespace and both claims; every reference follows, and the
+    compiled pipeline takes the same claim names as parameters."""
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    team = tmp_path / "k8s" / "overlays" / "team"
+    team.mkdir()
+    (team / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "team-a",
+        "resources": ["../prod"],
+        "patches": [{"target": {"kind": "PersistentVolumeClaim", "name": old},
+                     "patch": yaml.safe_dump([{"op": "replace", "path": "/metadata/name", "value": new}])}
+                    for old, new in ((cluster.MODEL_STORE_PVC, "team-a-models"), (cluster.WORK_PVC, "team-a-work"))],
+    }))
+    docs = build("team", tmp_path)
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "Namespace"} == {"team-a"}
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"} == {
+        "team-a-models", "team-a-work"}
+    deployment, _ = serving(docs)
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(deployment)["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims == {"team-a-models"}
+    binding = one(docs, "RoleBinding", "esmm-pipeline")
+    assert binding["subjects"][0]["namespace"] == "team-a"
+
+
+def test_long_lived_grpc_clients_get_a_headless_service_and_connections_that_age(rendered):
+    _, docs = rendered
+    deployment, container = serving(docs)
+    headless = one(docs, "Service", "esmm-serving-grpc")["spec"]
+    assert headless["clusterIP"] == "None"  # DNS lists every ready pod: the client's round_robin spreads calls
+    assert headless["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert [(p["port"], p["targetPort"]) for p in headless["ports"]] == [(8500, "grpc")]
+    rest = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "esmm-serving")["spec"]
+    assert rest.get("clusterIP") != "None"  # REST keeps its virtual IP
+    channel = dict(arg.split("=") for arg in flags(container)["grpc_channel_arguments"].split(","))
+    # clients reconnect (and re-resolve) within minutes, well inside the autoscaler's scale-up pace
+    assert 60_000 <= int(channel["grpc.max_connection_age_ms"]) <= 600_000
+    assert int(channel["grpc.max_connection_age_grace_ms"]) > 0
+
+
 def test_probes_ports_and_service_match_tf_serving(rendered):
     _, docs = rendered
     deployment, container = serving(docs)
@@ -158,7 +214,7 @@ def test_probes_ports_and_service_match_tf_serving(rendered):
     ready = container["readinessProbe"]["httpGet"]
     assert (ready["path"], ports[ready["port"]]) == ("/v1/models/esmm", 8501)
     assert ports[container["livenessProbe"]["tcpSocket"]["port"]] == 8500  # TF Serving has no gRPC health service
-    service = one(docs, "Service", "esmm-serving")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "esmm-serving")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert {(p["port"], ports[p["targetPort"]]) for p in service["spec"]["ports"]} == {(8500, 8500), (8501, 8501)}

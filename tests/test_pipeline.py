@@ -138,8 +138,7 @@ def test_compiled_yaml_lists_six_tasks_in_the_image_and_loads_back(tmp_path):
     assert set(tasks) == TASKS
     assert tasks["ingest-step"]["dependentTasks"] == ["snapshot-step"]
     assert sorted(tasks["transform-step"]["dependentTasks"]) == ["ingest-step", "snapshot-step"]
-    assert sorted(tasks["push-step"]["dependentTasks"]) == [
-        "evaluate-step", "ingest-step", "snapshot-step", "train-step"]
+    assert sorted(tasks["push-step"]["dependentTasks"]) == ["evaluate-step", "snapshot-step", "train-step"]
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 6
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/esmm:1.2.3"}
@@ -202,13 +201,66 @@ def test_every_step_has_requests_limits_from_the_config_and_transient_steps_retr
     assert tasks["train-step"]["retryPolicy"]["backoffDuration"] == "30s"
 
 
-def test_evaluate_and_push_mount_the_model_store_and_train_the_work_volume(tmp_path):
-    _, volumes = compiled(tmp_path)
-    mounts = {name: [(m["constant"], m["mountPath"]) for m in e["pvcMount"]] for name, e in volumes.items()}
-    assert mounts == {"exec-evaluate-step": [("esmm-model-store", cluster.MODEL_STORE_MOUNT)],  # the baseline
-                      "exec-push-step": [("esmm-model-store", cluster.MODEL_STORE_MOUNT)],
-                      "exec-train-step": [("esmm-pipeline-work", cluster.WORK_MOUNT)]}
-    assert compiled(tmp_path, work_pvc=None)[1].keys() == {"exec-evaluate-step", "exec-push-step"}
+def test_evaluate_and_push_mount_the_model_store_and_train_the_work_volume_named_by_parameters(tmp_path):
+    spec, volumes = compiled(tmp_path)
+    mounts = {name: [(m["pvcNameParameter"], m["mountPath"]) for m in e["pvcMount"]]
+              for name, e in volumes.items() if "pvcMount" in e}
+    store, work = {"componentInputParameter": "model_store_pvc"}, {"componentInputParameter": "work_pvc"}
+    assert mounts == {"exec-evaluate-step": [(store, cluster.MODEL_STORE_MOUNT)],  # the baseline
+                      "exec-push-step": [(store, cluster.MODEL_STORE_MOUNT)],
+                      "exec-train-step": [(work, cluster.WORK_MOUNT)]}
+    # the claims' names are run-time parameters (the namespace's claims), defaulting to the compiled ones
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["model_store_pvc"]["defaultValue"] == "esmm-model-store"
+    assert params["work_pvc"]["defaultValue"] == "esmm-pipeline-work"
+    without = compiled(tmp_path, work_pvc=None)[1]
+    assert {name for name, e in without.items() if "pvcMount" in e} == {"exec-evaluate-step", "exec-push-step"}
+
+
+def test_every_step_runs_as_the_images_non_root_user_and_staging_steps_get_scratch(tmp_path):
+    spec, platform = compiled(tmp_path)
+    assert {name: e["securityContext"] for name, e in platform.items()} == {
+        f"exec-{step}-step": {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}
+        for step in ("snapshot", "ingest", "transform", "train", "evaluate", "push")}
+    scratch = {name: e.get("emptyDirMounts") for name, e in platform.items()}
+    expected = [{"volumeName": "scratch", "mountPath": cluster.SCRATCH_MOUNT, "sizeLimit": "20Gi"}]
+    assert scratch == {"exec-snapshot-step": None, "exec-ingest-step": expected, "exec-transform-step": expected,
+                       "exec-train-step": expected, "exec-evaluate-step": expected, "exec-push-step": None}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        assert env.get("TMPDIR") == (cluster.SCRATCH_MOUNT if scratch[name] else None), name
+    none = with_overrides(load_config("simulator"), {"kubernetes": {"scratch_storage": None}})
+    assert not any("emptyDirMounts" in e for e in compiled(tmp_path, none)[1].values())
+
+
+def test_ingest_reads_the_input_path_the_snapshot_formatted_at_the_schedule_time(tmp_path):
+    tasks = compiled(tmp_path)[0]["root"]["dag"]["tasks"]
+    snapshot = tasks["snapshot-step"]["inputs"]["parameters"]
+    assert snapshot["schedule_time"] == {"runtimeValue": {"constant": "{{$.pipeline_job_schedule_time_utc}}"}}
+    assert tasks["ingest-step"]["inputs"]["parameters"]["input_path"] == {
+        "taskOutputParameter": {"producerTask": "snapshot-step", "outputParameterKey": "input_path"}}
+
+
+def test_the_push_step_gets_evaluates_warmup_examples_not_the_dataset(tmp_path):
+    spec, _ = compiled(tmp_path)
+    push = spec["root"]["dag"]["tasks"]["push-step"]["inputs"]["artifacts"]
+    assert "examples" not in push
+    assert push["warmup"] == {"taskOutputArtifact": {"producerTask": "evaluate-step", "outputArtifactKey": "warmup"}}
+
+
+def test_a_tfjob_train_step_waits_in_a_small_pod_that_knows_its_name_and_uid(tmp_path):
+    from pipelines.tfjob import POD_NAME_ENV, POD_UID_ENV
+
+    config = with_overrides(load_config("simulator"), {"kubernetes": {"train_workers": 4}})
+    spec, platform = compiled(tmp_path, config)
+    resources = spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]["resources"]
+    assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("250m", "2Gi")
+    assert {(e["name"], e["fieldPath"]) for e in platform["exec-train-step"]["fieldPathAsEnv"]} == {
+        (POD_NAME_ENV, "metadata.name"), (POD_UID_ENV, "metadata.uid")}
+    in_pod = compiled(tmp_path)[0]["deploymentSpec"]["executors"]["exec-train-step"]["container"]["resources"]
+    assert in_pod["resourceCpuRequest"] == "4"  # training in the step's own pod keeps the config's requests
+    train = spec["root"]["dag"]["tasks"]["train-step"]["inputs"]["parameters"]
+    assert train["work_pvc"] == {"componentInputParameter": "work_pvc"}  # the TFJob mounts the same claim
 
 
 @pytest.mark.slow
@@ -236,7 +288,6 @@ def test_esmm_compile_takes_the_config_and_volume_names(tmp_path, capsys):
                  "--model-store-pvc", "models-rwx", "--work-pvc", ""]) == 0
     spec, platform = yaml.safe_load_all(out.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    store = {"pvcMount": [{"constant": "models-rwx", "mountPath": "/models",
-                           "pvcNameParameter": {"runtimeValue": {"constant": "models-rwx"}}}]}
-    assert executors == {"exec-evaluate-step": store, "exec-push-step": store}
+    assert {name for name, e in executors.items() if "pvcMount" in e} == {"exec-evaluate-step", "exec-push-step"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["model_store_pvc"]["defaultValue"] == "models-rwx"
     assert "model store PVC models-rwx on evaluate and push, no work PVC" in capsys.readouterr().out

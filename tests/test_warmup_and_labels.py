@@ -17,9 +17,11 @@ from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
 from esmm_model.contracts.warmup import (
     WARMUP_FILE,
+    read_examples,
     read_warmup_requests,
     warmup_file,
     warmup_requests,
+    write_examples,
     write_warmup_file,
 )
 from esmm_model.errors import InputError
@@ -189,3 +191,10 @@ def test_the_client_refuses_a_version_and_a_label_together():
 def test_esmm_serve_takes_either_a_serving_base_or_a_model_config_file():
     with pytest.raises(InputError, match="either a model base path or a model config file"):
         ModelServer(Path("/x"), "esmm", model_config_file="models.config")
+
+
+def test_the_warmup_artifact_holds_examples_that_read_back_in_order(tmp_path):
+    examples = [f"example-{i}".encode() for i in range(300)]
+    path = str(tmp_path / "warmup")
+    assert write_examples(path, examples) == 300
+    assert read_examples(path, 256) == examples[:256]  # what the push step takes for its requests

@@ -37,6 +37,14 @@ def read_examples(pattern: str, limit: int) -> list[bytes]:
     return [record.numpy() for record in dataset]
 
 
+def write_examples(path: str, examples: Sequence[bytes]) -> int:
+    """Writes serialized tf.Examples as one GZIP TFRecord file that ``read_examples`` reads back; returns the count."""
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for example in examples:
+            writer.write(example)
+    return len(examples)
+
+
 def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str = SERVING_SIGNATURE,
                     batch_sizes: Sequence[int] = BATCH_SIZES) -> list[prediction_log_pb2.PredictionLog]:
     """One Predict request per batch size (capped at the examples there are), cycling through ``examples``."""
