@@ -10,7 +10,8 @@ Layout under ``out_dir`` (``components.layout.TrainLayout``):
   last one stopped, mid-epoch included (under ParameterServerStrategy exactly with one worker,
   approximately with several: ``_worker_skip``);
 - ``tensorboard/train``: scalars ``loss``, ``ctr_loss``, ``ctcvr_loss`` (esmm, esmm_ns,
-  division) or ``cvr_loss`` (the others), ``examples_per_second``, by global step;
+  division, escm2_*) or ``cvr_loss`` (the others), ``counterfactual_loss`` (escm2_*) and
+  ``imputation_loss`` (escm2_dr), ``examples_per_second``, by global step;
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
   ``ctcvr_auc``, ``cvr_auc_clicked`` (exact AUCs), ``ctr_logloss``, ``ctcvr_logloss``,
   ``cvr_logloss_clicked``, by global step;

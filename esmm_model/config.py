@@ -116,6 +116,19 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class Escm2Config:
+    """ESCM²'s counterfactual regulariser (variants escm2_ips, escm2_dr; esmm_model.losses).
+
+    ``counterfactual_weight``: λ_c, the regulariser's weight beside the CTR and CTCVR losses (the
+    authors' release uses 0.5). ``propensity_clip``: pCTR is clipped from below to this before it
+    divides, so no clicked impression weighs more than 1 / propensity_clip.
+    """
+
+    counterfactual_weight: float = 0.5
+    propensity_clip: float = 0.05
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
 
@@ -130,6 +143,7 @@ class ModelConfig:
     aman_negative_rate: float = 0.1
     oversampling_k: int = 5
     unbias_min_ctr: float = 0.01
+    escm2: Escm2Config = Escm2Config()
 
 
 @dataclass(frozen=True)
@@ -504,6 +518,11 @@ def _check_numbers(config: Config) -> None:
     positive(config.model.oversampling_k, "model.oversampling_k")
     if not 0.0 < config.model.unbias_min_ctr < 1.0:
         raise ConfigError("model.unbias_min_ctr: must lie in (0, 1)")
+    if not 0.0 < config.model.escm2.propensity_clip < 1.0:
+        raise ConfigError(f"model.escm2.propensity_clip: must lie in (0, 1), got {config.model.escm2.propensity_clip}")
+    if not 0.0 <= config.model.escm2.counterfactual_weight < math.inf:
+        raise ConfigError("model.escm2.counterfactual_weight: must be zero or a finite positive number, got "
+                          f"{config.model.escm2.counterfactual_weight}")
     for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
                 "early_stopping_patience", "ps_min_shard_bytes"):
         positive(getattr(config.training, key), f"training.{key}")
