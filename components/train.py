@@ -149,6 +149,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     steps_per_epoch = _steps_per_epoch(train_pattern, training.batch_size, training.steps_per_epoch, replicas)
 
     sizes = table_sizes(config, tft_output)
+    print("train: embedding tables (rows): " + ", ".join(f"{name} {rows:,}" for name, rows in sizes.items())
+          + f"; {sum(sizes.values()):,} in all", flush=True)
     with strategy.scope():
         model = EsmmModel(config, sizes)
         model(first_eval[0])

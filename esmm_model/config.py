@@ -44,13 +44,28 @@ class Vocab:
 
 
 @dataclass(frozen=True)
+class AutoSize:
+    """A table sized from the train split by tf.Transform's analyzers (``esmm_model.preprocessing``).
+
+    When at most ``max_vocab`` ids occur ``min_frequency`` times or more, they get an exact vocabulary
+    plus ``oov_buckets``; otherwise every id is hashed into ``hash_rows_per_id`` × (distinct ids) rows.
+    """
+
+    min_frequency: int = 1
+    oov_buckets: int = 1
+    max_vocab: int = 1_000_000
+    hash_rows_per_id: float = 1.0
+
+
+@dataclass(frozen=True)
 class Preprocessing:
-    """Exactly one of the four preprocessing methods."""
+    """Exactly one of the five preprocessing methods."""
 
     hash_buckets: Optional[int] = None
     vocab: Optional[Vocab] = None
     zscore: bool = False
     buckets: Optional[tuple[float, ...]] = None
+    auto: Optional[AutoSize] = None
 
     @property
     def method(self) -> str:
@@ -58,6 +73,8 @@ class Preprocessing:
             return "hash_buckets"
         if self.vocab is not None:
             return "vocab"
+        if self.auto is not None:
+            return "auto"
         if self.zscore:
             return "zscore"
         return "buckets"
@@ -448,9 +465,9 @@ def _check_features(config: Config) -> None:
         method = feature.preprocessing.method
         if feature.kind == "dense" and method not in ("zscore", "buckets"):
             raise ConfigError(f"{where}.preprocessing: a dense feature takes zscore or buckets, not {method}")
-        if feature.kind != "dense" and method not in ("hash_buckets", "vocab"):
-            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets or vocab, not "
-                              f"{method}")
+        if feature.kind != "dense" and method not in ("hash_buckets", "vocab", "auto"):
+            raise ConfigError(f"{where}.preprocessing: an {feature.kind} feature takes hash_buckets, vocab or auto, "
+                              f"not {method}")
         if feature.shared_embedding and not feature.preprocessing.is_categorical:
             raise ConfigError(f"{where}.shared_embedding: a z-scored dense feature has no embedding to share")
         if feature.combiner != "sum" and feature.kind != "weighted_ids":
@@ -494,6 +511,11 @@ def _check_numbers(config: Config) -> None:
             positive(pre.vocab.min_frequency, f"{where}.preprocessing.vocab.min_frequency")
             if pre.vocab.oov_buckets < 1:
                 raise ConfigError(f"{where}.preprocessing.vocab.oov_buckets: must be at least 1")
+        if pre.auto is not None:
+            for key in ("min_frequency", "max_vocab", "hash_rows_per_id"):
+                positive(getattr(pre.auto, key), f"{where}.preprocessing.auto.{key}")
+            if pre.auto.oov_buckets < 1:
+                raise ConfigError(f"{where}.preprocessing.auto.oov_buckets: must be at least 1")
         if pre.buckets is not None:
             if not pre.buckets:
                 raise ConfigError(f"{where}.preprocessing.buckets: give at least one boundary")
@@ -621,20 +643,25 @@ def _check_kubernetes(kubernetes: KubernetesConfig) -> None:
 def _parse_preprocessing(data: Any, where: str) -> Preprocessing:
     if data == "zscore":
         return Preprocessing(zscore=True)
+    if data == "auto":
+        return Preprocessing(auto=AutoSize())
     if not isinstance(data, dict) or len(data) != 1:
         raise ConfigError(
             f"{where}: give exactly one of hash_buckets: N, vocab: {{top_k, min_frequency, oov_buckets}}, "
-            f"zscore, buckets: [boundaries]; got {data!r}")
+            f"auto: {{min_frequency, oov_buckets, max_vocab, hash_rows_per_id}}, zscore, buckets: [boundaries]; "
+            f"got {data!r}")
     (key, value), = data.items()
     if key == "hash_buckets":
         return Preprocessing(hash_buckets=_coerce(int, value, f"{where}.hash_buckets"))
     if key == "vocab":
         return Preprocessing(vocab=_build(Vocab, value or {}, f"{where}.vocab"))
+    if key == "auto":
+        return Preprocessing(auto=_build(AutoSize, value or {}, f"{where}.auto"))
     if key == "zscore":
         return Preprocessing(zscore=True)
     if key == "buckets":
         return Preprocessing(buckets=_coerce(tuple[float, ...], value, f"{where}.buckets"))
-    raise ConfigError(f"{where}: unknown preprocessing {key!r}; use hash_buckets, vocab, zscore or buckets")
+    raise ConfigError(f"{where}: unknown preprocessing {key!r}; use hash_buckets, vocab, auto, zscore or buckets")
 
 
 _CUSTOM_PARSERS = {Preprocessing: _parse_preprocessing}
