@@ -14,8 +14,8 @@ esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per see
 ``--peer-learning-rate`` (repeatable) gives the peer its own Adam learning rate(s), one peer row
 each; by default it uses our config's dense rate. So when our rate moves from the issue's 1e-3,
 the peer can be run at both and is not handicapped by a rate tuned for us.
-``--tables aliccp`` sizes every embedding table as esmm_model/configs/aliccp.yaml sizes its Ali-CCP field
-(2.4M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
+``--tables aliccp`` sizes every embedding table as the full Ali-CCP needs for its field
+(3.3M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
 tables of the same sizes, shared as ours are (one vocabulary per shared group, DeepCTR's
 ``embedding_name``). That is the cost a user pays at Ali-CCP scale, where exact vocabularies
 hold millions of ids too.
@@ -230,7 +230,7 @@ def main() -> None:
     config = load_config("simulator")
     sized = args.tables == "aliccp"
     if sized:
-        config = aliccp_sized(config, load_config("aliccp"))
+        config = aliccp_sized(config)
     transform_name = "transform_aliccp" if sized else "transform"
     prepare(config, args.rows, work_dir, transform_name)
     config = apply_overrides(config, args.set)

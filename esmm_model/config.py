@@ -114,14 +114,29 @@ class Vocab(ConfigSection):
     oov_buckets: Annotated[Int, bounded(ge=1)] = 1
 
 
+class AutoSize(ConfigSection):
+    """A table sized from the train split by tf.Transform's analyzers (``esmm_model.preprocessing``).
+
+    When at most ``max_vocab`` ids occur ``min_frequency`` times or more, they get an exact vocabulary
+    plus ``oov_buckets``; otherwise every id is hashed into ``hash_rows_per_id`` × (distinct ids) rows.
+    """
+
+    min_frequency: PositiveInt = 1
+    oov_buckets: Annotated[Int, bounded(ge=1)] = 1
+    max_vocab: PositiveInt = 1_000_000
+    hash_rows_per_id: PositiveFloat = 1.0
+
+
 class Preprocessing(ConfigSection):
-    """Exactly one of the four preprocessing methods. In YAML: ``zscore``, or a mapping of one key,
-    ``hash_buckets: N``, ``vocab: {top_k, min_frequency, oov_buckets}`` or ``buckets: [boundaries]``."""
+    """Exactly one of the five preprocessing methods. In YAML: ``zscore`` or ``auto``, or a mapping of one key,
+    ``hash_buckets: N``, ``vocab: {top_k, min_frequency, oov_buckets}``,
+    ``auto: {min_frequency, oov_buckets, max_vocab, hash_rows_per_id}`` or ``buckets: [boundaries]``."""
 
     hash_buckets: Optional[PositiveInt] = None
     vocab: Optional[Vocab] = None
     zscore: StrictBool = False
     buckets: Optional[tuple[Float, ...]] = None
+    auto: Optional[AutoSize] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -130,16 +145,19 @@ class Preprocessing(ConfigSection):
             return data
         if data == "zscore":
             return {"zscore": True}
+        if data == "auto":
+            return {"auto": {}}
         if not isinstance(data, dict) or len(data) != 1:
             raise invalid("give exactly one of hash_buckets: N, vocab: {top_k, min_frequency, oov_buckets}, "
-                          f"zscore, buckets: [boundaries]; got {data!r}")
+                          "auto: {min_frequency, oov_buckets, max_vocab, hash_rows_per_id}, zscore, "
+                          f"buckets: [boundaries]; got {data!r}")
         (key, value), = data.items()
         if key == "zscore":
             return {"zscore": True}
-        if key == "vocab":
-            return {"vocab": {} if value is None else value}
+        if key in ("vocab", "auto"):
+            return {key: {} if value is None else value}
         if key not in ("hash_buckets", "buckets"):
-            raise invalid(f"unknown preprocessing {key!r}; use hash_buckets, vocab, zscore or buckets")
+            raise invalid(f"unknown preprocessing {key!r}; use hash_buckets, vocab, auto, zscore or buckets")
         return data
 
     @field_validator("buckets")
@@ -164,6 +182,8 @@ class Preprocessing(ConfigSection):
             return "hash_buckets"
         if self.vocab is not None:
             return "vocab"
+        if self.auto is not None:
+            return "auto"
         if self.zscore:
             return "zscore"
         return "buckets"
@@ -197,8 +217,8 @@ class Feature(ConfigSection):
         method = self.preprocessing.method
         if self.kind == "dense" and method not in ("zscore", "buckets"):
             raise invalid(f"a dense feature takes zscore or buckets, not {method}", "preprocessing", value_check=True)
-        if self.kind != "dense" and method not in ("hash_buckets", "vocab"):
-            raise invalid(f"an {self.kind} feature takes hash_buckets or vocab, not {method}", "preprocessing",
+        if self.kind != "dense" and method not in ("hash_buckets", "vocab", "auto"):
+            raise invalid(f"an {self.kind} feature takes hash_buckets, vocab or auto, not {method}", "preprocessing",
                           value_check=True)
         if self.shared_embedding and not self.preprocessing.is_categorical:
             raise invalid("a z-scored dense feature has no embedding to share", "shared_embedding", value_check=True)
@@ -242,6 +262,18 @@ class InputConfig(ConfigSection):
 Fraction = Annotated[Float, bounded(gt=0, lt=1)]
 
 
+class Escm2Config(ConfigSection):
+    """ESCM²'s counterfactual regulariser (variants escm2_ips, escm2_dr; esmm_model.losses).
+
+    ``counterfactual_weight``: λ_c, the regulariser's weight beside the CTR and CTCVR losses (the
+    authors' release uses 0.5). ``propensity_clip``: pCTR is clipped from below to this before it
+    divides, so no clicked impression weighs more than 1 / propensity_clip.
+    """
+
+    counterfactual_weight: Annotated[Float, bounded(ge=0)] = 0.5
+    propensity_clip: Fraction = 0.05
+
+
 class ModelConfig(ConfigSection):
     """The ESMM family: shared embeddings, two towers, and the paper's competitors."""
 
@@ -256,6 +288,7 @@ class ModelConfig(ConfigSection):
     aman_negative_rate: Annotated[Float, bounded(gt=0, le=1)] = 0.1
     oversampling_k: PositiveInt = 5
     unbias_min_ctr: Fraction = 0.01
+    escm2: Escm2Config = Escm2Config()
 
     @field_validator("variant")
     @classmethod

@@ -19,6 +19,15 @@ The competitors train a CTR network on BCE(click) over all impressions, weighted
   - ``clicked_inverse_ctr`` (unbias): each clicked impression weighted by 1 / max(pCTR,
     ``unbias_min_ctr``), pCTR from the CTR network without gradient.
   The weighted mean is self-normalised.
+
+ESCM² (Wang et al., SIGIR 2022) adds to ESMM's loss ``model.escm2.counterfactual_weight`` (λ_c) times
+a counterfactual CVR risk over all N impressions of the batch, with e = BCE(conversion, pCVR) and the
+propensity p = max(pCTR, ``model.escm2.propensity_clip``) held constant (no gradient reaches the CTR
+tower through it):
+- ``ips`` (escm2_ips): (1/N) Σ click · e / p;
+- ``dr`` (escm2_dr): (1/N) Σ [ê + click / p · (e − ê)], ê the imputation tower's predicted error on
+  every impression, plus the imputation loss (1/N) Σ click / p · (e − ê)², which fits ê to e on
+  clicks. As in the authors' release (PaddleRec's escm2), both terms pass gradients to e and to ê.
 """
 from __future__ import annotations
 
@@ -93,9 +102,27 @@ def cvr_weights(model_config: ModelConfig, labels: dict[str, tf.Tensor], ctr_log
     return CVR_WEIGHTS[name](model_config, labels, ctr_logit, seed)
 
 
+def counterfactual_loss(model_config: ModelConfig, labels: dict[str, tf.Tensor],
+                        outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """ESCM²'s counterfactual CVR risk (``counterfactual_loss``) and, for ``dr``, the imputation loss
+    (``imputation_loss``), as the module docstring says; unweighted."""
+    spec = VARIANTS[model_config.variant]
+    click = tf.cast(labels[LABEL_CLICK], tf.float32)
+    propensity = tf.stop_gradient(tf.maximum(tf.sigmoid(outputs["ctr_logit"]), model_config.escm2.propensity_clip))
+    inverse = click / propensity
+    error = bce_from_logits(labels[LABEL_CONVERSION], outputs["cvr_logit"])
+    if spec.counterfactual == "ips":
+        return {"counterfactual_loss": tf.reduce_mean(inverse * error)}
+    imputed = outputs["imputed_error"]
+    residual = error - imputed
+    return {"counterfactual_loss": tf.reduce_mean(imputed + inverse * residual),
+            "imputation_loss": tf.reduce_mean(inverse * tf.square(residual))}
+
+
 def variant_loss(model_config: ModelConfig, labels: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor],
                  seed: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The variant's scalar ``loss`` and its two parts (``ctr_loss`` and ``ctcvr_loss`` or ``cvr_loss``).
+    """The variant's scalar ``loss`` and its parts (``VariantSpec.loss_parts``): ``ctr_loss``, ``ctcvr_loss``
+    or ``cvr_loss``, and an ESCM² variant's ``counterfactual_loss`` (and ``imputation_loss``).
 
     seed: int32/int64 [2], the stateless seed of aman's negative sampling (vary it per step).
     """
@@ -111,4 +138,9 @@ def variant_loss(model_config: ModelConfig, labels: dict[str, tf.Tensor], output
         weights = cvr_weights(model_config, labels, ctr_logit, seed)
         second = _weighted_mean(bce_from_logits(label, outputs[f"{spec.second_head}_logit"]), weights)
     loss = model_config.ctr_loss_weight * ctr_loss + model_config.ctcvr_loss_weight * second
-    return {"loss": loss, "ctr_loss": ctr_loss, f"{spec.loss}_loss": second}
+    parts = {"ctr_loss": ctr_loss, f"{spec.loss}_loss": second}
+    if spec.counterfactual is not None:
+        counterfactual = counterfactual_loss(model_config, labels, outputs)
+        loss += model_config.escm2.counterfactual_weight * tf.add_n(list(counterfactual.values()))
+        parts.update(counterfactual)
+    return {"loss": loss, **parts}

@@ -4,7 +4,9 @@ Every variant has a CTR network and a second network with the same towers, over 
 embedding tables (``shared_tables``) or a set each. The second tower predicts pCVR, or pCTCVR
 (``second_head: ctcvr``, division), whence pCVR = clip(pCTCVR / pCTR, 0, 1). Every variant
 outputs ``ctcvr`` = ``ctr`` · ``cvr`` (for a ctcvr head, its own output wherever the ratio
-needed no clipping).
+needed no clipping). ESCM²-DR adds a third tower over the shared tables, the imputation tower, whose
+``imputed_error`` = softplus(logit) ≥ 0 predicts the CVR tower's BCE on every impression (a
+probability, as in the authors' release, could not reach a BCE above 1); only its loss reads it.
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ class EsmmModel(keras.Model):
             self.second_embeddings = FeatureEmbeddings(config, table_sizes, name=f"{second}_embeddings")
         self.ctr_tower = Tower(config.model, name="ctr_tower")
         self.second_tower = Tower(config.model, name=f"{second}_tower")
+        self.imputation_tower = Tower(config.model, name="imputation_tower") \
+            if self.spec.counterfactual == "dr" else None
 
     def compile_for_training(self, optimizer: keras.optimizers.Optimizer,
                              embedding_optimizer: Optional[keras.optimizers.Optimizer], *, seed: int,
@@ -73,8 +77,7 @@ class EsmmModel(keras.Model):
         self.compile(optimizer=optimizer, jit_compile=jit_compile)
         self.embedding_optimizer = embedding_optimizer
         self.training_seed = seed
-        parts = ("loss", "ctr_loss", f"{self.spec.loss}_loss")  # variant_loss's keys
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in parts}
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.spec.loss_parts}
         self.examples_seen = keras.metrics.Sum(name="examples")
 
     @property
@@ -124,5 +127,8 @@ class EsmmModel(keras.Model):
             p_cvr = tf.clip_by_value(tf.math.divide_no_nan(tf.sigmoid(second_logit), p_ctr), 0.0, 1.0)
         else:
             p_cvr = tf.sigmoid(second_logit)
-        return {"ctr_logit": ctr_logit, f"{self.spec.second_head}_logit": second_logit,
-                "ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}
+        outputs = {"ctr_logit": ctr_logit, f"{self.spec.second_head}_logit": second_logit,
+                   "ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}
+        if self.imputation_tower is not None:
+            outputs["imputed_error"] = tf.nn.softplus(self.imputation_tower(second_x, training=training))
+        return outputs

@@ -4,11 +4,19 @@ Per feature, by its preprocessing method:
 - ``hash_buckets``: ``tf.strings.to_hash_bucket_fast`` into [0, N);
 - ``vocab``: a vocabulary over the train split (top_k, min_frequency) plus OOV buckets;
 - ``zscore``: ``tft.scale_to_z_score``;
-- ``buckets``: ``tft.apply_buckets`` with the configured boundaries.
+- ``buckets``: ``tft.apply_buckets`` with the configured boundaries;
+- ``auto``: a table sized from the train split. Two analyzers run per table: its vocabulary
+  (ids seen ``min_frequency`` times or more, at most ``max_vocab`` + 1 of them) and the count of
+  its distinct ids. If the vocabulary holds at most ``max_vocab`` ids, ids are looked up in it
+  (``oov_buckets`` more rows for the rest); otherwise every id is hashed into
+  ceil(``hash_rows_per_id`` × distinct ids) rows. The choice is made in the graph from the
+  analyzers' results, and the row count is written into the transformed schema as the feature's
+  ``int_domain`` (``max`` = rows − 1), where ``table_sizes`` reads it.
 
 A shared-embedding group gets one id space: its members are hashed with the same bucket
 count (the config enforces equal preprocessing), or looked up in one vocabulary computed
-over the ids of all members together, named after the group.
+over the ids of all members together, named after the group (``auto`` likewise sizes one table
+from the ids of all members).
 
 A weighted_ids feature stays sparse: its ids are mapped value by value, keeping the
 indices, so ``<name>`` and ``<name>_weight`` stay aligned. Labels pass through.
@@ -17,10 +25,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform import schema_inference
 
-from esmm_model.config import LABELS, Config, Feature
+from esmm_model.config import LABELS, AutoSize, Config, Feature
+from esmm_model.errors import InputError
 
 Tensor = tf.Tensor | tf.SparseTensor
 
@@ -44,14 +55,19 @@ def _hash(x: Tensor, buckets: int) -> Tensor:
     return _map_ids(x, fn)
 
 
-def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Tensor]:
-    """One deferred vocabulary per embedding table with vocab preprocessing."""
+def _tables(config: Config, method: str) -> dict[str, list[Feature]]:
+    """The features of each embedding table whose preprocessing is ``method``."""
     members: dict[str, list[Feature]] = {}
     for feature in config.features:
-        if feature.preprocessing.method == "vocab":
+        if feature.preprocessing.method == method:
             members.setdefault(feature.table_name, []).append(feature)
+    return members
+
+
+def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Tensor]:
+    """One deferred vocabulary per embedding table with vocab preprocessing."""
     vocabularies = {}
-    for table, features in members.items():
+    for table, features in _tables(config, "vocab").items():
         vocab = features[0].preprocessing.vocab
         ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
         threshold = vocab.min_frequency if vocab.min_frequency > 1 else None
@@ -60,11 +76,68 @@ def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Ten
     return vocabularies
 
 
+def _count_distinct():
+    """A Beam transform for ``tft.experimental.ptransform_analyzer``: batches of one id tensor in,
+    the number of distinct ids (an int64 scalar) out."""
+    import apache_beam as beam  # only the transform step runs analyzers
+
+    @beam.ptransform_fn
+    def count_distinct(batches):
+        return (batches
+                | "Ids" >> beam.FlatMap(lambda batch: np.unique(np.asarray(batch[0]).ravel()).tolist())
+                | "Distinct" >> beam.Distinct()
+                | "Count" >> beam.combiners.Count.Globally()
+                | "AsArray" >> beam.Map(lambda n: np.array(n, np.int64)))
+
+    return count_distinct()
+
+
+class _AutoTable:
+    """One ``auto`` table's analyzers and the choice between its vocabulary and hashing."""
+
+    def __init__(self, table: str, auto: AutoSize, ids: tf.Tensor):
+        self.auto = auto
+        threshold = auto.min_frequency if auto.min_frequency > 1 else None
+        self.vocabulary = tft.vocabulary(ids, top_k=auto.max_vocab + 1, frequency_threshold=threshold,
+                                         vocab_filename=table)
+        vocabulary_size = tf.cast(tft.experimental.get_vocabulary_size_by_name(table), tf.int64)
+        distinct, = tft.experimental.ptransform_analyzer(
+            [ids], _count_distinct(), output_dtypes=[tf.int64], output_shapes=[[]], name=f"{table}_distinct")
+        self.exact = vocabulary_size <= auto.max_vocab
+        hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(distinct, tf.float64)),
+                                         tf.int64), 1)
+        self.rows = tf.where(self.exact, vocabulary_size + auto.oov_buckets, hashed_rows)
+
+    def apply(self, x: Tensor) -> Tensor:
+        looked_up = tft.apply_vocabulary(x, self.vocabulary, num_oov_buckets=self.auto.oov_buckets)
+
+        def chosen(values: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
+            if values.dtype != tf.string:
+                values = tf.strings.as_string(values)
+            hashed = tf.math.floormod(tf.strings.to_hash_bucket_fast(values, 2**63 - 1), self.rows)
+            return tf.where(self.exact, vocabulary_ids, hashed)
+
+        if isinstance(x, tf.SparseTensor):
+            ids = tf.SparseTensor(x.indices, chosen(x.values, looked_up.values), x.dense_shape)
+        else:
+            ids = chosen(x, looked_up)
+        schema_inference.set_tensor_schema_override(_values(ids) if isinstance(ids, tf.SparseTensor) else ids,
+                                                    tf.constant(0, tf.int64), self.rows - 1)
+        return ids
+
+
+def _auto_tables(config: Config, inputs: dict[str, Tensor]) -> dict[str, _AutoTable]:
+    return {table: _AutoTable(table, features[0].preprocessing.auto,
+                              tf.concat([_values(inputs[f.name]) for f in features], axis=0))
+            for table, features in _tables(config, "auto").items()}
+
+
 def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """The preprocessing_fn for ``config``: raw features in, model features and labels out."""
 
     def preprocessing_fn(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         vocabularies = _vocabularies(config, inputs)
+        auto_tables = _auto_tables(config, inputs)
         outputs: dict[str, Tensor] = {}
         for feature in config.features:
             x = inputs[feature.name]
@@ -74,6 +147,8 @@ def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[
             elif pre.method == "vocab":
                 outputs[feature.name] = tft.apply_vocabulary(
                     x, vocabularies[feature.table_name], num_oov_buckets=pre.vocab.oov_buckets)
+            elif pre.method == "auto":
+                outputs[feature.name] = auto_tables[feature.table_name].apply(x)
             elif pre.method == "zscore":
                 outputs[feature.name] = tft.scale_to_z_score(x)
             else:
@@ -88,8 +163,10 @@ def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[
 
 
 def table_sizes(config: Config, tft_output: tft.TFTransformOutput) -> dict[str, int]:
-    """Rows of each embedding table: the size of the id space its features map into."""
+    """Rows of each embedding table: the size of the id space its features map into (for ``auto``,
+    what the transform chose, read from the transformed schema)."""
     sizes = {}
+    schema = None
     for feature in config.features:
         pre = feature.preprocessing
         if pre.method == "hash_buckets":
@@ -98,4 +175,11 @@ def table_sizes(config: Config, tft_output: tft.TFTransformOutput) -> dict[str, 
             sizes[feature.table_name] = tft_output.vocabulary_size_by_name(feature.table_name) + pre.vocab.oov_buckets
         elif pre.method == "buckets":
             sizes[feature.table_name] = len(pre.buckets) + 1
+        elif pre.method == "auto":
+            schema = schema or {f.name: f for f in tft_output.transformed_metadata.schema.feature}
+            domain = schema[feature.name].int_domain if feature.name in schema else None
+            if domain is None or not domain.HasField("max"):
+                raise InputError(f"feature {feature.name!r} has auto preprocessing but the transform output "
+                                 f"records no table size for it; transform again with this config")
+            sizes[feature.table_name] = domain.max + 1
     return sizes

@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from esmm_model.config import config_from_dict
-from esmm_model.losses import CVR_WEIGHTS, cvr_weights, product_bce_from_logits, variant_loss
+from esmm_model.losses import CVR_WEIGHTS, counterfactual_loss, cvr_weights, product_bce_from_logits, variant_loss
 from esmm_model.metrics import exact_auc
 from esmm_model.model import EsmmModel
+from esmm_model.training import compile_for_training
 from esmm_model.variants import VARIANTS, VariantSpec
 
 SIZES = {"user_id": 50, "item": 12, "hour": 4}
@@ -219,3 +220,83 @@ def test_dropout_acts_in_training_only():
     dropped = tower(x, training=True).numpy()
     assert np.abs(dropped - plain).max() > 1e-3
     assert not np.allclose(tower(x, training=True), dropped)  # a fresh mask each call
+
+
+# ESCM²: five impressions, three clicked; pCTR 0.5, ~0.018 (clipped to 0.2), 0.82, and two unclicked.
+ESCM2_CTR_LOGIT = np.array([0.0, -4.0, 1.5, -1.0, 2.0])
+ESCM2_CVR_LOGIT = np.array([0.7, -0.3, -2.0, 1.2, 0.1])
+ESCM2_CLICK, ESCM2_CONVERSION = [1, 1, 1, 0, 0], [1, 0, 1, 0, 0]
+IMPUTED = np.array([0.9, 0.2, 1.7, 0.4, 0.6])
+
+
+def _escm2_outputs(imputed: bool = False) -> dict[str, tf.Tensor]:
+    outputs = {"ctr_logit": tf.constant(ESCM2_CTR_LOGIT, tf.float32),
+               "cvr_logit": tf.constant(ESCM2_CVR_LOGIT, tf.float32)}
+    if imputed:
+        outputs["imputed_error"] = tf.constant(IMPUTED, tf.float32)
+    return outputs
+
+
+def _escm2_closed_form(clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """(click / max(pCTR, clip), e = BCE(conversion, pCVR)) per impression, in float64."""
+    click, conversion = np.array(ESCM2_CLICK, float), np.array(ESCM2_CONVERSION, float)
+    return click / np.maximum(sigmoid(ESCM2_CTR_LOGIT), clip), bce(conversion, sigmoid(ESCM2_CVR_LOGIT))
+
+
+def test_escm2_ips_term_is_the_inverse_propensity_weighted_cvr_error_over_all_impressions():
+    config = small_config("escm2_ips", ctcvr_loss_weight=0.5,
+                          escm2={"counterfactual_weight": 0.3, "propensity_clip": 0.2})
+    losses = variant_loss(config.model, labels(ESCM2_CLICK, ESCM2_CONVERSION), _escm2_outputs(), SEED)
+    inverse, error = _escm2_closed_form(0.2)
+    ips = (inverse * error).sum() / 5
+    assert inverse[1] == pytest.approx(5.0)  # pCTR 0.018 clipped to 0.2
+    np.testing.assert_allclose(losses["counterfactual_loss"], ips, rtol=1e-6)
+    ctr = bce(np.array(ESCM2_CLICK), sigmoid(ESCM2_CTR_LOGIT)).mean()
+    ctcvr = bce(np.array([1, 0, 1, 0, 0]), sigmoid(ESCM2_CTR_LOGIT) * sigmoid(ESCM2_CVR_LOGIT)).mean()
+    np.testing.assert_allclose(losses["ctr_loss"], ctr, rtol=1e-6)
+    np.testing.assert_allclose(losses["ctcvr_loss"], ctcvr, rtol=1e-6)
+    np.testing.assert_allclose(losses["loss"], ctr + 0.5 * ctcvr + 0.3 * ips, rtol=1e-6)
+    assert set(losses) == set(VARIANTS["escm2_ips"].loss_parts)
+
+
+def test_escm2_dr_terms_are_the_doubly_robust_risk_and_the_imputation_loss():
+    config = small_config("escm2_dr", escm2={"counterfactual_weight": 0.3, "propensity_clip": 0.2})
+    losses = variant_loss(config.model, labels(ESCM2_CLICK, ESCM2_CONVERSION), _escm2_outputs(imputed=True), SEED)
+    inverse, error = _escm2_closed_form(0.2)
+    dr = (IMPUTED + inverse * (error - IMPUTED)).sum() / 5
+    imputation = (inverse * (error - IMPUTED) ** 2).sum() / 5
+    np.testing.assert_allclose(losses["counterfactual_loss"], dr, rtol=1e-6)
+    np.testing.assert_allclose(losses["imputation_loss"], imputation, rtol=1e-6)
+    np.testing.assert_allclose(losses["loss"], losses["ctr_loss"].numpy() + losses["ctcvr_loss"].numpy()
+                               + 0.3 * (dr + imputation), rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["escm2_ips", "escm2_dr"])
+def test_escm2_propensity_passes_no_gradient_and_the_cvr_gradient_is_inverse_propensity_weighted(variant):
+    config = small_config(variant, escm2={"propensity_clip": 0.2})
+    outputs = {name: tf.Variable(value) for name, value in _escm2_outputs(imputed=variant == "escm2_dr").items()}
+    with tf.GradientTape(persistent=True) as tape:
+        risk = counterfactual_loss(config.model, labels(ESCM2_CLICK, ESCM2_CONVERSION), outputs)
+    assert tape.gradient(risk["counterfactual_loss"], outputs["ctr_logit"]) is None
+    inverse, _ = _escm2_closed_form(0.2)
+    # d/da BCE(y, σ(a)) = σ(a) − y, and ê does not depend on the CVR logit
+    expected = inverse * (sigmoid(ESCM2_CVR_LOGIT) - np.array(ESCM2_CONVERSION)) / 5
+    np.testing.assert_allclose(tape.gradient(risk["counterfactual_loss"], outputs["cvr_logit"]), expected,
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["escm2_ips", "escm2_dr"])
+def test_escm2_variants_build_over_shared_tables_and_train_a_step(variant):
+    tf.random.set_seed(0)
+    config = small_config(variant)
+    model = EsmmModel(config, SIZES)
+    assert _tables_read_by(model, "ctr_logit") == _tables_read_by(model, "cvr_logit")
+    outputs = model(model_batch())
+    assert ("imputed_error" in outputs) == (variant == "escm2_dr")
+    compile_for_training(model, config.training)
+    towers = [model.second_tower] + ([model.imputation_tower] if variant == "escm2_dr" else [])
+    before = [tower.logit.kernel.numpy() for tower in towers]
+    losses = model.train_step((model_batch(), labels([1, 1, 0], [1, 0, 0])))
+    assert set(losses) == set(VARIANTS[variant].loss_parts)
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    assert all(np.abs(tower.logit.kernel.numpy() - old).max() > 0 for tower, old in zip(towers, before))

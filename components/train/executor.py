@@ -10,7 +10,8 @@ Layout under ``out_dir`` (``esmm_model.contracts.layout.TrainLayout``):
   last one stopped, mid-epoch included (under ParameterServerStrategy exactly with one worker,
   approximately with several: ``_worker_skip``);
 - ``tensorboard/train``: scalars ``loss``, ``ctr_loss``, ``ctcvr_loss`` (esmm, esmm_ns,
-  division) or ``cvr_loss`` (the others), ``examples_per_second``, by global step;
+  division, escm2_*) or ``cvr_loss`` (the others), ``counterfactual_loss`` (escm2_*) and
+  ``imputation_loss`` (escm2_dr), ``examples_per_second``, by global step;
 - ``tensorboard/eval``: after every epoch, over the whole eval split, ``ctr_auc``,
   ``ctcvr_auc``, ``cvr_auc_clicked`` (exact AUCs), ``ctr_logloss``, ``ctcvr_logloss``,
   ``cvr_logloss_clicked``, by global step;
@@ -150,6 +151,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     steps_per_epoch = _steps_per_epoch(train_pattern, training.batch_size, training.steps_per_epoch, replicas)
 
     sizes = table_sizes(config, tft_output)
+    print("train: embedding tables (rows): " + ", ".join(f"{name} {rows:,}" for name, rows in sizes.items())
+          + f"; {sum(sizes.values()):,} in all", flush=True)
     with strategy.scope():
         model = EsmmModel(config, sizes)
         model(first_eval[0])
