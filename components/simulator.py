@@ -9,8 +9,8 @@ structure, so that a choice made on one (dev) can be checked on the others (test
 - ``clickbait``: per-item click appeal and conversion quality anti-correlated, a recommender that
   favours appeal, brand and shop quality that move conversions only, thrifty users who click
   much and buy little;
-- ``long_tail``: a steep popularity curve over a large catalogue and many light users, items and
-  users that arrive during the log (cold ids in the later, eval half), short behaviour lists;
+- ``long_tail``: a flat Zipf popularity (a fat tail) over a large catalogue, many light users, items
+  and users that arrive during the log (cold ids in the later, eval half), short behaviour lists;
 - ``position``: clicks need the slot to be examined (``p_click = examination(position, hour) ×
   attraction``), conversions do not depend on the slot.
 
