@@ -135,7 +135,7 @@ def main() -> None:
     work_dir = Path(args.work_dir)
     base = apply_overrides(load_config(args.base), args.set)
     if not (work_dir / "ingest" / "counts.json").is_file():
-        simulate(SimulationSpec.preset("default", rows=args.rows), base, work_dir / "raw")
+        simulate(SimulationSpec.for_preset("baseline", rows=args.rows), base, work_dir / "raw")
         ingest(base, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
     names = [n for n in ABLATIONS if (n == "shipped" and not args.skip_shipped) or not args.only or n in args.only]
     loaded: dict[str, object] = {}

@@ -59,7 +59,7 @@ def load_avg() -> str:
 
 def simulated(config: Config, rows: int, seed: int, work_dir: Path) -> Path:
     """The raw Ali-CCP log for this size and seed, simulated unless already there."""
-    spec = SimulationSpec.preset("default", rows=rows, seed=seed)
+    spec = SimulationSpec.for_preset("baseline", rows=rows, seed=seed)
     raw = work_dir / f"raw_{rows}_seed{seed}"
     meta = raw / "simulation.json"
     if meta.is_file() and (raw / SKELETON_FILE).is_file() and (raw / COMMON_FILE).is_file():

@@ -48,7 +48,7 @@ def main() -> None:
     config = load_config(args.config)
     config = apply_overrides(config, args.set)
     if not (work_dir / "ingest" / "counts.json").is_file():
-        simulate(SimulationSpec.preset("default", rows=args.rows), config, work_dir / "raw")
+        simulate(SimulationSpec.for_preset("baseline", rows=args.rows), config, work_dir / "raw")
         ingest(config, str(work_dir / "raw"), str(work_dir / "ingest"), BEAM)
     if not tf.io.gfile.isdir(layout.join(layout.TransformLayout(str(work_dir / "transform")).graph, "transform_fn")):
         transform(config, str(work_dir / "ingest"), str(work_dir / "transform"), BEAM)

@@ -1,9 +1,17 @@
-"""Side by side on the same rows: DeepCTR 0.9.4's ESMM (the peer), our trainer, and the oracle.
+"""Side by side on the same rows, per simulator story: DeepCTR 0.9.4's ESMM (the peer), our trainer, and the oracle.
 
-Data: the simulator's default preset, ingested and transformed once into --work-dir with
-esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per seed:
-- ours: ``components.train.executor.train`` (the production trainer, esmm_model/configs/simulator.yaml plus
-  --set overrides), scored through the exported ``serving_default`` on the raw eval split;
+The protocol (dev/test): every config and default is chosen on one story, the dev preset
+(``baseline``), its world drawn with data seed 7 and models trained with seeds 42-44; results
+are reported on every story (``components/simulator.py``, docs/simulator.md), each world drawn
+with data seed 2001 and models trained with seeds 1001-1005, none of which any choice ever used.
+``--protocol dev`` runs the dev preset with the dev seeds (for choosing); ``--protocol test``
+(the default) runs ``--presets`` (default: all) with the test seeds (for reporting).
+
+Data per story: simulated at the story's ``--size`` (1m: 1M rows) or ``--rows``, ingested and
+transformed once into --work-dir with our config (``--config``, default simulator.yaml; time split:
+the earlier half trains); later runs reuse them. Per seed:
+- ours: ``components.train.executor.train`` (the production trainer, the config plus --set overrides),
+  scored through the exported ``serving_default`` on the raw eval split;
 - peer: ``deepctr.models.multitask.ESMM`` in .peer-venv (``make peer-venv``, run with
   TF_USE_LEGACY_KERAS=1) on the same train and eval rows, decoded from the same ingested
   TFRecords with exact per-field vocabularies of the train split (DeepCTR's usual setup:
@@ -14,18 +22,20 @@ esmm_model/configs/simulator.yaml (time split: the earlier half trains). Per see
 ``--peer-learning-rate`` (repeatable) gives the peer its own Adam learning rate(s), one peer row
 each; by default it uses our config's dense rate. So when our rate moves from the issue's 1e-3,
 the peer can be run at both and is not handicapped by a rate tuned for us.
-``--tables aliccp`` sizes every embedding table as the full Ali-CCP needs for its field
-(3.3M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
+``--tables aliccp`` sizes every embedding table as esmm_model/configs/aliccp.yaml sizes its Ali-CCP field
+(2.4M rows, ``bench_train.aliccp_sized``) for both: ours hashes into them, the peer's exact ids index
 tables of the same sizes, shared as ours are (one vocabulary per shared group, DeepCTR's
 ``embedding_name``). That is the cost a user pays at Ali-CCP scale, where exact vocabularies
 hold millions of ids too.
-Prints the four AUCs (CTR, CTCVR, CVR on clicked, entire-space CVR against would_convert)
-and train examples/s (mean over epochs after the first), mean ± std over seeds.
+Prints progress as plain lines, then one table per story: the four AUCs (CTR, CTCVR, CVR on
+clicked, entire-space CVR against would_convert) and train examples/s (mean over epochs after
+the first), mean ± std over seeds, with the load average.
 
     make peer-venv
-    .venv/bin/python benchmarks/bench_peer.py [--rows 400000] [--seeds 3] [--work-dir DIR] \\
-        [--tables aliccp] [--set training.embedding_optimizer=lazy_adam ...] \\
-        [--peer-learning-rate 0.001 --peer-learning-rate 0.002]
+    .venv/bin/python benchmarks/bench_peer.py [--protocol test|dev] [--presets baseline,clickbait,...] \\
+        [--size 1m|small] [--rows N] [--seeds 3] [--work-dir DIR] [--config simulator] [--tables aliccp] \\
+        [--set training.embedding_optimizer=lazy_adam ...] [--peer-learning-rate 0.001 ...]
+    # a smoke run: .venv/bin/python benchmarks/bench_peer.py --size small --seeds 1 --set training.epochs=1
 """
 from __future__ import annotations
 
@@ -45,15 +55,15 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import aliccp_sized  # noqa: E402
-from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
+from components.devtools.simulator import GROUND_TRUTH_FILE, STORIES, SimulationSpec, simulate  # noqa: E402
 from components.evaluate.executor import CANDIDATE, score_split  # noqa: E402
 from components.ingest.executor import ingest  # noqa: E402
 from components.train.executor import train  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, load_config, with_overrides  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
-from esmm_model.contracts.ground_truth import load_ground_truth  # noqa: E402
-from esmm_model.metrics import exact_auc  # noqa: E402
+from esmm_model.contracts.ground_truth import GroundTruth, join_ground_truth, load_ground_truth  # noqa: E402
+from esmm_model.metrics import paper_aucs  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
@@ -64,15 +74,35 @@ COLUMNS = (("ctr_auc", "CTR"), ("ctcvr_auc", "CTCVR"), ("cvr_auc_clicked", "CVR 
            ("entire_space_cvr_auc", "CVR entire space"))
 
 
-def prepare(config: Config, rows: int, work_dir: Path, transform_name: str) -> None:
-    """Simulate, ingest and transform once into work_dir; later runs reuse them."""
-    ingested = layout.IngestLayout(str(work_dir / "ingest"))
-    transformed = layout.TransformLayout(str(work_dir / transform_name))
+DEV_PRESET = "baseline"
+DEV_DATA_SEED = 7  # SimulationSpec's default seed: the world every choice so far was made on
+DEV_SEEDS = (42, 43, 44)  # training seeds of the choices (simulator.yaml's training.seed and the next two)
+TEST_DATA_SEED = 2001  # the world each story is drawn from for reporting; no choice used it
+TEST_SEEDS = (1001, 1002, 1003, 1004, 1005)  # training seeds for reporting; no choice used them
+
+
+def prepare(config: Config, spec: SimulationSpec, work_dir: Path, tables: str) -> tuple[Path, Path]:
+    """Simulate, ingest and transform once into work_dir (later runs reuse them); the ingest and transform dirs."""
+    ingest_dir, transform_dir = work_dir / f"ingest_{config.name}", work_dir / f"transform_{config.name}_{tables}"
+    ingested, transformed = layout.IngestLayout(str(ingest_dir)), layout.TransformLayout(str(transform_dir))
+    if not tf.io.gfile.exists(layout.join(str(work_dir / "raw"), "simulation.json")):
+        _step(f"simulate {spec.rows:,} rows", lambda: print(simulate(spec, config, work_dir / "raw").describe()))
     if not tf.io.gfile.exists(ingested.counts):
-        simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
-        ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
+        _step("ingest", lambda: ingest(config, str(work_dir / "raw"), ingested.root, BEAM))
     if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
-        transform(config, ingested.root, transformed.root, BEAM)
+        _step("transform", lambda: transform(config, ingested.root, transformed.root, BEAM))
+    return ingest_dir, transform_dir
+
+
+def _step(what: str, run) -> None:
+    started = time.perf_counter()
+    print(f"  {what} ...", flush=True)
+    run()
+    print(f"  {what}: {time.perf_counter() - started:.0f} s (load {_load()})", flush=True)
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def raw_split(config: Config, ingest_dir: Path, split: str) -> dict[str, np.ndarray | tuple]:
@@ -164,24 +194,16 @@ def peer_table_rows(spec: dict) -> int:
     return sum(tables.values())
 
 
-def four_aucs(click: np.ndarray, conversion: np.ndarray, would_convert: np.ndarray,
-              ctr: np.ndarray, cvr: np.ndarray, ctcvr: np.ndarray) -> dict[str, float]:
-    click = click.astype(bool)
-    ctcvr_label = click & conversion.astype(bool)
-    return {"ctr_auc": exact_auc(click, ctr), "ctcvr_auc": exact_auc(ctcvr_label, ctcvr),
-            "cvr_auc_clicked": exact_auc(ctcvr_label[click], cvr[click]),
-            "entire_space_cvr_auc": exact_auc(would_convert, cvr)}
-
-
-def run_ours(config: Config, work_dir: Path, transform_name: str, truth: dict, out: Path) -> dict[str, float]:
-    result = train(config, str(work_dir / transform_name), str(out), version=1)
-    scores = score_split({CANDIDATE: result.export_dir},
-                         layout.IngestLayout(str(work_dir / "ingest")).split_pattern(layout.EVAL))
-    would_convert = np.array([truth[sid][2] for sid in scores.sample_id])
+def run_ours(config: Config, ingest_dir: Path, transform_dir: Path, truth: GroundTruth, truth_path: str,
+             out: Path) -> dict[str, float]:
+    result = train(config, str(transform_dir), str(out), version=1)
+    eval_pattern = layout.IngestLayout(str(ingest_dir)).split_pattern(layout.EVAL)
+    scores = score_split({CANDIDATE: result.export_dir}, eval_pattern)
+    would_convert = join_ground_truth(truth, scores.sample_id, truth_path)[:, 2]
     pred = scores.outputs[CANDIDATE]
     history = result.metrics["history"]
     rates = [h["examples_per_second"] for h in history[1:]] or [history[0]["examples_per_second"]]
-    return {**four_aucs(scores.click, scores.conversion, would_convert, pred["ctr"], pred["cvr"], pred["ctcvr"]),
+    return {**paper_aucs(scores.click, scores.conversion, pred["ctr"], pred["cvr"], pred["ctcvr"], would_convert),
             "examples_per_second": float(np.mean(rates))}
 
 
@@ -198,8 +220,8 @@ def run_peer(config: Config, spec: dict, data_path: Path, eval_raw: dict, would_
                     str(out_path)], check=True, env=env)
     p = np.load(out_path)
     rates = p["examples_per_second"][1:] if len(p["examples_per_second"]) > 1 else p["examples_per_second"]
-    return {**four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert, p["ctr"], p["cvr"],
-                        p["ctcvr"]),
+    return {**paper_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], p["ctr"], p["cvr"], p["ctcvr"],
+                         would_convert),
             "examples_per_second": float(np.mean(rates))}
 
 
@@ -209,15 +231,99 @@ def _cell(values: list[float], fmt: str) -> str:
     return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
 
 
+def protocol_runs(protocol: str, presets: list[str] | None, seeds: int) -> tuple[list[str], int, list[int]]:
+    """The stories, data seed and training seeds a protocol runs."""
+    if protocol == "dev":
+        if presets and presets != [DEV_PRESET]:
+            raise SystemExit(f"bench_peer: --protocol dev runs the dev preset {DEV_PRESET!r} only, got {presets}")
+        presets, data_seed, pool = [DEV_PRESET], DEV_DATA_SEED, DEV_SEEDS
+    else:
+        presets, data_seed, pool = presets or list(STORIES), TEST_DATA_SEED, TEST_SEEDS
+    unknown = [p for p in presets if p not in STORIES]
+    if unknown:
+        raise SystemExit(f"bench_peer: unknown preset {unknown[0]!r}; known: {', '.join(STORIES)}")
+    if not 1 <= seeds <= len(pool):
+        raise SystemExit(f"bench_peer: --seeds must be 1..{len(pool)} under --protocol {protocol}, got {seeds}")
+    return presets, data_seed, list(pool[:seeds])
+
+
+def table(title: str, oracle: dict, results: dict[str, list[dict]]) -> str:
+    lines = [title, "", "| model | " + " | ".join(f"{name} AUC" for _, name in COLUMNS) + " | train ex/s |",
+             "|---|" + "---|" * (len(COLUMNS) + 1),
+             "| oracle (true probabilities) | " + " | ".join(f"{oracle[k]:.4f}" for k, _ in COLUMNS) + " | |"]
+    for label, runs in results.items():
+        if runs:
+            lines.append(f"| {label} | " + " | ".join(_cell([r[k] for r in runs], ".4f") for k, _ in COLUMNS)
+                         + f" | {_cell([r['examples_per_second'] for r in runs], ',.0f')} |")
+    return "\n".join(lines)
+
+
+def run_preset(preset: str, args, config: Config, data_seed: int, seeds: list[int], peer_rates: list[float],
+               sized: bool) -> str:
+    """Prepares one story's data, runs ours and the peer on every seed, and returns its table."""
+    started = time.perf_counter()
+    spec = SimulationSpec.for_preset(preset, args.size, rows=args.rows, seed=data_seed)
+    work_dir = Path(args.work_dir) / f"{preset}-{spec.rows}-data{data_seed}"
+    ingest_dir, transform_dir = prepare(config, spec, work_dir, args.tables)
+    config = apply_overrides(config, args.set)
+    truth_path = str(work_dir / "raw" / GROUND_TRUTH_FILE)
+    truth = load_ground_truth(truth_path)
+    train_raw = raw_split(config, ingest_dir, "train")
+    eval_raw = raw_split(config, ingest_dir, "eval")
+    eval_truth = join_ground_truth(truth, eval_raw[SAMPLE_ID], truth_path)
+    would_convert = eval_truth[:, 2]
+    p_click, p_cvr = eval_truth[:, 0], eval_truth[:, 1]
+    oracle = paper_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], p_click, p_cvr, p_click * p_cvr,
+                        would_convert)
+    training = config.training
+    peer_spec, arrays = peer_arrays(config, train_raw, eval_raw, sized)
+    print(f"  {len(train_raw[LABEL_CLICK]):,} train / {len(eval_raw[LABEL_CLICK]):,} eval rows "
+          f"({int(train_raw[LABEL_CLICK].sum()):,} / {int(eval_raw[LABEL_CLICK].sum()):,} clicks); towers "
+          f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate} (peer "
+          f"{', '.join(map(str, peer_rates))}), batch {training.batch_size}, {training.epochs} epochs; "
+          f"ours: embedding_optimizer {training.embedding_optimizer} at "
+          f"{training.embedding_learning_rate or training.learning_rate}; tables {args.tables} "
+          f"({peer_table_rows(peer_spec):,} peer embedding rows)", flush=True)
+    peer_rows = {rate: f"DeepCTR 0.9.4 ESMM (Adam {rate:g})" for rate in peer_rates}
+    results: dict[str, list[dict]] = {**{label: [] for label in peer_rows.values()}, "esmm (ours)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data_path = tmp_path / "peer_data.npz"
+        np.savez(data_path, **arrays)
+        for seed in seeds:
+            seeded = with_overrides(config, {"training": {"seed": seed}})
+            begun = time.perf_counter()
+            results["esmm (ours)"].append(run_ours(seeded, ingest_dir, transform_dir, truth, truth_path,
+                                                               tmp_path / f"ours-{seed}"))
+            print(f"  ours seed {seed} ({time.perf_counter() - begun:.0f} s, load {_load()}): "
+                  f"{json.dumps(results['esmm (ours)'][-1])}", flush=True)
+            for rate, label in ([] if args.skip_peer else peer_rows.items()):
+                begun = time.perf_counter()
+                results[label].append(run_peer(seeded, peer_spec, data_path, eval_raw, would_convert, seed, rate,
+                                               tmp_path))
+                print(f"  peer (Adam {rate:g}) seed {seed} ({time.perf_counter() - begun:.0f} s, load {_load()}): "
+                      f"{json.dumps(results[label][-1])}", flush=True)
+    title = (f"### {preset}: {spec.rows:,} rows, data seed {data_seed}, training seeds {', '.join(map(str, seeds))} "
+             f"({time.perf_counter() - started:.0f} s, load average {_load()})")
+    return table(title, oracle, results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=400_000, help="simulated impressions (half go to train)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per model (default: %(default)s)")
+    parser.add_argument("--protocol", choices=["test", "dev"], default="test",
+                        help="test: report on --presets with the test seeds; dev: the dev preset with the seeds "
+                             "choices are made with (default: %(default)s)")
+    parser.add_argument("--presets", help=f"comma-separated stories (default: all: {','.join(STORIES)})")
+    parser.add_argument("--size", choices=["small", "1m"], default="1m",
+                        help="each story's sizes (default: %(default)s)")
+    parser.add_argument("--rows", type=int, help="simulated impressions, half go to train (default: the size's)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per model (default: %(default)s)")
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "esmm_bench_peer"))
+    parser.add_argument("--config", default="simulator", help="our config (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override our config, e.g. training.embedding_optimizer=lazy_adam (repeatable)")
     parser.add_argument("--tables", choices=["small", "aliccp"], default="small",
-                        help="embedding table sizes: the simulator's vocabularies, or Ali-CCP's hash tables for both")
+                        help="embedding table sizes: the config's, or Ali-CCP's hash tables for both")
     parser.add_argument("--skip-peer", action="store_true", help="run ours and the oracle only")
     parser.add_argument("--peer-learning-rate", type=float, action="append", metavar="RATE",
                         help="the peer's Adam learning rate, one peer row per rate (repeatable; default: our "
@@ -226,59 +332,28 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if not args.skip_peer and not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} is missing: run `make peer-venv` first")
-    work_dir = Path(args.work_dir)
-    config = load_config("simulator")
+    presets, data_seed, seeds = protocol_runs(args.protocol, args.presets.split(",") if args.presets else None,
+                                              args.seeds)
+    config = load_config(args.config)
     sized = args.tables == "aliccp"
     if sized:
         config = aliccp_sized(config)
-    transform_name = "transform_aliccp" if sized else "transform"
-    prepare(config, args.rows, work_dir, transform_name)
-    config = apply_overrides(config, args.set)
-    truth = load_ground_truth(str(work_dir / "raw" / GROUND_TRUTH_FILE))
-    train_raw = raw_split(config, work_dir / "ingest", "train")
-    eval_raw = raw_split(config, work_dir / "ingest", "eval")
-    would_convert = np.array([truth[sid][2] for sid in eval_raw[SAMPLE_ID]])
-    p_true = np.array([truth[sid][:2] for sid in eval_raw[SAMPLE_ID]])
-    oracle = four_aucs(eval_raw[LABEL_CLICK], eval_raw[LABEL_CONVERSION], would_convert,
-                       p_true[:, 0], p_true[:, 1], p_true[:, 0] * p_true[:, 1])
-    training = config.training
-    peer_rates = args.peer_learning_rate or [training.learning_rate]
+    peer_rates = args.peer_learning_rate or [apply_overrides(config, args.set).training.learning_rate]
     if any(not 0 < rate < float("inf") for rate in peer_rates):
         raise SystemExit(f"bench_peer: --peer-learning-rate must be positive and finite, got {peer_rates}")
-    spec, arrays = peer_arrays(config, train_raw, eval_raw, sized)
-    print(f"{len(train_raw[LABEL_CLICK]):,} train / {len(eval_raw[LABEL_CLICK]):,} eval rows "
-          f"({int(train_raw[LABEL_CLICK].sum()):,} / {int(eval_raw[LABEL_CLICK].sum()):,} clicks); towers "
-          f"{list(config.model.tower_units)}, emb {config.model.embedding_dim}, Adam {training.learning_rate} (peer "
-          f"{', '.join(map(str, peer_rates))}), batch "
-          f"{training.batch_size}, {training.epochs} epochs, seeds {training.seed}..{training.seed + args.seeds - 1}; "
-          f"ours: embedding_optimizer {training.embedding_optimizer} at "
-          f"{training.embedding_learning_rate or training.learning_rate}; tables {args.tables} "
-          f"({peer_table_rows(spec):,} peer embedding rows)", flush=True)
-    peer_rows = {rate: f"DeepCTR 0.9.4 ESMM (Adam {rate:g})" for rate in peer_rates}
-    results: dict[str, list[dict]] = {**{label: [] for label in peer_rows.values()}, "esmm (ours)": []}
+    print(f"protocol {args.protocol}: choices are made on {DEV_PRESET} (data seed {DEV_DATA_SEED}, training seeds "
+          f"{', '.join(map(str, DEV_SEEDS))}); this run: {', '.join(presets)} at data seed {data_seed}, training "
+          f"seeds {', '.join(map(str, seeds))}; config {args.config}{' ' + ' '.join(args.set) if args.set else ''}",
+          flush=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        data_path = tmp_path / "peer_data.npz"
-        np.savez(data_path, **arrays)
-        for i in range(args.seeds):
-            seed = training.seed + i
-            seeded = with_overrides(config, {"training": {"seed": seed}})
-            results["esmm (ours)"].append(run_ours(seeded, work_dir, transform_name, truth, tmp_path / f"ours-{seed}"))
-            print(f"ours seed {seed}: {json.dumps(results['esmm (ours)'][-1])}", flush=True)
-            for rate, label in ([] if args.skip_peer else peer_rows.items()):
-                results[label].append(run_peer(seeded, spec, data_path, eval_raw, would_convert, seed, rate,
-                                               tmp_path))
-                print(f"peer (Adam {rate:g}) seed {seed}: {json.dumps(results[label][-1])}", flush=True)
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{time.perf_counter() - started:.0f} s; load average {load}\n")
-    print("| model | " + " | ".join(f"{title} AUC" for _, title in COLUMNS) + " | train ex/s |")
-    print("|---|" + "---|" * (len(COLUMNS) + 1))
-    print("| oracle (true probabilities) | " + " | ".join(f"{oracle[k]:.4f}" for k, _ in COLUMNS) + " | |")
-    for label, runs in results.items():
-        if runs:
-            print(f"| {label} | " + " | ".join(_cell([r[k] for r in runs], ".4f") for k, _ in COLUMNS)
-                  + f" | {_cell([r['examples_per_second'] for r in runs], ',.0f')} |")
+    tables = []
+    for i, preset in enumerate(presets):
+        print(f"[{i + 1}/{len(presets)} {preset}]", flush=True)
+        tables.append(run_preset(preset, args, config, data_seed, seeds, peer_rates, sized))
+        print("\n" + tables[-1] + "\n", flush=True)
+    print(f"\n## bench_peer, protocol {args.protocol}: {time.perf_counter() - started:.0f} s, "
+          f"load average {_load()}\n")
+    print("\n\n".join(tables))
 
 
 if __name__ == "__main__":

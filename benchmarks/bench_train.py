@@ -78,7 +78,7 @@ def prepare(config: Config, rows: int, work_dir: Path, name: str) -> layout.Tran
     ingested = layout.IngestLayout(str(work_dir / "ingest"))
     transformed = layout.TransformLayout(str(work_dir / ("transform" if name == "small" else f"transform_{name}")))
     if not tf.io.gfile.exists(ingested.counts):
-        simulate(SimulationSpec.preset("default", rows=rows), config, work_dir / "raw")
+        simulate(SimulationSpec.for_preset("baseline", rows=rows), config, work_dir / "raw")
         ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
     if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
         transform(config, ingested.root, transformed.root, BEAM)

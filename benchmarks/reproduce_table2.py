@@ -52,7 +52,7 @@ def main() -> None:
     ingested = layout.IngestLayout(str(work_dir / "ingest"))
     transformed = layout.TransformLayout(str(work_dir / "transform"))
     if not tf.io.gfile.exists(ingested.counts):
-        simulate(SimulationSpec.preset("default", rows=args.rows), config, work_dir / "raw")
+        simulate(SimulationSpec.for_preset("baseline", rows=args.rows), config, work_dir / "raw")
         ingest(config, str(work_dir / "raw"), ingested.root, BEAM)
     if not tf.io.gfile.isdir(layout.join(transformed.graph, "transform_fn")):
         transform(config, ingested.root, transformed.root, BEAM)

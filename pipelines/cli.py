@@ -45,7 +45,8 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     from pipelines.config import load_config
 
     config = load_config(args.config)
-    spec = SimulationSpec.preset(args.preset, rows=args.rows, users=args.users, items=args.items, seed=args.seed)
+    spec = SimulationSpec.for_preset(args.preset, args.size, rows=args.rows, users=args.users, items=args.items,
+                                     ctr=args.ctr, cvr=args.cvr, seed=args.seed)
     summary = simulate(spec, config, args.out, write_csv=args.csv)
     print(summary.describe())
 
@@ -300,11 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a click->conversion impression log with known ground truth (Ali-CCP raw format)")
     _add_config(p)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--rows", type=int, default=200_000, help="impressions (default: %(default)s)")
-    p.add_argument("--users", type=int, default=10_000, help="users (default: %(default)s)")
-    p.add_argument("--items", type=int, default=20_000, help="items (default: %(default)s)")
-    p.add_argument("--preset", choices=["default", "aliccp"], default="default",
-                   help="target rates: default CTR 4%% / CVR 5%%, aliccp CTR 4%% / CVR 0.5%%")
+    p.add_argument("--preset", default="baseline",
+                   help="the generative story: baseline, clickbait, long_tail or position (docs/simulator.md; "
+                        "default: %(default)s)")
+    p.add_argument("--size", default="1m",
+                   help="the story's sizes: small (tests) or 1m (1M rows, benchmarks; default: %(default)s)")
+    p.add_argument("--rows", type=int, help="impressions (default: the size's)")
+    p.add_argument("--users", type=int, help="users (default: the size's)")
+    p.add_argument("--items", type=int, help="items (default: the size's)")
+    p.add_argument("--ctr", type=float, help="target mean p_click (default: 0.04)")
+    p.add_argument("--cvr", type=float, help="target mean p_cvr on clicks (default: 0.05; Ali-CCP's is about 0.005)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--csv", action="store_true",
                    help="also write impressions.csv (header, weighted lists as id:weight|id:weight)")
