@@ -209,10 +209,15 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class PushConfig:
-    """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept."""
+    """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept.
+
+    ``model_config_file`` (a path or URI) is the ModelServerConfig TF Serving reads: the versions it
+    labels (``stable``, ``canary``) or pins are kept whatever ``keep_versions`` says, and the version
+    labelled ``stable`` is the baseline a new model must beat."""
 
     model_name: str = "esmm"
     keep_versions: int = 5
+    model_config_file: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     warmup = (read_examples(layout.IngestLayout(args.ingest_dir).split_pattern(layout.EVAL), max(BATCH_SIZES))
               if args.ingest_dir and blessing.blessed else ())
     result = push(args.model_dir, blessing, args.serving_base, config.push.model_name, config.push.keep_versions,
-                  metrics, warmup)
+                  metrics, warmup, model_config_file=config.push.model_config_file)
     print(blessing.describe())
     print(result.describe())
     return 0 if result.pushed else NOT_PUSHED

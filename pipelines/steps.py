@@ -193,7 +193,7 @@ def push_step(config: str, serving_base: str, examples: Input[Dataset], model: I
     warmup = (read_examples(layout.IngestLayout(examples.path).split_pattern(layout.EVAL), max(BATCH_SIZES))
               if verdict.blessed else ())
     result = push(saved_model, verdict, serving_base, run_config.push.model_name, run_config.push.keep_versions,
-                  metrics, warmup)
+                  metrics, warmup, model_config_file=run_config.push.model_config_file)
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path,
                             "reason": result.reason})
     with tf.io.gfile.GFile(pushed.path, "w") as f:

@@ -40,11 +40,11 @@ from tensorflow_serving.apis import (
 )
 
 from esmm_model.contracts import layout
+from esmm_model.contracts.model_config import VersionPolicy, read_model_config
 from esmm_model.contracts.model_store import servable_versions
 from esmm_model.contracts.warmup import read_warmup_requests, warmup_file
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.schema import SERVING_SIGNATURE
-from serving_client.model_config import VersionPolicy, read_model_config
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from components.evaluate.gate import bless
 from components.push import executor as push_module
 from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
+from esmm_model.contracts.model_config import VersionPolicy, parse_model_config, read_model_config
 from esmm_model.contracts.warmup import (
     WARMUP_FILE,
     read_warmup_requests,
@@ -25,7 +26,6 @@ from esmm_model.contracts.warmup import (
 from esmm_model.errors import InputError
 from serving_client.client import PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
-from serving_client.model_config import VersionPolicy, parse_model_config, read_model_config
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
 from stub_models import save_stub_model
