@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     pinned.add_argument("--version-label",
                         help="ask for the version a label names in the server's model config (stable, canary)")
     p.add_argument("--timeout", type=float, default=2.0,
-                   help="deadline of each attempt in seconds (default: %(default)s)")
+                   help="deadline of the whole call in seconds, retries and chunks included (default: %(default)s)")
     p.add_argument("--fallback", action="store_true", help="print 0.0 scores instead of failing when serving is down")
     p.set_defaults(func=_cmd_predict)
 
