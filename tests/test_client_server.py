@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -25,6 +29,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from esmm_model.config import load_config
 from esmm_model.contracts.model_store import servable_versions
+from esmm_model.errors import InputError
 from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from serving_client.client import Fallback, PredictionClient, RetryPolicy, VersionStatus
@@ -600,26 +605,48 @@ def test_a_request_past_its_deadline_before_the_model_runs_is_dropped(model_dir:
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_the_port_is_exclusive_and_settings_are_validated_in_one_line(server: ModelServer, model_dir: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    base = str(model_dir.parent)
-    cases = [(["--port", str(server.port)], f"cannot bind 127.0.0.1:{server.port}: the port is in use"),
-             (["--port", "99999"], "port must be 1-65535 (or 0 for any free port), got 99999"),
-             (["--poll-interval", "0"], "poll interval must be a positive number of seconds, got 0.0"),
-             (["--workers", "0"], "workers must be an integer of at least 1, got 0"),
-             (["--max-batch-size", "-1"], "max batch size must be an integer of at least 1, got -1")]
-    for flags, message in cases:
-        assert main(["serve", "--serving-base", base, *flags]) == 2
-        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("esmm serve")]
-        assert len(err) == 1 and err[0].startswith(f"esmm serve: error: {message}")
+def test_the_port_is_exclusive(server: ModelServer, model_dir: Path) -> None:
+    second = ModelServer(model_dir, "esmm", port=server.port)
+    try:
+        with pytest.raises(InputError, match=rf"cannot bind 127.0.0.1:{server.port}: the port is in use"):
+            second.start()
+    finally:
+        second.stop(0)
+    # the command line says it in one line and exits, instead of sharing the port and serving forever
+    done = serve_command(["--serving-base", str(model_dir.parent), "--port", str(server.port)], timeout_s=120)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.startswith("esmm serve")] == [
+        f"esmm serve: error: cannot bind 127.0.0.1:{server.port}: the port is in use (another esmm serve or "
+        f"TF Serving?) or the address is not this machine's; choose another --port or --host"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"port": 99999}, "port must be 1-65535 (or 0 for any free port), got 99999"),
+    ({"port": -1}, "port must be 1-65535 (or 0 for any free port), got -1"),
+    ({"poll_interval_s": 0.0}, "poll interval must be a positive number of seconds, got 0.0"),
+    ({"poll_interval_s": float("nan")}, "poll interval must be a positive number of seconds, got nan"),
+    ({"load_retry_interval_s": -1.0}, "load retry interval must be a positive number of seconds, got -1.0"),
+    ({"max_workers": 0}, "workers must be an integer of at least 1, got 0"),
+    ({"max_batch_size": 0}, "max batch size must be an integer of at least 1, got 0"),
+])
+def test_server_settings_are_validated_in_one_line(model_dir: Path, setting: dict, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        ModelServer(model_dir, "esmm", **setting)
+
+
+def test_esmm_serve_names_a_bad_setting_in_one_line(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--serving-base", str(model_dir.parent), "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "esmm serve: error: workers must be an integer of at least 1, got 0\n"
+
+
+def serve_command(flags: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``esmm serve`` in its own process, with this checkout's code."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", *flags], capture_output=True, text=True,
+                          env=env, timeout=timeout_s)
 
 
 def test_esmm_serve_logs_loads_and_drains_and_exits_on_sigterm(model_dir: Path, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--serving-base",
                                 str(model_dir.parent), "--port", "0", "--poll-interval", "0.1"],
