@@ -418,10 +418,15 @@ class EvaluationConfig(ConfigSection):
 
 
 class PushConfig(ConfigSection):
-    """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept."""
+    """Where blessed models go: ``<serving_base>/<model_name>/<version>/``, the last N versions kept.
+
+    ``model_config_file`` (a path or URI) is the ModelServerConfig TF Serving reads: the versions it
+    labels (``stable``, ``canary``) or pins are kept whatever ``keep_versions`` says, and the version
+    labelled ``stable`` is the baseline a new model must beat."""
 
     model_name: str = "esmm"
     keep_versions: Int = 5
+    model_config_file: Optional[str] = None
 
     @field_validator("model_name")
     @classmethod

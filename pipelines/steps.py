@@ -203,7 +203,7 @@ def push_step(config: str, serving_base: str, warmup: Input[Dataset], model: Inp
     saved_model = layout.TrainLayout(model.path).saved_model(model.metadata[layout.SAVED_MODEL_KEY])
     warmup_examples = read_examples(warmup.path, max(BATCH_SIZES)) if verdict.blessed else ()
     result = push(saved_model, verdict, serving_base, run_config.push.model_name, run_config.push.keep_versions,
-                  metrics, warmup_examples)
+                  metrics, warmup_examples, model_config_file=run_config.push.model_config_file)
     pushed.metadata.update({"pushed": result.pushed, "version": result.version, "path": result.path,
                             "reason": result.reason})
     with tf.io.gfile.GFile(pushed.path, "w") as f:

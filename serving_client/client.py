@@ -2,11 +2,14 @@
 
 It speaks the plain TF Serving API (``tensorflow_serving.apis``), so it works the same
 against the real ``tensorflow/serving`` server and against ``serving_client.server``.
-One channel per client, shared by all threads; every call has a deadline; UNAVAILABLE
-and DEADLINE_EXCEEDED are retried with capped exponential backoff and full jitter. The
-optional fallback stands in for an outage only: a request over the message size limit
-and a TLS handshake that fails (an untrusted certificate, TLS against plaintext) are the
-caller's mistake or misconfiguration, so they raise at once whatever their status code.
+One channel per client, shared by all threads; every call has one deadline, retries
+included; UNAVAILABLE and DEADLINE_EXCEEDED are retried with capped exponential backoff and
+full jitter. A candidate list longer than the server's batch limit (TF Serving's
+``max_batch_size``) is sent as concurrent chunks and merged in order, all scored by one
+version. The optional fallback stands in for an outage only: a request over the message size
+limit and a TLS failure (an untrusted certificate, a hostname the certificate does not name,
+TLS against plaintext or plaintext against TLS) are the caller's mistake or misconfiguration,
+so they raise at once, unretried, whatever their status code.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from tensorflow_serving.apis import (
 from esmm_model.contracts.predict_request import predict_request
 from esmm_model.schema import OUTPUTS, SERVING_SIGNATURE
 from serving_client.errors import ServingError
+from serving_client.tls_probe import speaks_tls
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,15 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 SERVING_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                           grpc.StatusCode.RESOURCE_EXHAUSTED})
 _Response = TypeVar("_Response")
-# Markers in a gRPC status's details of failures that no retry or fallback can fix.
-_HANDSHAKE_FAILED = ("handshake failed", "certificate_verify_failed", "ssl_error")
+# TF Serving's shipped batching config refuses requests of more examples (k8s/base/serving/batching.config).
+MAX_BATCH_SIZE = 512
+# Markers in a gRPC status's details of failures that no retry or fallback can fix: a failed TLS handshake,
+# an untrusted certificate, a hostname the certificate does not name (two wordings across gRPC versions).
+_HANDSHAKE_FAILED = ("handshake failed", "certificate_verify_failed", "ssl_error", "verification check failed",
+                     "is not in peer certificate")
 _MESSAGE_TOO_LARGE = "larger than max"
+# What a plaintext channel reports when the server closed the connection: an outage, or a TLS server.
+_CLOSED = ("socket closed", "connection reset")
 
 
 # gRPC's service config choosing round_robin: a call goes to the next of all resolved addresses, not to the
@@ -63,7 +73,7 @@ def balancing_options(target: str, channel_options: Sequence[tuple[str, Any]] = 
 
 
 def is_outage(code: grpc.StatusCode, details: str) -> bool:
-    """False for a failed TLS handshake and an oversized message, which carry outage codes
+    """False for a failed TLS handshake or certificate check and an oversized message, which carry outage codes
     (UNAVAILABLE, RESOURCE_EXHAUSTED) but are misconfiguration or a caller's mistake."""
     text = details.lower()
     if code == grpc.StatusCode.UNAVAILABLE and any(marker in text for marker in _HANDSHAKE_FAILED):
@@ -143,8 +153,9 @@ class PredictionClient:
 
     ``version=None`` asks for the latest version; ``version_label`` (e.g. ``stable`` or
     ``canary``) asks for the version that label names in the server's model config, so a
-    rollout moves a label on the server, not the clients. ``timeout_s`` is the deadline of each
-    attempt, so a call takes at most about ``max_attempts * timeout_s`` plus the backoffs.
+    rollout moves a label on the server, not the clients. ``timeout_s`` is the deadline of the
+    whole call: every chunk, retry and backoff fits in it. ``max_batch_size`` is the most
+    examples per request (TF Serving's ``max_batch_size``); longer lists go as concurrent chunks.
     ``credentials`` (e.g. ``grpc.ssl_channel_credentials()``) switch to TLS; ``metadata`` is
     sent with every call; ``keepalive_s`` pings an idle-looking connection so that load
     balancers and NAT do not drop it silently (the server must permit that ping rate). A
@@ -157,7 +168,11 @@ class PredictionClient:
                  retry: RetryPolicy = RetryPolicy(),
                  fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (), keepalive_s: float | None = None,
-                 max_message_bytes: int = 64 << 20, channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+                 max_message_bytes: int = 64 << 20, channel_options: Sequence[tuple[str, Any]] = (),
+                 max_batch_size: int = MAX_BATCH_SIZE) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive number of examples, got {max_batch_size!r}")
+        self.max_batch_size = max_batch_size
         self.target = target
         self.model_name = model_name
         self.signature = signature
@@ -169,6 +184,7 @@ class PredictionClient:
         self.retry = retry
         self.fallback = fallback
         self.metadata = tuple(metadata)
+        self._plaintext = credentials is None
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if keepalive_s is not None:
@@ -189,11 +205,17 @@ class PredictionClient:
         self._channel.close()
 
     def predict(self, examples: Sequence[bytes], *, timeout_s: float | None = None) -> Predictions:
-        """ctr, cvr and ctcvr for each serialized tf.Example; the fallback's scores if serving is down."""
-        request = predict_request(examples, self.model_name, self.signature)
-        self._fill_spec(request.model_spec)
+        """ctr, cvr and ctcvr for each serialized tf.Example, in order; the fallback's scores if serving is down.
+
+        More than ``max_batch_size`` examples go as concurrent requests of at most that many, under the
+        call's one deadline; should a version swap split them, the rest are re-asked of the newest version."""
+        deadline = self._deadline(timeout_s)
+        size = self.max_batch_size
+        chunks = [examples[start:start + size] for start in range(0, len(examples), size)] or [examples]
+        requests = [self._predict_request(chunk) for chunk in chunks]
         try:
-            response = self._call("Predict", self._prediction.Predict, request, timeout_s)
+            responses = self._call_all("Predict", self._prediction.Predict, requests, deadline)
+            responses = self._one_version(chunks, responses, deadline)
         except ServingError as exc:
             if self.fallback is None or exc.code not in self.fallback.codes or not is_outage(exc.code, exc.details):
                 raise
@@ -202,8 +224,31 @@ class PredictionClient:
             fb = self.fallback
             return Predictions(np.full(n, fb.ctr, np.float32), np.full(n, fb.cvr, np.float32),
                                np.full(n, fb.ctcvr, np.float32), model_version=None, fallback=True)
-        ctr, cvr, ctcvr = (self._output(response, name, len(examples)) for name in OUTPUTS)
-        return Predictions(ctr, cvr, ctcvr, model_version=response.model_spec.version.value)
+        ctr, cvr, ctcvr = (np.concatenate([self._output(response, name, len(chunk))
+                                           for response, chunk in zip(responses, chunks)]) for name in OUTPUTS)
+        return Predictions(ctr, cvr, ctcvr, model_version=responses[0].model_spec.version.value)
+
+    def _predict_request(self, examples: Sequence[bytes], version: int | None = None) -> predict_pb2.PredictRequest:
+        request = predict_request(examples, self.model_name, self.signature)
+        self._fill_spec(request.model_spec)
+        if version is not None:
+            request.model_spec.version.value = version
+        return request
+
+    def _one_version(self, chunks: list[Sequence[bytes]], responses: list[predict_pb2.PredictResponse],
+                     deadline: float) -> list[predict_pb2.PredictResponse]:
+        """The chunks' responses, all from one model version: any from an older one are asked again of the newest."""
+        versions = [response.model_spec.version.value for response in responses]
+        newest = max(versions)
+        stale = [i for i, version in enumerate(versions) if version != newest]
+        if not stale:
+            return responses
+        log.info("a version swap split one Predict call (versions %s); re-asking %d chunks of version %d",
+                 sorted(set(versions)), len(stale), newest)
+        again = [self._predict_request(chunks[i], newest) for i in stale]
+        for i, response in zip(stale, self._call_all("Predict", self._prediction.Predict, again, deadline)):
+            responses[i] = response
+        return responses
 
     def model_metadata(self, *, timeout_s: float | None = None) -> ModelMetadata:
         """The served version and its signature defs (GetModelMetadata)."""
@@ -231,19 +276,52 @@ class PredictionClient:
         elif self.version_label is not None:
             spec.version_label = self.version_label
 
+    def _deadline(self, timeout_s: float | None) -> float:
+        return time.monotonic() + (self.timeout_s if timeout_s is None else _check_timeout(timeout_s))
+
     def _call(self, method: str, stub_method: Callable[..., _Response], request: Any,
               timeout_s: float | None) -> _Response:
-        timeout = self.timeout_s if timeout_s is None else _check_timeout(timeout_s)
+        return self._call_all(method, stub_method, [request], self._deadline(timeout_s))[0]
+
+    def _call_all(self, method: str, stub_method: Any, requests: Sequence[Any], deadline: float) -> list[Any]:
+        """Sends the requests concurrently and retries those that failed with an outage, all before ``deadline``;
+        the responses in request order, or ServingError for the first failure no retry may fix."""
+        responses: list[Any] = [None] * len(requests)
+        pending = list(range(len(requests)))
         for attempt in range(1, self.retry.max_attempts + 1):
-            try:
-                return stub_method(request, timeout=timeout, metadata=self.metadata)
-            except grpc.RpcError as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServingError(method, self.target, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "Deadline Exceeded (the call's deadline passed between retries)", attempt - 1)
+            calls = [(i, stub_method.future(requests[i], timeout=remaining, metadata=self.metadata)) for i in pending]
+            failures = []
+            for i, call in calls:
+                try:
+                    responses[i] = call.result()
+                except grpc.RpcError as exc:
+                    failures.append((i, exc))
+            if not failures:
+                return responses
+            for _, exc in failures:
                 code, details = exc.code(), exc.details() or ""
+                details = self._misconfiguration(code, details, deadline) or details
                 if code not in RETRYABLE or not is_outage(code, details) or attempt == self.retry.max_attempts:
                     raise ServingError(method, self.target, code, details, attempt) from exc
-                log.debug("%s attempt %d failed with %s, retrying", method, attempt, code.name)
-                time.sleep(self.retry.backoff_s(attempt))
+            log.debug("%s attempt %d failed with %s, retrying", method, attempt, failures[0][1].code().name)
+            time.sleep(min(self.retry.backoff_s(attempt), max(0.0, deadline - time.monotonic())))
+            pending = [i for i, _ in failures]
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _misconfiguration(self, code: grpc.StatusCode, details: str, deadline: float) -> str | None:
+        """For a plaintext channel whose server closed the connection, the failure's details marked as a TLS
+        handshake failure when the server speaks TLS (a misconfigured client, not an outage); else None."""
+        if not (self._plaintext and code == grpc.StatusCode.UNAVAILABLE
+                and any(marker in details.lower() for marker in _CLOSED)):
+            return None
+        if not speaks_tls(self.target, min(1.0, deadline - time.monotonic())):
+            return None
+        return (f"{details} (handshake failed: the server at {self.target} speaks TLS but this client's channel is "
+                f"plaintext; pass credentials=grpc.ssl_channel_credentials(...))")
 
     def _output(self, response: predict_pb2.PredictResponse, name: str, n: int) -> np.ndarray:
         """One float output as an array of n, from tensor_content or float_val (TF Serving's default)."""

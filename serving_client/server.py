@@ -16,16 +16,26 @@ Serving does (one whose variables land after its saved_model.pb loads on a later
 Loading competes with serving for the CPU and the GIL, so requests slow down while a
 version loads (see docs/serving.md for what was measured). On Kubernetes the
 real ``tensorflow/serving`` image takes its place; clients cannot tell the difference.
+
+Where production behaviour matters it is copied: a version whose directory disappears is
+unloaded (TF Serving with ``servable_versions_always_present`` false); a request larger than
+``max_batch_size`` examples is refused with the shipped batching config's INVALID_ARGUMENT,
+and a tensor whose shape disagrees with its values is refused before anything is allocated;
+a request whose deadline passes before its model runs is dropped unrun (gRPC itself drops
+one that expires while queued); the port is bound exclusively (no
+SO_REUSEPORT, so a second server on it fails instead of splitting traffic); loads, swaps and
+unloads are logged at INFO.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import grpc
 import tensorflow as tf
@@ -39,17 +49,18 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from esmm_model.contracts import layout
-from esmm_model.contracts.model_store import servable_versions
+from esmm_model.contracts import layout, model_store
+from esmm_model.contracts.model_config import VersionPolicy, read_model_config
 from esmm_model.contracts.warmup import read_warmup_requests, warmup_file
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.schema import SERVING_SIGNATURE
-from serving_client.model_config import VersionPolicy, read_model_config
 
 log = logging.getLogger(__name__)
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _ModelVersionStatus = get_model_status_pb2.ModelVersionStatus
+# The shipped batching config's max_batch_size (k8s/base/serving/batching.config): TF Serving refuses larger requests.
+MAX_BATCH_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,7 @@ class ModelVersions:
             loaded = dict(self.served)
             while True:  # a version that fails to load leaves the policy to select among the rest
                 now = time.monotonic()
-                wanted = self.policy.select([v for v in servable_versions(self.model_dir)
+                wanted = self.policy.select([v for v in model_store.servable_versions(self.model_dir)
                                              if v not in self._failed or self._may_retry(self._failed[v], now)])
                 missing = [v for v in wanted if v not in loaded]
                 if not missing:
@@ -171,16 +182,21 @@ class ModelVersions:
                         self._failed.pop(version, None)
                     except Exception as exc:  # a broken version must not take down the ones being served
                         self._record_failure(version, exc)
-            if not wanted or set(wanted) == set(self.served):
+            if set(wanted) == set(self.served):
                 return False
             previous, self.served = self.served, {v: loaded[v] for v in wanted}
             for version in wanted:
                 self._states[version] = _ModelVersionStatus.AVAILABLE
-            for version in set(previous) - set(wanted):
-                self._states[version] = _ModelVersionStatus.END
             for version in sorted(set(wanted) - set(previous)):
-                log.info("serving %s version %d from %s (%d warmup requests replayed)", self.model_name, version,
+                log.info("loaded %s version %d from %s (%d warmup requests replayed)", self.model_name, version,
                          layout.join(self.model_dir, str(version)), self.served[version].warmup_requests)
+            on_disk = set(model_store.versions(self.model_dir))
+            for version in sorted(set(previous) - set(wanted)):
+                self._states[version] = _ModelVersionStatus.END
+                why = "the version policy no longer selects it" if version in on_disk else "its directory is gone"
+                log.info("unloaded %s version %d: %s", self.model_name, version, why)
+            log.info("%s now serves versions %s (was %s)", self.model_name, sorted(self.served) or "none",
+                     sorted(previous) or "none")
             return True
 
     def _may_retry(self, failed: _FailedLoad, now: float) -> bool:
@@ -237,12 +253,42 @@ def _resolve(versions: ModelVersions, spec: Any) -> LoadedVersion:
     return served[version if version is not None else max(served)]
 
 
-def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    return _predict(_resolve(versions, request.model_spec), request)
+def _run_predict(versions: ModelVersions, request: predict_pb2.PredictRequest, max_batch_size: int | None = None,
+                 still_wanted: Callable[[], bool] = lambda: True) -> predict_pb2.PredictResponse:
+    return _predict(_resolve(versions, request.model_spec), request, max_batch_size, still_wanted)
 
 
-def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    """Runs one PredictRequest on a loaded version, with TF Serving's checks and messages."""
+def _value_count(tensor: Any) -> int:
+    """How many values a TensorProto carries (not what its shape claims)."""
+    if tensor.dtype == types_pb2.DT_STRING:
+        return len(tensor.string_val)
+    if tensor.tensor_content:
+        return len(tensor.tensor_content) // max(tf.as_dtype(tensor.dtype).size, 1)
+    per_value = 2 if tensor.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128) else 1
+    return sum(len(getattr(tensor, f.name)) for f in tensor.DESCRIPTOR.fields
+               if f.name.endswith("_val") and f.label == f.LABEL_REPEATED) // per_value
+
+
+def _check_tensor_size(alias: str, tensor: Any, max_batch_size: int | None) -> None:
+    """Refuses, before anything is allocated, a shape with a negative dimension, a batch (dimension 0)
+    past ``max_batch_size`` (TF Serving's batching message), and a shape whose element count is not
+    the number of values sent (TF would repeat the last value to fill a shape of 2,000,000 from one)."""
+    dims = [d.size for d in tensor.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} has a negative dimension in shape {dims}")
+    if max_batch_size is not None and dims and dims[0] > max_batch_size:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"Task size {dims[0]} is larger than maximum input batch size {max_batch_size}")
+    elements, sent = math.prod(dims), _value_count(tensor)
+    if elements != sent:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"input {alias!r} has shape {dims} ({elements} elements) but carries {sent} values")
+
+
+def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch_size: int | None = None,
+             still_wanted: Callable[[], bool] = lambda: True) -> predict_pb2.PredictResponse:
+    """Runs one PredictRequest on a loaded version, with TF Serving's checks and messages; ``still_wanted``
+    is asked once the inputs are built, and the model does not run for a caller that has gone."""
     name = request.model_spec.signature_name or SERVING_SIGNATURE
     signature_def = loaded.signature_defs.get(name)
     if signature_def is None:
@@ -265,10 +311,13 @@ def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> pred
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                          f"Expects arg[{i}] to be {tf.as_dtype(want).name} but "
                          f"{types_pb2.DataType.Name(tensor.dtype)} is provided")
+        _check_tensor_size(alias, tensor, max_batch_size)
         try:
             inputs[alias] = tf.constant(tf.make_ndarray(tensor), tf.as_dtype(want))
         except (TypeError, ValueError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} is not a valid tensor: {exc}") from None
+    if not still_wanted():
+        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the model ran")
     try:
         outputs = loaded.signatures[name](**inputs)
     except tf.errors.OpError as exc:
@@ -296,15 +345,24 @@ def _undecodable_op_error(exc: UnicodeDecodeError) -> str:
     return message[start:] if start >= 0 else f"{parse_error}: {message}"
 
 
+def _caller_waits(context: grpc.ServicerContext) -> bool:
+    """False once the caller's deadline has passed or it cancelled: its answer would be thrown away."""
+    remaining = context.time_remaining()
+    return context.is_active() and (remaining is None or remaining > 0)
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, versions: ModelVersions) -> None:
+    def __init__(self, versions: ModelVersions, max_batch_size: int | None) -> None:
         self._versions = versions
+        self._max_batch_size = max_batch_size
 
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         try:
-            return _run_predict(self._versions, request)
+            return _run_predict(self._versions, request, self._max_batch_size, lambda: _caller_waits(context))
         except _Abort as exc:
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                log.warning("dropped a Predict request unrun: %s", exc.details)
             context.abort(exc.code, exc.details)
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
@@ -360,15 +418,19 @@ class ModelServer:
     With ``model_config_file`` (TF Serving's ModelServerConfig text proto) instead of
     ``model_base_path``, the file's entry for ``model_name`` gives the base path, the version
     policy and the version labels. ``port=0`` lets the OS choose a free port; ``start``
-    returns the bound port.
+    returns the bound port, and fails if another process holds it. ``max_batch_size`` (examples
+    per request; None for no limit) matches the shipped TF Serving batching config.
     """
 
     def __init__(self, model_base_path: str | None, model_name: str, *, model_config_file: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 1.0, max_workers: int = 8,
                  max_message_bytes: int = 64 << 20, max_load_retries: int = 5,
-                 load_retry_interval_s: float = 5.0) -> None:
+                 load_retry_interval_s: float = 5.0, max_batch_size: int | None = MAX_BATCH_SIZE) -> None:
         if (model_base_path is None) == (model_config_file is None):
             raise InputError("give the server either a model base path or a model config file, not both or neither")
+        _check_settings(port=port, poll_interval_s=poll_interval_s, max_workers=max_workers,
+                        max_batch_size=max_batch_size, max_load_retries=max_load_retries,
+                        load_retry_interval_s=load_retry_interval_s)
         retries = {"max_load_retries": max_load_retries, "load_retry_interval_s": load_retry_interval_s}
         self.versions = (ModelVersions.from_config_file(model_config_file, model_name, **retries) if model_config_file
                          else ModelVersions(model_name, str(model_base_path), **retries))
@@ -379,9 +441,10 @@ class ModelServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
             options=[("grpc.max_send_message_length", max_message_bytes),
-                     ("grpc.max_receive_message_length", max_message_bytes)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.versions),
-                                                                            self._server)
+                     ("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.so_reuseport", 0)])  # gRPC's default lets a second server share the port
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            _PredictionService(self.versions, max_batch_size), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.versions), self._server)
         self.port = 0
 
@@ -393,23 +456,29 @@ class ModelServer:
         self.stop()
 
     def start(self) -> int:
-        """Loads the versions to serve (if any), binds, starts polling; returns the port."""
+        """Binds the port, loads the versions to serve (if any), starts serving and polling; returns the port."""
+        try:
+            self.port = self._server.add_insecure_port(self._address)
+        except RuntimeError:  # grpc >= 1.60 raises where older versions returned 0
+            self.port = 0
+        if self.port == 0:
+            raise InputError(f"cannot bind {self._address}: the port is in use (another esmm serve or TF Serving?) "
+                             f"or the address is not this machine's; choose another --port or --host")
         if not self.versions.refresh() and self.versions.current is None:
             log.warning("no servable version under %s yet; requests get NOT_FOUND until one appears",
                         self.versions.model_dir)
-        self.port = self._server.add_insecure_port(self._address)
-        if self.port == 0:
-            raise OSError(f"could not bind {self._address}")
         self._server.start()
         self._poller.start()
         return self.port
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Stops polling, lets in-flight requests finish for up to ``grace_s``, and shuts down."""
+        if not self._stopping.is_set():
+            log.info("stopping: refusing new requests, draining in-flight ones for up to %g s", grace_s)
         self._stopping.set()
         self._server.stop(grace_s).wait()
         if self._poller.is_alive():
-            self._poller.join()
+            self._poller.join(timeout=grace_s)  # a load in progress is abandoned, not awaited
 
     def wait(self) -> None:
         """Blocks until the server stops."""
@@ -421,3 +490,21 @@ class ModelServer:
                 self.versions.refresh()
             except Exception:  # keep polling whatever the file system does
                 log.exception("polling %s failed", self.versions.model_dir)
+
+
+def _check_settings(*, port: int, poll_interval_s: float, max_workers: int, max_batch_size: int | None,
+                    max_load_retries: int, load_retry_interval_s: float) -> None:
+    """InputError, in one line naming the setting, for values TF Serving would refuse or that cannot work."""
+    def positive(value: float) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"port must be 1-65535 (or 0 for any free port), got {port!r}")
+    if not positive(poll_interval_s):
+        raise InputError(f"poll interval must be a positive number of seconds, got {poll_interval_s!r}")
+    if not positive(load_retry_interval_s):
+        raise InputError(f"load retry interval must be a positive number of seconds, got {load_retry_interval_s!r}")
+    for name, value, least in (("workers", max_workers, 1), ("max batch size", max_batch_size, 1),
+                               ("max load retries", max_load_retries, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")

@@ -127,16 +127,42 @@ def test_metric_value_reads_paths_and_names_what_is_missing():
 
 
 def test_artifact_round_trips_and_is_readable_json(tmp_path):
-    blessing = bless(metrics(0.501, 0.497, 0.503), PUSHED, GATE, baseline_version=3)
+    blessing = bless(metrics(0.501, 0.497, 0.503), PUSHED, GATE, baseline_version=3,
+                     model_fingerprint="sha256:" + "ab" * 32)
     path = str(tmp_path / "out" / "blessing.json")
     write_blessing(blessing, path)
     record = json.loads((tmp_path / "out" / "blessing.json").read_text())
     assert record["status"] == "NOT_BLESSED" and record["baseline_version"] == 3
+    assert record["model_fingerprint"] == "sha256:" + "ab" * 32
     assert record["reasons"][0] == "fail: ctr/all/auc = 0.5010 is below min 0.5500"
     assert record["checks"][0] == {"metric": "ctr/all/auc", "rule": "min", "outcome": "fail", "value": 0.501,
                                    "bound": 0.55, "baseline": None,
                                    "reason": "ctr/all/auc = 0.5010 is below min 0.5500"}
     assert read_blessing(path) == blessing
+    del record["model_fingerprint"]  # written before blessings were bound to their model: it binds to none
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    assert read_blessing(str(tmp_path / "old.json")).model_fingerprint is None
+
+
+def test_the_fingerprint_follows_the_graph_and_the_variables_index_only(tmp_path):
+    from esmm_model.contracts.fingerprint import model_fingerprint
+
+    model = tmp_path / "model"
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"graph")
+    (model / "variables" / "variables.index").write_bytes(b"index")
+    first = model_fingerprint(str(model))
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    (model / "assets.extra").mkdir()
+    (model / "assets.extra" / "blessing.json").write_text("{}")  # the pusher's record does not change the model
+    assert model_fingerprint(str(model)) == first
+    (model / "variables" / "variables.index").write_bytes(b"other")
+    retrained = model_fingerprint(str(model))
+    (model / "variables" / "variables.index").unlink()
+    stripped = model_fingerprint(str(model))
+    assert len({first, retrained, stripped}) == 3
+    with pytest.raises(InputError, match="'.*nothing' is not a SavedModel: it has no saved_model.pb"):
+        model_fingerprint(str(tmp_path / "nothing"))
 
 
 def test_reading_a_tampered_or_missing_artifact_names_the_file(tmp_path):

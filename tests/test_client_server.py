@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import datetime
+import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -24,6 +29,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from esmm_model.config import load_config
 from esmm_model.contracts.model_store import servable_versions
+from esmm_model.errors import InputError
 from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from serving_client.client import Fallback, PredictionClient, RetryPolicy, VersionStatus
@@ -196,18 +202,29 @@ def test_does_not_retry_invalid_argument_nor_fall_back_on_it() -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and caught.value.attempts == 1
 
 
-def test_deadline_is_enforced_per_attempt_and_retried() -> None:
+def test_one_deadline_covers_the_whole_call_retries_included() -> None:
     service = FakePredictionService([], delay_s=0.6)
     with fake_server(service) as target:
-        with PredictionClient(target, "esmm", timeout_s=0.1,
-                              retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01)) as client:
+        with PredictionClient(target, "esmm", timeout_s=0.3,
+                              retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01)) as client:
             start = time.monotonic()
             with pytest.raises(ServingError) as caught:
                 client.predict([b""])
             elapsed = time.monotonic() - start
-    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and caught.value.attempts == 2
-    assert service.calls == 2
-    assert 0.2 <= elapsed < 0.5
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert service.calls == 1  # no time was left for a second attempt
+    assert 0.3 <= elapsed < 0.5
+    service = FakePredictionService([grpc.StatusCode.UNAVAILABLE] * 20, delay_s=0.1)
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", timeout_s=0.5,
+                              retry=RetryPolicy(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.01)) as client:
+            start = time.monotonic()
+            with pytest.raises(ServingError) as caught:
+                client.predict([b""])
+            elapsed = time.monotonic() - start
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert service.calls >= 2  # retried, but only while the call's one deadline allowed
+    assert 0.5 <= elapsed < 0.8
 
 
 def unused_port() -> int:
@@ -398,7 +415,7 @@ def test_an_untrusted_tls_certificate_raises_instead_of_falling_back() -> None:
 
 
 def test_an_oversized_request_raises_but_an_overloaded_server_falls_back() -> None:
-    too_big = [b"x" * 1000] * 2_000  # ~2 MB
+    too_big = [b"x" * 4000] * 500  # ~2 MB in one request of fewer than 512 examples
     with fake_server(FakePredictionService([grpc.StatusCode.RESOURCE_EXHAUSTED])) as target:
         with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(),
                               max_message_bytes=1 << 20) as client:
@@ -408,7 +425,7 @@ def test_an_oversized_request_raises_but_an_overloaded_server_falls_back() -> No
     with fake_server(FakePredictionService([])) as target:  # the server's default limit is 4 MiB
         with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback()) as client:
             with pytest.raises(ServingError, match="Received message larger than max"):
-                client.predict(too_big * 3)
+                client.predict([b"x" * 10_000] * 500)  # ~5 MB
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan"), float("inf")])
@@ -418,3 +435,234 @@ def test_a_timeout_must_be_positive_and_finite(timeout_s: float) -> None:
     with PredictionClient("127.0.0.1:1", "esmm") as client:
         with pytest.raises(ValueError, match="timeout_s must be a positive"):
             client.predict([b""], timeout_s=timeout_s)
+
+
+class EchoPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Scores example b"<i>" as ctr i, records each request's size and pinned version, and answers with
+    ``versions`` in turn (the last one once they run out), as a server mid-swap would."""
+
+    def __init__(self, versions: tuple[int, ...] = (1,), delay_s: float = 0.0) -> None:
+        self.versions = list(versions)
+        self.delay_s = delay_s
+        self.requests: list[tuple[int, int | None]] = []
+        self._lock = threading.Lock()
+
+    def Predict(self, request: predict_pb2.PredictRequest,
+                context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        values = [float(v) for v in request.inputs["examples"].string_val]
+        pinned = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        with self._lock:
+            self.requests.append((len(values), pinned))
+            version = pinned or (self.versions.pop(0) if len(self.versions) > 1 else self.versions[0])
+        time.sleep(self.delay_s)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.version.value = version
+        for name in OUTPUTS:
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(values, np.float32)))
+        return response
+
+
+def numbered(n: int) -> list[bytes]:
+    return [str(i).encode() for i in range(n)]
+
+
+def test_long_candidate_lists_go_in_chunks_under_one_deadline_and_merge_in_order() -> None:
+    service = EchoPredictionService(delay_s=0.3)
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", timeout_s=0.8, retry=FAST_RETRY) as client:
+            start = time.monotonic()
+            result = client.predict(numbered(1500))
+            elapsed = time.monotonic() - start
+    assert sorted(size for size, _ in service.requests) == [476, 512, 512]
+    np.testing.assert_array_equal(result.ctr, np.arange(1500, dtype=np.float32))
+    assert result.model_version == 1 and len(result) == 1500
+    assert elapsed < 0.8  # three chunks of 0.3 s each fit one 0.8 s deadline: they are sent concurrently
+    with pytest.raises(ValueError, match="max_batch_size must be a positive number of examples, got 0"):
+        PredictionClient(target, "esmm", max_batch_size=0)
+
+
+def test_chunks_split_by_a_version_swap_are_asked_again_of_the_newest_version() -> None:
+    service = EchoPredictionService(versions=(1, 2))
+    with fake_server(service) as target:
+        with PredictionClient(target, "esmm", timeout_s=5.0, retry=FAST_RETRY, max_batch_size=4) as client:
+            result = client.predict(numbered(8))
+    assert result.model_version == 2
+    np.testing.assert_array_equal(result.ctr, np.arange(8, dtype=np.float32))
+    assert sorted(service.requests[:2], key=str) == [(4, None), (4, None)]
+    assert service.requests[2:] == [(4, 2)]  # the chunk version 1 scored, pinned to version 2
+
+
+def test_esmm_predict_scores_1500_candidates_on_an_esmm_serve_limited_to_512(server: ModelServer, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    error = raw_predict(server, request_with(tf.constant(examples(1500))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Task size 1500 is larger than maximum input batch size 512"
+    lines = [f'{{"item_id": "i{i}", "price": {i % 97}.0, "sim_score": {i / 3000}}}' for i in range(1500)]
+    (tmp_path / "many.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["predict", "--target", f"127.0.0.1:{server.port}", "--candidates", str(tmp_path / "many.jsonl")]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 1500 and sorted(int(r[1]) for r in rows) == list(range(1, 1501))
+    scores = [float(r[-1]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 100
+
+
+def shaped_request(dims: list[int], values: list[bytes]) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "esmm"
+    tensor = request.inputs["examples"]
+    tensor.dtype = types_pb2.DT_STRING
+    for size in dims:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.string_val.extend(values)
+    return request
+
+
+@pytest.mark.parametrize("dims, n_values, message", [
+    ([2_000_000], 1, "Task size 2000000 is larger than maximum input batch size 512"),
+    ([-1], 10, "input 'examples' has a negative dimension in shape [-1]"),
+    ([300], 1, "input 'examples' has shape [300] (300 elements) but carries 1 values"),
+    ([2], 3, "input 'examples' has shape [2] (2 elements) but carries 3 values"),
+])
+def test_a_shape_that_disagrees_with_its_values_is_refused_before_any_work(server: ModelServer, dims: list[int],
+                                                                           n_values: int, message: str) -> None:
+    start = time.monotonic()
+    error = raw_predict(server, shaped_request(dims, examples(1)[:1] * n_values))
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert time.monotonic() - start < 2.0  # refused, not filled and scored
+
+
+def test_the_shipped_batching_config_splits_large_batches_at_the_limit_client_and_server_share() -> None:
+    from serving_client import client as client_module
+    from serving_client import server as server_module
+
+    text = (Path(__file__).resolve().parents[1] / "k8s" / "base" / "serving" / "batching.config").read_text()
+    fields = dict(re.findall(r"^(\w+) \{ value: (\w+) \}$", text, re.MULTILINE))
+    assert fields["enable_large_batch_splitting"] == "true"
+    # TF Serving refuses max_execution_batch_size > max_batch_size when splitting is on
+    assert 0 < int(fields["max_execution_batch_size"]) <= int(fields["max_batch_size"])
+    assert int(fields["max_batch_size"]) == client_module.MAX_BATCH_SIZE == server_module.MAX_BATCH_SIZE == 512
+
+
+@contextmanager
+def tls_server(service: prediction_service_pb2_grpc.PredictionServiceServicer) -> Iterator[tuple[int, bytes]]:
+    key, cert = self_signed_certificate()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(key, cert)]))
+    server.start()
+    try:
+        yield port, cert
+    finally:
+        server.stop(0).wait()
+
+
+def test_a_hostname_the_certificate_does_not_name_raises_at_once() -> None:
+    service = FakePredictionService([])
+    with tls_server(service) as (port, cert):
+        with PredictionClient(f"127.0.0.1:{port}", "esmm", timeout_s=2.0, retry=FAST_RETRY, fallback=Fallback(),
+                              credentials=grpc.ssl_channel_credentials(cert)) as wrong_name:  # cert names localhost
+            with pytest.raises(ServingError) as caught:
+                wrong_name.predict([b""])
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.attempts == 1  # no retry, no fallback
+    assert "Hostname Verification Check failed" in caught.value.details
+    assert service.calls == 0
+
+
+def test_a_plaintext_client_against_a_tls_server_raises_at_once() -> None:
+    service = FakePredictionService([])
+    with tls_server(service) as (port, _):
+        with PredictionClient(f"localhost:{port}", "esmm", timeout_s=2.0, retry=FAST_RETRY,
+                              fallback=Fallback()) as plaintext:
+            start = time.monotonic()
+            with pytest.raises(ServingError) as caught:
+                plaintext.predict([b""])
+            elapsed = time.monotonic() - start
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.attempts == 1
+    assert f"the server at localhost:{port} speaks TLS but this client's channel is plaintext" in caught.value.details
+    assert elapsed < 1.5
+    # the same words from a plaintext server going away are still an outage: retried, then the fallback
+    with PredictionClient(f"127.0.0.1:{unused_port()}", "esmm", timeout_s=1.0, retry=FAST_RETRY,
+                          fallback=Fallback()) as client:
+        assert client.predict([b""]).fallback
+
+
+def test_a_request_past_its_deadline_before_the_model_runs_is_dropped(model_dir: Path, monkeypatch, caplog) -> None:
+    with ModelServer(model_dir, "esmm", poll_interval_s=60) as server:
+        loaded = server.versions.current
+        real_model, real_make_ndarray, runs = loaded.signatures["serving_default"], tf.make_ndarray, []
+        loaded.signatures["serving_default"] = lambda **inputs: (runs.append(1), real_model(**inputs))[1]
+        monkeypatch.setattr(tf, "make_ndarray", lambda tensor: (time.sleep(0.5), real_make_ndarray(tensor))[1])
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=0.2, retry=RetryPolicy(max_attempts=1),
+                              max_batch_size=512) as hurried:
+            with pytest.raises(ServingError) as caught:
+                hurried.predict(examples(2))  # its inputs take 0.5 s to build, past its 0.2 s deadline
+        assert wait_until(lambda: "dropped a Predict request unrun" in caplog.text, seconds=5)
+        assert runs == []
+        monkeypatch.setattr(tf, "make_ndarray", real_make_ndarray)
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=5.0) as patient:
+            assert patient.predict(examples(2)).model_version == 1
+        assert runs == [1]
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_the_port_is_exclusive(server: ModelServer, model_dir: Path) -> None:
+    second = ModelServer(model_dir, "esmm", port=server.port)
+    try:
+        with pytest.raises(InputError, match=rf"cannot bind 127.0.0.1:{server.port}: the port is in use"):
+            second.start()
+    finally:
+        second.stop(0)
+    # the command line says it in one line and exits, instead of sharing the port and serving forever
+    done = serve_command(["--serving-base", str(model_dir.parent), "--port", str(server.port)], timeout_s=120)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.startswith("esmm serve")] == [
+        f"esmm serve: error: cannot bind 127.0.0.1:{server.port}: the port is in use (another esmm serve or "
+        f"TF Serving?) or the address is not this machine's; choose another --port or --host"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"port": 99999}, "port must be 1-65535 (or 0 for any free port), got 99999"),
+    ({"port": -1}, "port must be 1-65535 (or 0 for any free port), got -1"),
+    ({"poll_interval_s": 0.0}, "poll interval must be a positive number of seconds, got 0.0"),
+    ({"poll_interval_s": float("nan")}, "poll interval must be a positive number of seconds, got nan"),
+    ({"load_retry_interval_s": -1.0}, "load retry interval must be a positive number of seconds, got -1.0"),
+    ({"max_workers": 0}, "workers must be an integer of at least 1, got 0"),
+    ({"max_batch_size": 0}, "max batch size must be an integer of at least 1, got 0"),
+])
+def test_server_settings_are_validated_in_one_line(model_dir: Path, setting: dict, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        ModelServer(model_dir, "esmm", **setting)
+
+
+def test_esmm_serve_names_a_bad_setting_in_one_line(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--serving-base", str(model_dir.parent), "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "esmm serve: error: workers must be an integer of at least 1, got 0\n"
+
+
+def serve_command(flags: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``esmm serve`` in its own process, with this checkout's code."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", *flags], capture_output=True, text=True,
+                          env=env, timeout=timeout_s)
+
+
+def test_esmm_serve_logs_loads_and_drains_and_exits_on_sigterm(model_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--serving-base",
+                                str(model_dir.parent), "--port", "0", "--poll-interval", "0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline()
+        port = int(re.search(r"on 127\.0\.0\.1:(\d+)", line)[1])
+        with PredictionClient(f"127.0.0.1:{port}", "esmm", timeout_s=10.0) as client:
+            assert client.predict(examples(3)).model_version == 1
+        process.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - start < 5
+    finally:
+        process.kill()
+    err = process.stderr.read()
+    assert re.search(r"INFO loaded esmm version 1 from .*/esmm/1 \(0 warmup requests replayed\)", err)
+    assert "INFO esmm now serves versions [1] (was none)" in err
+    assert "INFO stopping: refusing new requests, draining in-flight ones" in err

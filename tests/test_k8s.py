@@ -15,8 +15,10 @@ import yaml
 from components.evaluate.gate import bless
 from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
+from esmm_model.contracts.fingerprint import model_fingerprint
+from esmm_model.contracts.model_config import parse_model_config
 from pipelines import cluster
-from serving_client.model_config import parse_model_config
+from stub_models import save_stub_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ("dev", "prod")
@@ -133,10 +135,9 @@ def test_tf_serving_serves_what_the_pusher_writes(rendered, tmp_path):
     assert store["mountPath"] == cluster.MODEL_STORE_MOUNT  # the pipeline's serving_base on the cluster
     # the pusher, given the mounted store as serving base, writes a version right under base_path
     serving_base = tmp_path / "store"
-    model = tmp_path / "export"
-    model.mkdir()
-    (model / "saved_model.pb").write_bytes(b"graph")
-    result = push(str(model), bless({}, None, EvaluationConfig(thresholds=())), str(serving_base), entry.name, 5)
+    model = save_stub_model(load_config("simulator"), tmp_path / "export", 1)
+    blessing = bless({}, None, EvaluationConfig(thresholds=()), model_fingerprint=model_fingerprint(str(model)))
+    result = push(str(model), blessing, str(serving_base), entry.name, 5)
     written = posixpath.join(store["mountPath"], Path(result.path).relative_to(serving_base).as_posix())
     assert posixpath.dirname(written) == entry.base_path
     assert entry.labels.keys() == {"stable", "canary"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,32 +14,31 @@ from components.artifacts import storage
 from components.evaluate.gate import bless
 from components.push import executor as push_module
 from components.push.executor import push
-from esmm_model.config import EvaluationConfig, Threshold
+from esmm_model.config import EvaluationConfig, Threshold, load_config
 from esmm_model.contracts.blessing import read_blessing
-from esmm_model.contracts.model_store import latest_pushed, pushed_versions
+from esmm_model.contracts.fingerprint import model_fingerprint
+from esmm_model.contracts.model_config import read_model_config
+from esmm_model.contracts.model_store import latest_pushed, pushed_versions, served_baseline
 from esmm_model.errors import InputError
+from stub_models import save_stub_model
 
 GATE = EvaluationConfig(thresholds=(Threshold("cvr/clicked/auc", min=0.52, max_regression=0.01),))
-MODEL_FILES = {
-    "saved_model.pb": b"graph",
-    "fingerprint.pb": b"fingerprint",
-    "variables/variables.index": b"index",
-    "variables/variables.data-00000-of-00001": b"weights" * 100,
-    "assets/vocab.txt": b"a\nb\n",
-}
 
 
 def metrics(cvr_auc: float) -> dict:
     return {"cvr": {"clicked": {"auc": cvr_auc}}}
 
 
+@pytest.fixture(scope="module")
+def stub_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_stub_model(load_config("simulator"), tmp_path_factory.mktemp("stub"), 1)
+
+
 @pytest.fixture
-def model_dir(tmp_path: Path) -> str:
-    """A tiny stand-in SavedModel directory: the Pusher only copies files."""
+def model_dir(tmp_path: Path, stub_export: Path) -> str:
+    """A tiny SavedModel with the trainer's serving contract, in the test's own directory."""
     root = tmp_path / "export"
-    for rel, data in MODEL_FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+    shutil.copytree(stub_export, root)
     return str(root)
 
 
@@ -47,15 +47,19 @@ def serving_base(tmp_path: Path) -> str:
     return str(tmp_path / "serving")
 
 
-def blessed_for(serving_base: str, cvr_auc: float):
-    """The blessing the pipeline would compute: the candidate against whatever is pushed now."""
-    baseline = latest_pushed(serving_base, "esmm")
+def blessed_for(serving_base: str, cvr_auc: float, model_dir: str, model_config_file: str | None = None):
+    """The blessing the pipeline would compute: the candidate against the served baseline now."""
+    entry = read_model_config(model_config_file, "esmm") if model_config_file else None
+    baseline = served_baseline(serving_base, "esmm", entry)
     return bless(metrics(cvr_auc), baseline.metrics if baseline else None, GATE,
-                 baseline_version=baseline.version if baseline else None)
+                 baseline_version=baseline.version if baseline else None,
+                 model_fingerprint=model_fingerprint(model_dir))
 
 
-def push_once(model_dir: str, serving_base: str, cvr_auc: float, keep_versions: int = 5):
-    return push(model_dir, blessed_for(serving_base, cvr_auc), serving_base, "esmm", keep_versions, metrics(cvr_auc))
+def push_once(model_dir: str, serving_base: str, cvr_auc: float, keep_versions: int = 5,
+              model_config_file: str | None = None):
+    return push(model_dir, blessed_for(serving_base, cvr_auc, model_dir, model_config_file), serving_base, "esmm",
+                keep_versions, metrics(cvr_auc), model_config_file=model_config_file)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -66,8 +70,8 @@ def test_push_writes_a_complete_version_with_its_record(model_dir, serving_base)
     result = push_once(model_dir, serving_base, 0.60)
     assert (result.pushed, result.version, result.removed_versions) == (True, 1, ())
     assert result.path == f"{serving_base}/esmm/1"
-    written = files_under(Path(result.path))
-    assert {rel: written[rel] for rel in MODEL_FILES} == MODEL_FILES
+    written, model_files = files_under(Path(result.path)), files_under(Path(model_dir))
+    assert {rel: written[rel] for rel in model_files} == model_files
     assert json.loads(written["assets.extra/metrics.json"]) == metrics(0.60)
     assert read_blessing(f"{result.path}/assets.extra/blessing.json").blessed
     assert sorted(p.name for p in Path(serving_base, "esmm").iterdir()) == ["1"]  # no temporary left
@@ -108,12 +112,12 @@ def test_unblessed_model_is_never_pushed_and_the_result_says_why(model_dir, serv
 
 def test_blessing_judged_against_an_outdated_baseline_is_refused(model_dir, serving_base):
     push_once(model_dir, serving_base, 0.60)
-    stale = blessed_for(serving_base, 0.70)  # judged against version 1 ...
+    stale = blessed_for(serving_base, 0.70, model_dir)  # judged against version 1 ...
     push_once(model_dir, serving_base, 0.80)  # ... but version 2 lands first
     result = push(model_dir, stale, serving_base, "esmm", 5, metrics(0.70))
     assert not result.pushed
     assert "compared the model with pushed version 1" in result.reason and "it is version 2" in result.reason
-    first_model_blessing = bless(metrics(0.70), None, GATE)
+    first_model_blessing = bless(metrics(0.70), None, GATE, model_fingerprint=model_fingerprint(model_dir))
     refused = push(model_dir, first_model_blessing, serving_base, "esmm", 5)
     assert "compared the model with no baseline" in refused.reason
     assert pushed_versions(serving_base, "esmm") == [1, 2]
@@ -179,7 +183,8 @@ def test_object_store_promotion_copies_saved_model_pb_last(model_dir, serving_ba
     result = push_once(model_dir, serving_base, 0.60)
     assert result.version == 1
     assert into_version[-1] == "saved_model.pb"
-    assert sorted(into_version) == sorted([*MODEL_FILES, "assets.extra/metrics.json", "assets.extra/blessing.json"])
+    assert sorted(into_version) == sorted([*files_under(Path(model_dir)), "assets.extra/metrics.json",
+                                           "assets.extra/blessing.json"])
     assert sorted(p.name for p in Path(serving_base, "esmm").iterdir()) == ["1"]  # the temporary was deleted
 
 
@@ -203,7 +208,8 @@ def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp
         (out / "metrics.json").write_text(json.dumps(record))
         baseline = latest_pushed(serving_base, "esmm")
         write_blessing(bless(record, baseline.metrics if baseline else None, EvaluationConfig(),
-                             baseline_version=baseline.version if baseline else None), str(out / "blessing.json"))
+                             baseline_version=baseline.version if baseline else None,
+                             model_fingerprint=model_fingerprint(model_dir)), str(out / "blessing.json"))
         return str(out)
 
     # the default config: the shipped simulator
@@ -218,3 +224,97 @@ def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp
     assert "esmm push: error: model directory" in capsys.readouterr().err
     assert main([*args, "--evaluation", str(tmp_path / "nothing")]) == 2
     assert "blessing file" in capsys.readouterr().err
+
+
+LABELLED_CONFIG = """
+model_config_list {
+  config {
+    name: "esmm"
+    base_path: "%s"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+}
+"""
+
+
+def test_retention_never_deletes_what_the_model_config_labels_and_stable_is_the_baseline(model_dir, serving_base,
+                                                                                          tmp_path):
+    config_file = tmp_path / "models.config"
+    config_file.write_text(LABELLED_CONFIG % f"{serving_base}/esmm")
+    results = [push_once(model_dir, serving_base, 0.60 + i / 100, model_config_file=str(config_file))
+               for i in range(8)]  # v1 stable and v2 canary, then six more pushes with keep_versions 5
+    assert [r.version for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r.removed_versions for r in results] == [(), (), (), (), (), (), (), (3,)]
+    assert pushed_versions(serving_base, "esmm") == [1, 2, 4, 5, 6, 7, 8]
+    assert results[-1].kept_for_serving == ("1 (labelled stable, pinned by the specific version policy)",
+                                            "2 (labelled canary, pinned by the specific version policy)")
+    assert "kept older versions the model config needs: 1 (labelled stable" in results[-1].describe()
+    # every candidate after the first was judged against the version users are served: stable, not the latest
+    assert {read_blessing(f"{r.path}/assets.extra/blessing.json").baseline_version
+            for r in results[1:] if r.version != 3} == {1}
+    judged_against_latest = bless(metrics(0.9), metrics(0.67), GATE, baseline_version=8,
+                                  model_fingerprint=model_fingerprint(model_dir))
+    refused = push(model_dir, judged_against_latest, serving_base, "esmm", 5, model_config_file=str(config_file))
+    assert not refused.pushed and "the served baseline changed since (it is version 1)" in refused.reason
+
+
+def test_without_a_model_config_retention_keeps_the_last_n_only(model_dir, serving_base):
+    results = [push_once(model_dir, serving_base, 0.60 + i / 100, keep_versions=2) for i in range(3)]
+    assert (results[-1].removed_versions, results[-1].kept_for_serving) == ((1,), ())
+
+
+def test_a_stable_label_on_a_version_not_in_the_store_is_refused(model_dir, serving_base, tmp_path):
+    config_file = tmp_path / "models.config"
+    config_file.write_text((LABELLED_CONFIG % f"{serving_base}/esmm").replace('value: 1 }', 'value: 9 }'))
+    assert served_baseline(serving_base, "esmm", read_model_config(str(config_file), "esmm")) is None  # first push
+    push_once(model_dir, serving_base, 0.60)
+    with pytest.raises(InputError, match=r"labels version 9 of 'esmm' stable, but .*/esmm holds versions \[1\]"):
+        push_once(model_dir, serving_base, 0.61, model_config_file=str(config_file))
+
+
+def without_variables(model_dir: str, tmp_path: Path) -> str:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "variables")
+    return str(broken)
+
+
+def test_a_blessing_is_bound_to_the_model_it_judged(model_dir, serving_base, tmp_path):
+    blessing = blessed_for(serving_base, 0.60, model_dir)
+    broken = without_variables(model_dir, tmp_path)
+    assert model_fingerprint(broken) != model_fingerprint(model_dir) == blessing.model_fingerprint
+    with pytest.raises(InputError, match=r"^the blessing is for another model: it judged sha256:[0-9a-f]{64}, but "
+                                         r"'.*broken' is sha256:[0-9a-f]{64}; push the model that was evaluated"):
+        push(broken, blessing, serving_base, "esmm", 5)
+    unbound = bless(metrics(0.6), None, GATE)
+    with pytest.raises(InputError, match=r"the blessing names no model \(no model_fingerprint\)"):
+        push(model_dir, unbound, serving_base, "esmm", 5)
+    assert pushed_versions(serving_base, "esmm") == []
+
+
+def test_a_model_that_does_not_load_is_never_published(model_dir, serving_base, tmp_path):
+    broken = without_variables(model_dir, tmp_path)
+    blessing = blessed_for(serving_base, 0.60, broken)  # even a blessing computed for it
+    with pytest.raises(InputError, match=r"^model directory '.*broken' does not load as TF Serving would: ") as caught:
+        push(broken, blessing, serving_base, "esmm", 5)
+    assert "\n" not in str(caught.value)
+    assert pushed_versions(serving_base, "esmm") == [] and latest_pushed(serving_base, "esmm") is None
+
+
+def test_cli_push_refuses_a_model_without_variables_in_one_line(model_dir, serving_base, tmp_path, capsys):
+    from esmm_model.contracts.blessing import write_blessing
+    from pipelines.cli import main
+
+    evaluation = tmp_path / "evaluation"  # `esmm evaluate`'s output for another run's model
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps(metrics(0.6)))
+    write_blessing(blessed_for(serving_base, 0.60, model_dir), str(evaluation / "blessing.json"))
+    broken = without_variables(model_dir, tmp_path)
+    assert main(["push", "--model-dir", broken, "--serving-base", serving_base, "--evaluation", str(evaluation)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("esmm push: error: the blessing is for another model")
+    assert captured.err.count("\n") == 1
+    assert pushed_versions(serving_base, "esmm") == []

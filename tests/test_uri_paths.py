@@ -18,6 +18,7 @@ from components.transform.executor import transform
 from esmm_model.config import load_config
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import write_blessing
+from esmm_model.contracts.fingerprint import model_fingerprint
 from esmm_model.schema import OUTPUTS
 from pipelines.cli import main
 from raw_examples import make_example, random_rows, write_ingest_dir
@@ -62,7 +63,8 @@ def test_train_export_push_serve_on_a_non_local_filesystem(tmp_path, monkeypatch
     evaluation = layout.EvaluationLayout(layout.join(root, "evaluation"))  # what the evaluate step leaves
     metrics = {"ctr": {"all": {"auc": 0.61}}}
     storage.write_text(evaluation.metrics, json.dumps(metrics))
-    write_blessing(bless(metrics, None, config.evaluation), evaluation.blessing)
+    write_blessing(bless(metrics, None, config.evaluation, model_fingerprint=model_fingerprint(export)),
+                   evaluation.blessing)
     assert main(["push", "--config", str(config_path), "--model-dir", export, "--evaluation", evaluation.root,
                  "--serving-base", serving]) == 0
     pushed = layout.version_dir(serving, "esmm", 1)

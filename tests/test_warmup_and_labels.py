@@ -2,6 +2,7 @@
 from a model config."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from components.evaluate.gate import bless
 from components.push import executor as push_module
 from components.push.executor import push
 from esmm_model.config import EvaluationConfig, load_config
+from esmm_model.contracts.fingerprint import model_fingerprint
+from esmm_model.contracts.model_config import VersionPolicy, parse_model_config, read_model_config
 from esmm_model.contracts.warmup import (
     WARMUP_FILE,
     read_examples,
@@ -27,7 +30,6 @@ from esmm_model.contracts.warmup import (
 from esmm_model.errors import InputError
 from serving_client.client import PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
-from serving_client.model_config import VersionPolicy, parse_model_config, read_model_config
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
 from stub_models import save_stub_model
@@ -55,8 +57,8 @@ def test_the_pusher_writes_warmup_requests_into_the_version_before_it_appears(tm
                         lambda tmp, final: (seen_at_promote.append(tf.io.gfile.exists(warmup_file(tmp))),
                                             promote(tmp, final)))
     batch = examples(20)
-    result = push(str(model), bless({}, None, EvaluationConfig(thresholds=())), str(tmp_path / "serving"), "esmm", 5,
-                  warmup_examples=batch)
+    blessing = bless({}, None, EvaluationConfig(thresholds=()), model_fingerprint=model_fingerprint(str(model)))
+    result = push(str(model), blessing, str(tmp_path / "serving"), "esmm", 5, warmup_examples=batch)
     assert result.pushed and seen_at_promote == [True]
     logs = read_logs(f"{result.path}/assets.extra/{WARMUP_FILE}")
     sizes = [log.predict_log.request.inputs["examples"].tensor_shape.dim[0].size for log in logs]
@@ -198,3 +200,25 @@ def test_the_warmup_artifact_holds_examples_that_read_back_in_order(tmp_path):
     path = str(tmp_path / "warmup")
     assert write_examples(path, examples) == 300
     assert read_examples(path, 256) == examples[:256]  # what the push step takes for its requests
+
+
+def test_versions_whose_directories_vanish_are_unloaded_as_tf_serving_does(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="serving_client.server")
+    model_dir = tmp_path / "esmm"
+    for version in (1, 2, 3):
+        save_stub_model(CONFIG, model_dir, version)
+    config_file = tmp_path / "models.config"
+    config_file.write_text(MODELS_CONFIG % model_dir)  # specific 1 and 2, labelled stable and canary
+    with ModelServer(None, "esmm", model_config_file=str(config_file), poll_interval_s=60) as server:
+        target = f"127.0.0.1:{server.port}"
+        shutil.rmtree(model_dir / "2")
+        assert server.versions.refresh() and sorted(server.versions.served) == [1]
+        shutil.rmtree(model_dir / "1")  # what retention did to labelled versions before it read the model config
+        assert server.versions.refresh() and server.versions.served == {}
+        with PredictionClient(target, "esmm", timeout_s=5.0, retry=NO_RETRY, version_label="stable") as client:
+            with pytest.raises(ServingError) as caught:
+                client.predict(examples(1))
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details == "Servable not found for request: Specific(esmm, 1)"
+    assert "unloaded esmm version 2: its directory is gone" in caplog.text
+    assert "esmm now serves versions none (was [1])" in caplog.text

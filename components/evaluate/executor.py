@@ -1,10 +1,10 @@
 """Evaluation: score the eval split once, TFMA on the scores, exact AUCs, the baseline re-scored, the gate.
 
-The candidate, and the served model when there is one (the latest version under
-``<serving_base>/<model_name>/``), are scored through ``serving_default`` on the *raw* eval
-split, exactly as TF Serving will call them, in one pass over the files. TFMA then evaluates
-the scores in its model-agnostic mode (``ModelSpec.prediction_keys``, no model inside TFMA):
-two models, three outputs, slices all / clicked / unclicked, with the baseline diffs and the
+The candidate, and the served model when there is one (the version TF Serving's model config labels
+``stable``, else the latest version under ``<serving_base>/<model_name>/``), are scored through
+``serving_default`` on the *raw* eval split, exactly as TF Serving will call them, in one pass over
+the files. TFMA then evaluates the scores in its model-agnostic mode (``ModelSpec.prediction_keys``,
+no model inside TFMA): two models, three outputs, slices all / clicked / unclicked, with the baseline diffs and the
 thresholds it can check (``components.evaluate.thresholds``). Its input is blocks of scored rows that
 share one click value, reduced by vectorised metrics (``components.evaluate.block_metrics``); see
 docs/benchmarks.md (Evaluation) for why. The exact rank AUCs come from the same scores.
@@ -15,7 +15,8 @@ Outputs under ``out_dir``:
   ``entire_space`` with the simulator's ground truth, ``model`` and ``data`` (what was
   evaluated), and ``baseline``: the served model's metrics on the same rows, same layout,
   with its ``version`` (null when nothing is served);
-- ``blessing.json``: the gate's verdict (``esmm_model.contracts.blessing``), judged on those same rows;
+- ``blessing.json``: the gate's verdict (``esmm_model.contracts.blessing``), judged on those same rows and
+  bound to the candidate's fingerprint (``esmm_model.contracts.fingerprint``);
 - ``tfma/``: TFMA's result and validation (``tfma.load_eval_result``,
   ``tfma.load_validation_result``);
 - ``report.md``, ``report.html``, ``plots/``: see ``components.evaluate.report``.
@@ -45,8 +46,10 @@ from components.evaluate.report import LABEL_OF, OUTPUTS, SLICES, markdown_table
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, LABEL_CTCVR, Config
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import Blessing, write_blessing
+from esmm_model.contracts.fingerprint import model_fingerprint
 from esmm_model.contracts.ground_truth import join_ground_truth, load_ground_truth
-from esmm_model.contracts.model_store import latest_pushed
+from esmm_model.contracts.model_config import read_model_config
+from esmm_model.contracts.model_store import PushedModel, served_baseline
 from esmm_model.errors import EsmmError, InputError
 from esmm_model.metrics import average_precision, esmm_metrics, exact_auc, log_loss, paper_aucs, roc_points
 from esmm_model.schema import SAMPLE_ID, SERVING_SIGNATURE
@@ -363,6 +366,14 @@ def read_training_record(model_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def served_model(config: Config, serving_base: str) -> Optional[PushedModel]:
+    """The baseline to re-score: the version TF Serving's model config (``push.model_config_file``) labels
+    ``stable``, else the latest pushed version."""
+    config_file = config.push.model_config_file
+    model_config = read_model_config(config_file, config.push.model_name) if config_file else None
+    return served_baseline(serving_base, config.push.model_name, model_config, config_file or "")
+
+
 def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam_args: list[str], *,
              serving_base: Optional[str] = None, ground_truth: Optional[str] = None,
              block_rows: int = BLOCK_ROWS) -> EvaluationResult:
@@ -376,7 +387,7 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
     require_empty(out_dir, "evaluate")
     tf.io.gfile.makedirs(out_dir)
     timings: dict[str, float] = {}
-    served = latest_pushed(serving_base, config.push.model_name) if serving_base else None
+    served = served_model(config, serving_base) if serving_base else None
     models = {CANDIDATE: model_dir, **({BASELINE: served.path} if served else {})}
     _LOG.info("evaluate: scoring %s with %s", pattern, ", ".join(f"{k} ({v})" for k, v in models.items()))
     with _timed(timings, "score"):
@@ -401,7 +412,8 @@ def evaluate(config: Config, model_dir: str, ingest_dir: str, out_dir: str, beam
                        "ingest": record_counts.read_ingest_counts(ingest_dir) or {}}
     blessing = bless(metrics, metrics["baseline"], config.evaluation,
                      baseline_version=served.version if served else None,
-                     tfma=tfma_thresholds.verdicts(config.evaluation, validation))
+                     tfma=tfma_thresholds.verdicts(config.evaluation, validation),
+                     model_fingerprint=model_fingerprint(model_dir))
     write_blessing(blessing, out.blessing)
     with _timed(timings, "report"):
         write_report(metrics, scores, blessing, out_dir)

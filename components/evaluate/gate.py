@@ -27,18 +27,19 @@ _REGRESSION_TOLERANCE = 1e-9
 
 def bless(candidate_metrics: Mapping[str, Any], baseline_metrics: Optional[Mapping[str, Any]],
           evaluation: EvaluationConfig, *, baseline_version: Optional[int] = None,
-          tfma: Optional[TfmaVerdicts] = None) -> Blessing:
+          tfma: Optional[TfmaVerdicts] = None, model_fingerprint: Optional[str] = None) -> Blessing:
     """Judges the candidate's metrics against ``evaluation.thresholds``.
 
     ``baseline_metrics`` are the pushed model's, on the candidate's eval rows; pass None, with
     ``baseline_version`` None, for the first model. ``baseline_version`` names the pushed
     version they came from; the Pusher refuses a blessing whose baseline is no longer the
-    latest pushed version. ``tfma``: TFMA's verdicts on the thresholds it checked.
+    served baseline (``served_baseline``). ``tfma``: TFMA's verdicts on the thresholds it checked.
+    ``model_fingerprint`` identifies the judged model; the Pusher refuses to push any other.
     """
     checks: list[Check] = []
     for threshold in evaluation.thresholds:
         checks.extend(_check_threshold(threshold, candidate_metrics, baseline_metrics, baseline_version, tfma))
-    return Blessing(checks=tuple(checks), baseline_version=baseline_version)
+    return Blessing(checks=tuple(checks), baseline_version=baseline_version, model_fingerprint=model_fingerprint)
 
 
 def _check_threshold(threshold: Threshold, candidate: Mapping[str, Any], baseline: Optional[Mapping[str, Any]],

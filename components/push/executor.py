@@ -3,10 +3,21 @@
 Versions are integers, each one more than the highest present. Every pushed version carries
 its evaluation record in ``<version>/assets.extra/`` (TF Serving ignores that folder):
 ``metrics.json`` (the evaluator's nested metrics) and ``blessing.json`` (the verdict that let
-it through). The evaluator finds the baseline to re-score with ``latest_pushed``; the
+it through). The evaluator finds the baseline to re-score with ``served_baseline``; the
 record moves, and is deleted, together with its model. Given eval examples, the version also
 carries ``assets.extra/tf_serving_warmup_requests`` (``esmm_model.contracts.warmup``), which TF
 Serving replays before the version takes traffic.
+
+Before publishing, the pusher checks that the blessing is this model's (its fingerprint,
+``esmm_model.contracts.fingerprint``, matches the one the evaluator recorded) and loads the model
+once, running its serving signature on the warmup examples, so a model TF Serving cannot load
+never becomes a version, nor the next baseline.
+
+Retention keeps the last ``keep_versions`` versions and, given TF Serving's model config
+(``push.model_config_file``), every version it labels or pins, and those its latest-N policy
+serves: TF Serving unloads a version whose directory disappears, and a label's clients would then
+get NOT_FOUND. With labels, the baseline a blessing must have been judged against is the version
+labelled ``stable`` (``served_baseline``), as in the evaluator.
 
 Atomicity. The model is copied into a sibling named ``.tmp-<version>-<uuid>``, which TF
 Serving skips because the name is not an integer, and only the finished copy is renamed to
@@ -33,9 +44,12 @@ import tensorflow as tf
 from components.artifacts import storage
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import Blessing, write_blessing, write_json
-from esmm_model.contracts.model_store import latest_pushed, pushed_versions
+from esmm_model.contracts.fingerprint import model_fingerprint
+from esmm_model.contracts.model_config import ModelConfig, read_model_config
+from esmm_model.contracts.model_store import pushed_versions, served_baseline
 from esmm_model.contracts.warmup import warmup_requests, write_warmup_file
 from esmm_model.errors import EsmmError, InputError
+from esmm_model.schema import OUTPUTS, SERVING_SIGNATURE
 
 TMP_PREFIX = ".tmp-"
 # A temporary directory with no file written for this long belongs to a push that died.
@@ -52,40 +66,48 @@ class PushResult:
     path: Optional[str] = None
     removed_versions: tuple[int, ...] = ()
     removed_temporaries: tuple[str, ...] = ()
+    kept_for_serving: tuple[str, ...] = ()  # older versions retention kept because the model config needs them
 
     def describe(self) -> str:
         lines = [f"pushed version {self.version} to {self.path}" if self.pushed else "not pushed", f"  {self.reason}"]
         if self.removed_versions:
             lines.append(f"  removed old versions {', '.join(map(str, self.removed_versions))}")
+        if self.kept_for_serving:
+            lines.append(f"  kept older versions the model config needs: {'; '.join(self.kept_for_serving)}")
         if self.removed_temporaries:
             lines.append(f"  removed the temporary directories of failed pushes: {', '.join(self.removed_temporaries)}")
         return "\n".join(lines)
 
 
 def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str, keep_versions: int,
-         metrics: Optional[Mapping[str, Any]] = None, warmup_examples: Sequence[bytes] = ()) -> PushResult:
-    """Publishes ``model_dir`` as the next version if ``blessing`` allows it, then keeps the last ``keep_versions``.
+         metrics: Optional[Mapping[str, Any]] = None, warmup_examples: Sequence[bytes] = (), *,
+         model_config_file: Optional[str] = None) -> PushResult:
+    """Publishes ``model_dir`` as the next version if ``blessing`` allows it, then keeps the last ``keep_versions``
+    and every version that ``model_config_file`` (TF Serving's ModelServerConfig, a path or URI) labels or pins.
 
     ``metrics`` (the evaluator's) are recorded with the version so that the next blessing can
     compare against them. ``warmup_examples`` (serialized raw tf.Examples) become the
     version's warmup requests, written before the version appears. An unblessed model, or a
-    blessing judged against a baseline that is no longer the latest pushed version, is not
-    pushed; the result says why.
+    blessing judged against a baseline that is no longer the served baseline, is not pushed;
+    the result says why. A blessing of another model, or a model that does not load, raises.
     """
     if keep_versions < 1:
         raise EsmmError(f"keep_versions must be at least 1, got {keep_versions}")
     if not tf.saved_model.contains_saved_model(model_dir):
         raise InputError(f"model directory {model_dir!r} is not a SavedModel: it has no saved_model.pb; "
                          f"pass the export directory that contains saved_model.pb")
+    check_blessing_is_for(blessing, model_dir)
     if not blessing.blessed:
         return PushResult(False, "the model is NOT_BLESSED: " + "; ".join(blessing.failures))
-    latest = latest_pushed(serving_base, model_name)
-    latest_version = latest.version if latest else None
-    if blessing.baseline_version != latest_version:
+    model_config = read_model_config(model_config_file, model_name) if model_config_file else None
+    baseline = served_baseline(serving_base, model_name, model_config, model_config_file or "")
+    baseline_version = baseline.version if baseline else None
+    if blessing.baseline_version != baseline_version:
         judged = "no baseline" if blessing.baseline_version is None else f"pushed version {blessing.baseline_version}"
-        now = "there is none" if latest_version is None else f"it is version {latest_version}"
-        return PushResult(False, f"the blessing compared the model with {judged}, but the latest pushed version "
+        now = "there is none" if baseline_version is None else f"it is version {baseline_version}"
+        return PushResult(False, f"the blessing compared the model with {judged}, but the served baseline "
                                  f"changed since ({now}); validate the model again")
+    check_model_loads(model_dir, warmup_examples)
 
     model_base = layout.model_base(serving_base, model_name)
     stale = remove_stale_temporaries(model_base)
@@ -105,9 +127,39 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
     except BaseException:
         _remove_if_present(tmp)
         raise
-    removed = _keep_latest(serving_base, model_name, keep_versions)
+    removed, kept = _retire_old_versions(serving_base, model_name, keep_versions, model_config)
     return PushResult(True, f"the model is {blessing.status}", version=version, path=final, removed_versions=removed,
-                      removed_temporaries=stale)
+                      removed_temporaries=stale, kept_for_serving=kept)
+
+
+def check_blessing_is_for(blessing: Blessing, model_dir: str) -> None:
+    """Raises InputError unless ``blessing`` was computed for the model in ``model_dir`` (same fingerprint)."""
+    if blessing.model_fingerprint is None:
+        raise InputError(f"the blessing names no model (no model_fingerprint), so it cannot vouch for {model_dir!r}; "
+                         f"run `esmm evaluate` on this model again")
+    actual = model_fingerprint(model_dir)
+    if actual != blessing.model_fingerprint:
+        raise InputError(f"the blessing is for another model: it judged {blessing.model_fingerprint}, but "
+                         f"{model_dir!r} is {actual}; push the model that was evaluated, or evaluate this one")
+
+
+def check_model_loads(model_dir: str, warmup_examples: Sequence[bytes] = ()) -> None:
+    """Loads the SavedModel once and runs ``serving_default`` on up to 16 warmup examples (or an empty batch),
+    as TF Serving will; InputError in one line when it cannot load or breaks the serving contract."""
+    examples = list(warmup_examples[:16])
+    try:
+        signature = tf.saved_model.load(model_dir).signatures.get(SERVING_SIGNATURE)
+        if signature is None:
+            raise InputError(f"model directory {model_dir!r} has no {SERVING_SIGNATURE!r} signature; "
+                             f"export it with the serving signature")
+        outputs = signature(examples=tf.constant(examples, tf.string, shape=[len(examples)]))
+    except (tf.errors.OpError, ValueError, TypeError, KeyError, OSError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"model directory {model_dir!r} does not load as TF Serving would: {first_line}") from None
+    shapes = {name: tuple(outputs[name].shape) if name in outputs else None for name in OUTPUTS}
+    if any(shape != (len(examples),) for shape in shapes.values()):
+        raise InputError(f"model directory {model_dir!r}: {SERVING_SIGNATURE} on {len(examples)} examples returned "
+                         f"shapes {shapes}, not one value per example for each of {', '.join(OUTPUTS)}")
 
 
 def remove_stale_temporaries(model_base: str, max_age_s: float = STALE_TMP_AGE_S) -> tuple[str, ...]:
@@ -144,11 +196,17 @@ def _promote(tmp: str, final: str) -> None:
     storage.publish(tmp, final)
 
 
-def _keep_latest(serving_base: str, model_name: str, keep_versions: int) -> tuple[int, ...]:
-    stale = pushed_versions(serving_base, model_name)[:-keep_versions]
-    for version in stale:
+def _retire_old_versions(serving_base: str, model_name: str, keep_versions: int,
+                         model_config: Optional[ModelConfig]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Removes the versions older than the last ``keep_versions`` that the model config does not need;
+    returns the removed versions and, for each older version kept, why."""
+    versions = pushed_versions(serving_base, model_name)
+    needed = model_config.needed_versions(versions) if model_config else {}
+    older = versions[:-keep_versions]
+    removed = tuple(v for v in older if v not in needed)
+    for version in removed:
         storage.remove_tree(layout.version_dir(serving_base, model_name, version))
-    return tuple(stale)
+    return removed, tuple(f"{v} ({needed[v]})" for v in older if v in needed)
 
 
 def _remove_if_present(path: str) -> None:

@@ -2,6 +2,7 @@
 that the evaluator writes and the pusher reads ::
 
     {"status": "BLESSED" | "NOT_BLESSED", "baseline_version": 3 | null,
+     "model_fingerprint": "sha256:..." (the judged model, ``esmm_model.contracts.fingerprint``),
      "reasons": ["pass: ctr/all/auc = 0.7100 >= min 0.5500", ...],
      "checks": [{"metric": "ctr/all/auc", "rule": "min", "outcome": "pass", "value": 0.71,
                  "bound": 0.55, "baseline": null, "reason": "ctr/all/auc = 0.7100 >= min 0.5500"}, ...]}
@@ -45,6 +46,7 @@ class Blessing:
 
     checks: tuple[Check, ...]
     baseline_version: Optional[int] = None
+    model_fingerprint: Optional[str] = None  # the judged model's identity; the pusher refuses any other model
 
     @property
     def blessed(self) -> bool:
@@ -75,7 +77,8 @@ class Blessing:
 def write_blessing(blessing: Blessing, path: str) -> None:
     """Writes the blessing artifact JSON to ``path`` (a local path or a gfile URI)."""
     record = {"status": blessing.status, "baseline_version": blessing.baseline_version,
-              "reasons": list(blessing.reasons), "checks": [dataclasses.asdict(check) for check in blessing.checks]}
+              "model_fingerprint": blessing.model_fingerprint, "reasons": list(blessing.reasons),
+              "checks": [dataclasses.asdict(check) for check in blessing.checks]}
     write_json(record, path)
 
 
@@ -84,7 +87,8 @@ def read_blessing(path: str) -> Blessing:
     record = read_json(path, "blessing")
     try:
         blessing = Blessing(checks=tuple(Check(**check) for check in record["checks"]),
-                            baseline_version=record["baseline_version"])
+                            baseline_version=record["baseline_version"],
+                            model_fingerprint=record.get("model_fingerprint"))
         status = record["status"]
     except (KeyError, TypeError) as exc:
         raise InputError(f"blessing file {path!r} is not a blessing artifact ({exc!r}); "

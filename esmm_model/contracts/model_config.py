@@ -1,15 +1,16 @@
 """TF Serving's model config file (``--model_config_file``): which versions of a model to load, and their labels.
 
 The file is a text-format ``ModelServerConfig``; the same file configures ``tensorflow/serving``
-on Kubernetes (k8s/base/serving/models.config) and ``esmm serve``, so a canary rollout is
-rehearsed locally with the file that will ship. Only what a single TensorFlow model needs is
-honoured: ``name``, ``base_path``, ``model_version_policy`` (latest N, all, specific) and
-``version_labels``.
+on Kubernetes (k8s/base/serving/models.config), ``esmm serve``, and the pusher's retention
+(``push.model_config_file``: a version the file labels or pins is never deleted), so a canary
+rollout is rehearsed locally with the file that will ship. Only what a single TensorFlow model
+needs is honoured: ``name``, ``base_path``, ``model_version_policy`` (latest N, all, specific)
+and ``version_labels``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 from google.protobuf import text_format
@@ -44,6 +45,20 @@ class ModelConfig:
     policy: VersionPolicy = VersionPolicy()
     labels: Mapping[str, int] = field(default_factory=dict)
 
+    def needed_versions(self, available: Sequence[int]) -> dict[int, str]:
+        """The versions among ``available`` that TF Serving serves or may be asked for under this config,
+        each with why: a label names it, the specific policy pins it, or the latest policy serves it.
+        Deleting one of them makes TF Serving unload it, and its clients get NOT_FOUND."""
+        why: dict[int, list[str]] = {}
+        for label, version in sorted(self.labels.items()):
+            why.setdefault(version, []).append(f"labelled {label}")
+        for version in self.policy.versions:
+            why.setdefault(version, []).append("pinned by the specific version policy")
+        if self.policy.kind == "latest":
+            for version in self.policy.select(sorted(available)):
+                why.setdefault(version, []).append("served as the latest")
+        return {version: ", ".join(reasons) for version, reasons in sorted(why.items()) if version in available}
+
 
 def parse_model_config(text: str, source: str) -> list[ModelConfig]:
     """The models of a ModelServerConfig text proto; InputError names ``source`` and the problem."""
@@ -75,7 +90,7 @@ def read_model_config(path: str, model_name: str) -> ModelConfig:
     models = {model.name: model for model in parse_model_config(text, path)}
     if model_name not in models:
         raise InputError(f"model config {path!r} has no model named {model_name!r} "
-                                 f"(it names {', '.join(sorted(models)) or 'none'})")
+                         f"(it names {', '.join(sorted(models)) or 'none'})")
     return models[model_name]
 
 
