@@ -201,15 +201,17 @@ def _encoders(feature: Feature, list_sep: bytes, weight_sep: bytes) -> tuple[_En
             raise ValueError(f"expected id{weight_sep.decode()}weight pairs separated by {list_sep.decode()!r}, "
                              f"got {text.decode(errors='replace')!r:.80}")
         ids = parts[0::2] if feature.dtype == "bytes" else [_parse_int(i) for i in parts[0::2]]
+        written = b",".join(parts[1::2]).decode(errors="replace")
         try:
             weights = list(map(float, parts[1::2]))
-            return entries(ids, weights)
         except ValueError:
-            weights = b",".join(parts[1::2]).decode(errors="replace")
-            raise ValueError(f"weights must be numbers, got {weights!r:.80}") from None
+            raise ValueError(f"weights must be numbers, got {written!r:.80}") from None
+        if not all(map(math.isfinite, weights)):
+            raise ValueError(f"a weight in {written!r:.80} is not a finite number")
+        try:
+            return entries(ids, weights)
         except OverflowError:
-            raise OverflowError(f"a weight in {b','.join(parts[1::2]).decode(errors='replace')!r:.80} "
-                                f"is outside the float32 range") from None
+            raise OverflowError(f"a weight in {written!r:.80} is outside the float32 range") from None
 
     return from_value, from_text
 
@@ -231,7 +233,9 @@ def _to_int(value: Any) -> int:
 def _to_float(value: Any) -> float:
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
         value = float(value)
-        if math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        if not math.isfinite(value):  # the model would serve NaN scores for the candidate
+            raise ValueError(f"{value} is not a finite number")
+        if abs(value) > _FLOAT32_MAX:
             raise OverflowError(f"{value} is outside the float32 range")
         return value
     raise TypeError(f"expected a number, got {type(value).__name__} {value!r:.80}")
@@ -246,7 +250,8 @@ def _parse_int(text: bytes) -> int:
 
 def _parse_float(text: bytes) -> float:
     try:
-        return _to_float(float(text))
+        value = float(text)
     except ValueError:
         raise ValueError(f"expected a number, got {text.decode(errors='replace')!r}") from None
+    return _to_float(value)
 

@@ -106,6 +106,9 @@ def test_item_cache_reuses_parts_by_key_and_evicts_least_recent() -> None:
     ({"price": "cheap"}, r"candidate 1: feature 'price': expected a number, got str 'cheap'"),
     ({"price": True}, r"candidate 1: feature 'price': expected a number, got bool"),
     ({"price": 1e39}, r"candidate 1: feature 'price': 1e\+39 is outside the float32 range"),
+    ({"price": float("nan")}, r"candidate 1: feature 'price': nan is not a finite number"),
+    ({"price": float("-inf")}, r"candidate 1: feature 'price': -inf is not a finite number"),
+    ({"hist_items": (["a"], [float("inf")])}, r"candidate 1: feature 'hist_items': inf is not a finite number"),
     ({"position": 1.0}, r"candidate 1: feature 'position': expected an integer, got float"),
     ({"colour": "red"}, r"candidate 1: unknown feature 'colour'"),
     ({"hist_items_weight": [1.0]}, r"candidate 1: unknown feature 'hist_items_weight'.*\(ids, weights\)"),
@@ -120,6 +123,7 @@ def test_bad_candidates_name_the_candidate_and_field(candidate: dict, message: s
 @pytest.mark.parametrize("items, message", [
     (["i|c|s|b|p"], r"candidate 0: expected 6 fields \(item_id\|category\|shop\|brand\|price_bucket\|price\), got 5"),
     (["i|c|s|b|p|x1"], r"candidate 0: field 'price': expected a number, got 'x1'"),
+    (["i|c|s|b|p|nan"], r"candidate 0: field 'price': nan is not a finite number"),
 ])
 def test_bad_rows_name_the_row_and_field(items: list[str], message: str) -> None:
     with pytest.raises(PackingError, match=message):
@@ -129,6 +133,7 @@ def test_bad_rows_name_the_row_and_field(items: list[str], message: str) -> None
     for hist, error in [("c1", "expected id:weight pairs separated by ',', got 'c1'"),
                         ("c1:1,c2", "expected id:weight pairs"), ("c1:1:2", "expected id:weight pairs"),
                         ("c1:1,c2:x", "weights must be numbers, got '1,x'"),
-                        ("c1:1e39", "a weight in '1e39' is outside the float32 range")]:
+                        ("c1:1e39", "a weight in '1e39' is outside the float32 range"),
+                        ("c1:nan", "a weight in 'nan' is not a finite number")]:
         with pytest.raises(PackingError, match=f"user row: field 'hist_categories': {error}"):
             ExamplePacker(CONFIG).pack_rows(f"u|||||{hist}|||", "1|2", [])
