@@ -105,6 +105,8 @@ class InputConfig:
     ``max_rejected_fraction``: ingestion fails when a larger share of the impression lines
     is rejected (it still writes its outputs for inspection). ``max_line_bytes``: longer
     lines are rejected as ``line_too_long`` without being read into memory.
+    ``min_feature_presence``: ingestion fails when a feature's input field is present in a
+    smaller share of the rows it keeps (a config that names fields the log does not carry).
     """
 
     format: Literal["aliccp", "csv"] = "aliccp"
@@ -113,6 +115,7 @@ class InputConfig:
     conversion_without_click: Literal["reject", "keep"] = "reject"
     max_rejected_fraction: float = 0.01
     max_line_bytes: int = 1 << 20
+    min_feature_presence: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -493,6 +496,9 @@ def _check_numbers(config: Config) -> None:
         raise ConfigError("input.max_rejected_fraction: must lie between 0 and 1, got "
                           f"{config.input.max_rejected_fraction}")
     positive(config.input.max_line_bytes, "input.max_line_bytes")
+    if not 0.0 <= config.input.min_feature_presence <= 1.0:
+        raise ConfigError("input.min_feature_presence: must lie between 0 and 1, got "
+                          f"{config.input.min_feature_presence}")
     positive(config.model.embedding_dim, "model.embedding_dim")
     positive(config.model.embedding_init_stddev, "model.embedding_init_stddev")
     if not config.model.tower_units or any(u <= 0 for u in config.model.tower_units):

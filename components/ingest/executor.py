@@ -6,19 +6,26 @@ Output layout under ``out_dir``:
   the ordering column, the earlier rows training;
 - ``schema.pbtxt``: the tensorflow_metadata Schema of those examples;
 - ``rejected/rejected-*.jsonl``: every unusable line with its source, reason code and reason;
-- ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason.
+- ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason,
+  and per split the rows carrying each feature (``presence``) and each unused input field;
+- ``input_schema.pbtxt``, ``input_statistics.pbtxt``, ``anomalies.pbtxt``: the input checked
+  against the config in TFDV's protos (``components.ingest.anomalies``).
 
 The graph is built from named pieces: ``ReadLines`` (byte ranges -> batches of lines),
-``SplitPoint`` (ordering keys -> the time split), ``CommonFeatures`` (Ali-CCP's user lines;
-empty for CSV, so every format fills the same outputs), ``ParseEncodeSplit`` (lines ->
-encoded examples per split, rejected lines, counts), ``WriteSplit``, ``WriteRejected`` and
+``SplitPoint`` (ordering keys -> the time split), ``DuplicateIds`` (sample_ids seen more than
+once -> where each first appears), ``CommonFeatures`` (Ali-CCP's user lines; empty for CSV,
+so every format fills the same outputs), ``ParseEncodeSplit`` (a batch of lines -> one run of
+framed TFRecords per split, rejected lines, counts), ``WriteSplit``, ``WriteRejected`` and
 ``WriteCounts`` (flat ``(key, n)`` counts summed per key, nested into counts.json once).
 
-The impressions are read twice, on purpose: the first pass reads only the ordering keys to
-find the split point (the quantile over every line whose key parses, rejected or not); the
-second parses in batches, encodes each batch columnar in C++, and routes rows to their
-split. Reading once would have to hold (DirectRunner) or shuffle (a cluster) the whole log
-until the split point is known; a second read of the files costs less than either.
+The impressions are read twice, on purpose: the first pass reads only the sample_id and the
+ordering key, to find the split point (the quantile over every line whose key parses,
+rejected or not) and the duplicated sample_ids; the second parses, joins and encodes each
+batch column by column (``components.ingest.columnar``) and routes rows to their split.
+Reading once would have to hold (DirectRunner) or shuffle (a cluster) the whole log until
+the split point is known; a second read of the files costs less than either. Of the lines
+that share a sample_id, the first (in file order, then line order, among lines whose key
+parses) is kept and every other is rejected as ``duplicate_sample_id``.
 Every line is either written or rejected, a line that is not UTF-8 (``bad_encoding``) or
 longer than ``input.max_line_bytes`` (``line_too_long``) included: the counts add up, and
 the rows written per split are counted back from the files and must match them
@@ -26,8 +33,9 @@ the rows written per split are counted back from the files and must match them
 
 The output directory must be empty (``components.artifacts.output_dir``). After writing, the run
 fails (RejectionError, one line) when no line was read, when the share of rejected
-impression lines exceeds ``input.max_rejected_fraction``, or when a split is empty:
-nothing downstream trains on the remains of a log the config does not fit.
+impression lines exceeds ``input.max_rejected_fraction``, when a configured feature's input
+field is in fewer than ``input.min_feature_presence`` of the rows kept (naming every such
+feature), or when a split is empty: nothing downstream trains on the remains of a log the config does not fit.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import csv
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -46,13 +55,15 @@ from google.protobuf import text_format
 
 from components.artifacts import record_counts
 from components.artifacts.output_dir import require_empty
-from components.beam.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
+from components.beam.line_reader import LineBatch, LongLine, ReadLineBatches, iter_lines, line_ranges
 from components.beam.runner import make_pipeline
-from components.beam.tfrecord_sink import GzipTFRecordSink
+from components.beam.tfrecord_sink import FramedGzipTFRecordSink, frame_records
+from components.ingest import anomalies
 from components.ingest.aliccp_reader import AliccpReader
+from components.ingest.columnar import ColumnarAliccp, EncodedBatch, parse_rows
 from components.ingest.csv_reader import CsvReader, check_columns
-from components.ingest.example_batch import encode_rows
-from components.ingest.rows import ParsedRow, Rejected, RowError, decode_line
+from components.ingest.example_batch import encode_shared
+from components.ingest.rows import Rejected, RowError, decode_line
 from esmm_model.config import Config
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError, InputError
@@ -63,6 +74,8 @@ SKELETON_PATTERN = "sample_skeleton_*.csv*"
 COMMON_PATTERN = "common_features_*.csv*"
 QUANTILES = 1001
 BATCH_SIZE = 2048
+ID_BUCKETS = 16  # sample_ids are grouped into this many buckets (by CRC-32) to find the duplicated ones
+DUPLICATE = "duplicate_sample_id"
 GZIP_LEVEL = 1
 _LOG = logging.getLogger(__name__)
 
@@ -99,6 +112,7 @@ class IngestCounts:
         rejected = self.rejected
         lines.append(f"rejected: {sum(rejected.values()):,}"
                      + "".join(f"\n  {code}: {n:,}" for code, n in sorted(rejected.items())))
+        lines.append(anomalies.describe(anomalies.Presence.of(self.data)))
         common = self.data.get("common_rejected", {})
         if self.data.get("common_rows_read"):
             lines.append(f"common feature rows read: {self.data['common_rows_read']:,}, "
@@ -191,47 +205,98 @@ class _ReadingDoFn(beam.DoFn):
         self._reader = _reader(self._config, self._files)
 
 
-class ExtractOrderKeys(_ReadingDoFn):
-    """A batch of lines -> the ordering keys that parse (the first pass)."""
+class ExtractKeys(_ReadingDoFn):
+    """A batch of lines -> the ordering keys that parse (main output, one array), and per ID_BUCKETS bucket
+    ``(bucket, (path, sample_ids, line starts))`` (``ids``) for finding duplicates (the first pass)."""
 
-    def process(self, lines: list[bytes]) -> Iterator[np.ndarray]:
+    def process(self, batch: LineBatch) -> Iterator:
         keys = []
-        for line in lines:
+        buckets: dict[int, tuple[list, list]] = {}
+        for line, start in zip(batch.lines, batch.starts):
             try:
-                keys.append(self._reader.order_key(decode_line(line)))
+                sample_id, key = self._reader.keys(decode_line(line))
             except RowError:
                 continue  # the second pass rejects and counts this line
+            keys.append(key)
+            ids, starts = buckets.setdefault(zlib.crc32(sample_id.encode()) % ID_BUCKETS, ([], []))
+            ids.append(sample_id)
+            starts.append(start)
         if keys:
             yield np.asarray(keys, dtype=np.float64)
+        for bucket, (ids, starts) in buckets.items():
+            yield beam.pvalue.TaggedOutput("ids", (bucket, (batch.path, ids, starts)))
+
+
+def _first_of_duplicates(item: tuple[int, list]) -> Iterator[tuple[str, tuple[str, int]]]:
+    """One bucket's (path, sample_ids, starts) -> (sample_id, (path, start) of its first line) for each id
+    on more than one line; first is file order (paths sorted, as ``line_ranges`` lists them), then line order."""
+    _, chunks = item
+    first: dict[str, tuple[str, int]] = {}
+    repeated = set()
+    for path, ids, starts in chunks:
+        for sample_id, start in zip(ids, starts):
+            seen = first.get(sample_id)
+            if seen is None:
+                first[sample_id] = (path, start)
+                continue
+            repeated.add(sample_id)
+            first[sample_id] = min(seen, (path, start))
+    for sample_id in sorted(repeated):
+        yield sample_id, first[sample_id]
 
 
 class ParseEncodeSplit(_ReadingDoFn):
-    """A batch of lines -> serialized examples tagged by split, rejected lines, and ``(key, n)`` counts."""
+    """A batch of lines -> one run of framed TFRecords per split, rejected lines, and ``(key, n)`` counts."""
 
-    def process(self, lines: list[bytes], threshold: float | None, common: dict) -> Iterator:
-        rows: dict[str, list[ParsedRow]] = {TRAIN: [], EVAL: []}
-        rejected: dict[str, int] = {}
-        for raw in lines:
-            try:
-                row = self._reader.parse(decode_line(raw), common)
-            except RowError as exc:
-                rejected[exc.code] = rejected.get(exc.code, 0) + 1
-                yield beam.pvalue.TaggedOutput("rejected", Rejected.of("impressions", raw, exc))
-                continue
-            rows[TRAIN if threshold is not None and row.order_key <= threshold else EVAL].append(row)
-        yield beam.pvalue.TaggedOutput("counts", (("rows_read",), len(lines)))
-        for code, n in rejected.items():
+    def setup(self) -> None:
+        super().setup()
+        self._columnar = ColumnarAliccp(self._config) if self._files.format == "aliccp" else None
+        self._names = [f.name for f in self._config.features]
+
+    def _parse(self, lines: list[bytes], common: dict) -> EncodedBatch:
+        if self._columnar is not None:
+            return self._columnar.parse(lines, common)
+        return parse_rows(self._reader, self._config, lines, list(range(len(lines))), common)
+
+    def process(self, batch: LineBatch, threshold: float | None, common: dict, duplicates: dict) -> Iterator:
+        parsed = self._parse(batch.lines, common)
+        rejected = list(parsed.rejected)
+        if duplicates:
+            keep = np.ones(len(parsed.rows), dtype=bool)
+            for i, (sample_id, row) in enumerate(zip(parsed.sample_ids, parsed.rows.tolist())):
+                first = duplicates.get(sample_id)
+                if first is not None and first != (batch.path, batch.starts[row]):
+                    keep[i] = False
+                    rejected.append(Rejected.of("impressions", batch.lines[row], RowError(
+                        DUPLICATE, f"sample_id {sample_id!r} is also on the line at byte {first[1]:,} of {first[0]}, "
+                                   "which is kept")))
+            if not keep.all():
+                parsed = parsed.take(keep)
+        yield beam.pvalue.TaggedOutput("counts", (("rows_read",), len(batch)))
+        codes: dict[str, int] = {}
+        for record in rejected:
+            codes[record.code] = codes.get(record.code, 0) + 1
+            yield beam.pvalue.TaggedOutput("rejected", record)
+        for code, n in codes.items():
             yield beam.pvalue.TaggedOutput("counts", (("rejected", code), n))
-        for split, split_rows in rows.items():
-            for name, n in (("rows", len(split_rows)), ("clicks", sum(r.click for r in split_rows)),
-                            ("conversions", sum(r.conversion for r in split_rows))):
-                yield beam.pvalue.TaggedOutput("counts", ((split, name), n))
-            for example in encode_rows(self._config, split_rows):
-                yield beam.pvalue.TaggedOutput(split, example)
+        in_train = (parsed.order_keys <= threshold if threshold is not None
+                    else np.zeros(len(parsed.rows), dtype=bool))
+        for split, mask in ((TRAIN, in_train), (EVAL, ~in_train)):
+            for name, n in (("rows", mask.sum()), ("clicks", parsed.clicks[mask].sum()),
+                            ("conversions", parsed.conversions[mask].sum())):
+                yield beam.pvalue.TaggedOutput("counts", ((split, name), int(n)))
+            for name, n in zip(self._names, parsed.present[mask].sum(axis=0).tolist()):
+                yield beam.pvalue.TaggedOutput("counts", (("presence", split, name), n))
+            for field, rows in parsed.unused.items():
+                if rows[mask].any():
+                    yield beam.pvalue.TaggedOutput("counts", (("unused_fields", split, field), int(rows[mask].sum())))
+            if mask.any():
+                yield beam.pvalue.TaggedOutput(split, frame_records(
+                    [example for example, keep in zip(parsed.examples, mask.tolist()) if keep]))
 
 
 class ParseCommon(beam.DoFn):
-    """A batch of common_features lines -> (index, user feature values), or rejected."""
+    """A batch of common_features lines -> (index, SharedPart), or rejected; the batch's parts are encoded together."""
 
     def __init__(self, config: Config):
         self._config = config
@@ -239,12 +304,18 @@ class ParseCommon(beam.DoFn):
     def setup(self) -> None:
         self._reader = AliccpReader(self._config)
 
-    def process(self, lines: list[bytes]) -> Iterator:
-        for raw in lines:
+    def process(self, batch: LineBatch) -> Iterator:
+        indexes, values, unused = [], [], []
+        for raw in batch.lines:
             try:
-                yield self._reader.parse_common(decode_line(raw))
+                index, row_values, row_unused = self._reader.parse_common_values(decode_line(raw))
             except RowError as exc:
                 yield beam.pvalue.TaggedOutput("rejected", Rejected.of("common_features", raw, exc))
+                continue
+            indexes.append(index)
+            values.append(row_values)
+            unused.append(row_unused)
+        yield from zip(indexes, encode_shared(self._config, values, unused))
 
 
 def _long_line_rejected(source: str, max_line_bytes: int):
@@ -290,12 +361,17 @@ class ReadLines(beam.PTransform):
 
 
 @beam.ptransform_fn
-def SplitPoint(lines: beam.PCollection, config: Config, files: InputFiles) -> beam.PCollection:
-    """Batches of impression lines -> the ordering key at ``input.train_fraction`` (None when no key parses)."""
-    return (lines
-            | "OrderKeys" >> beam.ParDo(ExtractOrderKeys(config, files))
+def SplitPoint(keys: beam.PCollection, config: Config) -> beam.PCollection:
+    """Arrays of ordering keys -> the key at ``input.train_fraction`` (None when no key parses)."""
+    return (keys
             | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
             | "Pick" >> beam.Map(_split_point, config.input.train_fraction))
+
+
+@beam.ptransform_fn
+def DuplicateIds(ids: beam.PCollection) -> beam.PCollection:
+    """``(bucket, (path, sample_ids, starts))`` -> ``(sample_id, (path, start))`` of each repeated id's first line."""
+    return ids | "Group" >> beam.GroupByKey() | "First" >> beam.FlatMap(_first_of_duplicates)
 
 
 class CommonFeatures(beam.PTransform):
@@ -326,9 +402,9 @@ class CommonFeatures(beam.PTransform):
 
 
 @beam.ptransform_fn
-def WriteSplit(examples: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
-    """Serialized examples -> ``<prefix>-NNNNN-of-NNNNN.tfrecord.gz``."""
-    return examples | "Write" >> beam.io.Write(GzipTFRecordSink(prefix, level=GZIP_LEVEL))
+def WriteSplit(runs: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
+    """Runs of framed TFRecords -> ``<prefix>-NNNNN-of-NNNNN.tfrecord.gz``."""
+    return runs | "Write" >> beam.io.Write(FramedGzipTFRecordSink(prefix, level=GZIP_LEVEL))
 
 
 @beam.ptransform_fn
@@ -353,8 +429,24 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str) -> None:
-    """Raises RejectionError when nothing was read, too much was rejected, or a split is empty."""
+def check_presence(config: Config, counts: IngestCounts, out_dir: str) -> None:
+    """Raises RejectionError naming every feature whose input field is in fewer than ``input.min_feature_presence``
+    of the rows kept."""
+    presence = anomalies.Presence.of(counts.data)
+    missing = presence.missing(config)
+    if missing and presence.total_rows:
+        raise RejectionError(
+            f"{len(missing)} of {len(config.features)} features are in fewer than "
+            f"{config.input.min_feature_presence:.2%} of the {presence.total_rows:,} rows kept "
+            f"(input.min_feature_presence): "
+            + ", ".join(f"{f.name} (field {f.source or f.name}) {presence.fraction(f.name):.2%}" for f in missing)
+            + f"; the input does not carry the fields the config names; see {layout.IngestLayout(out_dir).anomalies}")
+
+
+def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str,
+                 config: Config | None = None) -> None:
+    """Raises RejectionError when nothing was read, too much was rejected, a configured feature is
+    missing (given ``config``), or a split is empty."""
     if counts.rows_read == 0:
         raise RejectionError(f"no impression lines in {input_path!r}; outputs in {out_dir}")
     rejected = counts.rejected
@@ -367,6 +459,8 @@ def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path:
             f"{max_rejected_fraction:.2%} (--max-rejected-fraction to change it); top reasons: "
             f"{', '.join(f'{code} {n:,}' for code, n in top)}; "
             f"rejected rows in {layout.IngestLayout(out_dir).rejected_dir}/")
+    if config is not None:
+        check_presence(config, counts, out_dir)
     for split in (TRAIN, EVAL):
         if counts.split(split)["rows"] == 0:
             raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
@@ -390,15 +484,18 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
 
     max_line = config.input.max_line_bytes
     with make_pipeline(beam_args) as p:
-        threshold = (p | "ReadKeys" >> ReadLines(files.impressions, max_line, skip)).lines | "SplitPoint" >> SplitPoint(
-            config, files)
+        keys = ((p | "ReadKeys" >> ReadLines(files.impressions, max_line, skip)).lines
+                | "Keys" >> beam.ParDo(ExtractKeys(config, files)).with_outputs("ids", main="keys"))
+        threshold = keys.keys | "SplitPoint" >> SplitPoint(config)
+        duplicates = keys.ids | "DuplicateIds" >> DuplicateIds()
         common = p | "CommonFeatures" >> CommonFeatures(config, files)
         rows = p | "ReadRows" >> ReadLines(files.impressions, max_line, skip)
         long_rows = rows.too_long | "LongRows" >> beam.Map(_long_line_rejected("impressions", max_line))
         parsed = (rows.lines
                   | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files),
                                                      beam.pvalue.AsSingleton(threshold),
-                                                     beam.pvalue.AsDict(common["features"]))
+                                                     beam.pvalue.AsDict(common["features"]),
+                                                     beam.pvalue.AsDict(duplicates))
                   .with_outputs(TRAIN, EVAL, "rejected", "counts"))
         for split in (TRAIN, EVAL):
             _ = parsed[split] | f"Write{split.title()}" >> WriteSplit(out.split_prefix(split))
@@ -411,9 +508,10 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
 
     with tf.io.gfile.GFile(counts_path) as f:
         counts = IngestCounts(json.load(f))
+    anomalies.write(config, anomalies.Presence.of(counts.data), out, _write_text)
     _LOG.info("ingest: done\n%s", counts.describe())
     for split in (TRAIN, EVAL):
         written = record_counts.count_records(out.split_pattern(split))
         record_counts.check_written("ingest", split, written, counts.split(split)["rows"], out.root)
-    check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir)
+    check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir, config)
     return counts
