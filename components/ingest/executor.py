@@ -33,9 +33,9 @@ the rows written per split are counted back from the files and must match them
 
 The output directory must be empty (``components.artifacts.output_dir``). After writing, the run
 fails (RejectionError, one line) when no line was read, when the share of rejected
-impression lines exceeds ``input.max_rejected_fraction``, when a configured feature's input
-field is in fewer than ``input.min_feature_presence`` of the rows kept (naming every such
-feature), or when a split is empty: nothing downstream trains on the remains of a log the config does not fit.
+impression lines exceeds ``input.max_rejected_fraction``, when a split is empty, or when a
+configured feature's input field is in fewer than ``input.min_feature_presence`` of the rows
+kept (naming every such feature): nothing downstream trains on the remains of a log the config does not fit.
 """
 from __future__ import annotations
 
@@ -445,8 +445,8 @@ def check_presence(config: Config, counts: IngestCounts, out_dir: str) -> None:
 
 def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str,
                  config: Config | None = None) -> None:
-    """Raises RejectionError when nothing was read, too much was rejected, a configured feature is
-    missing (given ``config``), or a split is empty."""
+    """Raises RejectionError when nothing was read, too much was rejected, a split is empty, or (given
+    ``config``) a configured feature is missing."""
     if counts.rows_read == 0:
         raise RejectionError(f"no impression lines in {input_path!r}; outputs in {out_dir}")
     rejected = counts.rejected
@@ -459,13 +459,13 @@ def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path:
             f"{max_rejected_fraction:.2%} (--max-rejected-fraction to change it); top reasons: "
             f"{', '.join(f'{code} {n:,}' for code, n in top)}; "
             f"rejected rows in {layout.IngestLayout(out_dir).rejected_dir}/")
-    if config is not None:
-        check_presence(config, counts, out_dir)
     for split in (TRAIN, EVAL):
         if counts.split(split)["rows"] == 0:
             raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
                                  f"{counts.split(EVAL)['rows']:,} eval rows kept of {counts.rows_read:,} read): "
                                  f"the time split needs more rows with distinct ordering keys; outputs in {out_dir}")
+    if config is not None:
+        check_presence(config, counts, out_dir)
 
 
 def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) -> IngestCounts:
