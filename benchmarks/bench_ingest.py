@@ -47,17 +47,8 @@ from components.beam.line_reader import ReadLineBatches, line_ranges  # noqa: E4
 from components.beam.tfrecord_sink import GZIP_WBITS, frame_records  # noqa: E402
 from components.devtools.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
 from components.ingest.columnar import ColumnarAliccp  # noqa: E402
-from components.ingest.executor import (  # noqa: E402
-    BATCH_SIZE,
-    EVAL,
-    GZIP_LEVEL,
-    TRAIN,
-    ExtractKeys,
-    IngestCounts,
-    ParseCommon,
-    ingest,
-    resolve_inputs,
-)
+from components.ingest.executor import EVAL, TRAIN, IngestCounts, ingest, resolve_inputs  # noqa: E402
+from components.ingest.graph import BATCH_SIZE, GZIP_LEVEL, ExtractKeys, ParseCommon  # noqa: E402
 from esmm_model.config import Config, load_config  # noqa: E402
 
 MODES = {
