@@ -12,10 +12,11 @@ both passes, worker processes and the final counts.json read included:
 
 A --startup-rows run (default 1,000 rows) per mode estimates the fixed cost, so the
 table shows how time grows with size. The counts check is train + eval + rejected ==
-rows read == simulated rows. Target (issue): >= 20k rows/s end to end at 1M rows.
+rows read == simulated rows. Target (issue 22): >= 50k rows/s end to end at 1M rows.
 
---profile N instead runs cProfile over an in_memory ingest of N rows and times the
-per-row stages outside Beam (read, order key, parse, encode, gzip write).
+--profile N instead times ingestion's per-batch stages on N rows in one process, outside
+Beam, in CPU seconds (read, pass 1 keys, common lines, columnar parse + join + encode,
+framing, deflate, read-back count), then shows cProfile of the parse + join + encode stage.
 
     .venv/bin/python benchmarks/bench_ingest.py [--rows 100000 1000000] [--modes multi_processing in_memory]
         [--work-dir /tmp/esmm_bench_ingest] [--seed 7] [--startup-rows 1000] [--profile 50000]
@@ -39,18 +40,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from isal import isal_zlib  # noqa: E402
+
+from components.artifacts.record_counts import count_records  # noqa: E402
+from components.beam.line_reader import ReadLineBatches, line_ranges  # noqa: E402
+from components.beam.tfrecord_sink import GZIP_WBITS, frame_records  # noqa: E402
 from components.devtools.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate  # noqa: E402
-from components.ingest.aliccp_reader import AliccpReader  # noqa: E402
-from components.ingest.example_batch import encode_rows  # noqa: E402
-from components.ingest.executor import BATCH_SIZE, EVAL, TRAIN, IngestCounts, ingest  # noqa: E402
-from components.ingest.rows import RowError  # noqa: E402
+from components.ingest.columnar import ColumnarAliccp  # noqa: E402
+from components.ingest.executor import EVAL, TRAIN, IngestCounts, ingest, resolve_inputs  # noqa: E402
+from components.ingest.graph import BATCH_SIZE, GZIP_LEVEL, ExtractKeys, ParseCommon  # noqa: E402
 from esmm_model.config import Config, load_config  # noqa: E402
 
 MODES = {
     "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "in_memory": ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
 }
-TARGET_ROWS_PER_S = 20_000
+TARGET_ROWS_PER_S = 50_000
 
 
 def load_avg() -> str:
@@ -126,62 +131,62 @@ def benchmark(args: argparse.Namespace, config: Config) -> None:
 
 
 def profile(args: argparse.Namespace, config: Config) -> None:
-    """cProfile of an in_memory ingest, then the per-row stages timed outside Beam."""
+    """The per-batch stages of ingestion timed in one process, outside Beam (CPU seconds), then cProfile
+    of the parse/join/encode stage."""
     work_dir = Path(args.work_dir)
     raw = simulated(config, args.profile, args.seed, work_dir)
-    out = work_dir / "ingest_profile"
-    shutil.rmtree(out, ignore_errors=True)
-    prof = cProfile.Profile()
-    started = time.perf_counter()
-    prof.enable()
-    ingest(config, str(raw), str(out), MODES["in_memory"])
-    prof.disable()
-    total = time.perf_counter() - started
-    print(f"in_memory ingest of {args.profile:,} rows under cProfile: {total:.1f} s")
-    for key in ("cumulative", "tottime"):
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(30)
-        print(f"\n--- top 30 by {key} ---\n" + buf.getvalue().split("\n", 8)[-1])
-
-    # Stages outside Beam, on the same file, one process.
+    files = resolve_inputs(config, str(raw))
     stages: dict[str, float] = {}
 
     def stage(name, fn):
-        t = time.perf_counter()
+        started = time.process_time()
         result = fn()
-        stages[name] = time.perf_counter() - t
+        stages[name] = time.process_time() - started
         return result
 
-    reader = AliccpReader(config)
-    lines = stage("read lines", lambda: (raw / SKELETON_FILE).read_text().splitlines())
-    common_lines = stage("read common lines", lambda: (raw / COMMON_FILE).read_text().splitlines())
-    common = stage("parse common (dict)", lambda: dict(reader.parse_common(line) for line in common_lines))
-    stage("order keys (pass 1)", lambda: [reader.order_key(line) for line in lines])
+    def read(pattern: str) -> list:
+        reader = ReadLineBatches(config.input.max_line_bytes, BATCH_SIZE)
+        return [batch for r in line_ranges(pattern) for batch in reader.process(r)]
 
-    def parse_all():
-        rows = []
-        for line in lines:
-            try:
-                rows.append(reader.parse(line, common))
-            except RowError:
-                pass
-        return rows
-    rows = stage("parse rows (pass 2)", parse_all)
-    examples = stage("encode_rows (batches of %d)" % BATCH_SIZE,
-                     lambda: [e for i in range(0, len(rows), BATCH_SIZE)
-                              for e in encode_rows(config, rows[i:i + BATCH_SIZE])])
+    batches = stage("read lines (both passes read them)", lambda: read(files.impressions))
+    common_batches = read(files.common)
+    parse_common = ParseCommon(config)
+    parse_common.setup()
+    common = stage("parse + encode common lines", lambda: dict(
+        item for b in common_batches for item in parse_common.process(b) if isinstance(item, tuple)))
+    keys = ExtractKeys(config, files)
+    keys.setup()
+    stage("pass 1: sample_id and order key", lambda: [list(keys.process(b)) for b in batches])
+    columnar = ColumnarAliccp(config)
+    parsed = stage("pass 2: parse + join + encode (columnar)",
+                   lambda: [columnar.parse(b.lines, common) for b in batches])
+    runs = stage("pass 2: frame TFRecords", lambda: [frame_records(p.examples) for p in parsed])
+
+    def deflate() -> int:
+        compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        return sum(len(compressor.compress(r)) for r in runs) + len(compressor.flush())
+    stage(f"pass 2: deflate (ISA-L level {GZIP_LEVEL})", deflate)
     with tempfile.TemporaryDirectory() as tmp:
-        def write():
-            # TFRecord framing omitted; GZIP dominates
-            with gzip.open(os.path.join(tmp, "x.gz"), "wb", compresslevel=6) as f:
-                for e in examples:
-                    f.write(e)
-        stage("gzip write (level 6, as Beam)", write)
-    print(f"\nstages outside Beam, {len(lines):,} lines, {len(common_lines):,} common lines, "
-          f"{sum(map(len, examples)) / max(len(examples), 1):,.0f} bytes/example:")
+        path = os.path.join(tmp, "data-00000-of-00001.tfrecord.gz")
+        with open(path, "wb") as f:
+            f.write(gzip.compress(b"".join(runs), compresslevel=1))
+        stage("read-back count (ISA-L inflate, framing walk)", lambda: count_records(path))
+    rows = sum(len(b) for b in batches)
+    print(f"\nstages in one process, CPU seconds, {rows:,} lines in {len(batches)} batches, "
+          f"{len(common):,} common lines, {sum(len(r) for r in runs) / rows:,.0f} framed bytes/row, "
+          f"load {load_avg()}:")
     for name, s in stages.items():
-        print(f"  {name:<40} {s:7.2f} s  {len(lines) / s:>10,.0f} rows/s")
-    print(f"  {'sum':<40} {sum(stages.values()):7.2f} s  (whole ingest under cProfile: {total:.1f} s)")
+        print(f"  {name:<44} {s:7.2f} s  {s / rows * 1e6:7.1f} us/row")
+    print(f"  {'sum':<44} {sum(stages.values()):7.2f} s  {sum(stages.values()) / rows * 1e6:7.1f} us/row")
+
+    prof = cProfile.Profile(timer=time.process_time)
+    prof.enable()
+    for b in batches:
+        columnar.parse(b.lines, common)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
+    print("\n--- parse + join + encode under cProfile, top 20 by own time ---\n" + buf.getvalue())
 
 
 def main() -> None:

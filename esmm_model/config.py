@@ -243,6 +243,8 @@ class InputConfig(ConfigSection):
     ``max_rejected_fraction``: ingestion fails when a larger share of the impression lines
     is rejected (it still writes its outputs for inspection). ``max_line_bytes``: longer
     lines are rejected as ``line_too_long`` without being read into memory.
+    ``min_feature_presence``: ingestion fails when a feature's input field is present in a
+    smaller share of the rows it keeps (a config that names fields the log does not carry).
     """
 
     format: Literal["aliccp", "csv"] = "aliccp"
@@ -251,6 +253,7 @@ class InputConfig(ConfigSection):
     conversion_without_click: Literal["reject", "keep"] = "reject"
     max_rejected_fraction: Annotated[Float, bounded(ge=0, le=1)] = 0.01
     max_line_bytes: PositiveInt = 1 << 20
+    min_feature_presence: Annotated[Float, bounded(ge=0, le=1)] = 0.01
 
     @model_validator(mode="after")
     def _ordered_as_the_format_is(self) -> InputConfig:

@@ -13,8 +13,6 @@ defaults, so a request that leaves a feature out is scored, not refused.
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
 from esmm_model.config import LABELS, Config, Feature
 
 SAMPLE_ID = "sample_id"
@@ -27,7 +25,11 @@ MISSING_INT64 = -1
 MISSING_FLOAT = 0.0
 
 
-def id_dtype(feature: Feature) -> tf.dtypes.DType:
+def id_dtype(feature: Feature):
+    """The TensorFlow dtype of a feature's ids (TensorFlow is imported here, not at module load, so that
+    ingestion's Beam workers, which need only the names and defaults, start without it)."""
+    import tensorflow as tf
+
     return tf.int64 if feature.dtype == "int64" else tf.string
 
 
@@ -44,6 +46,8 @@ def feature_spec(config: Config, *, labels: bool = True, defaults: bool = False)
     labels: include click, conversion, ctcvr and sample_id (training and evaluation data).
     defaults: give single-valued features defaults, for serving requests that omit them.
     """
+    import tensorflow as tf
+
     spec: dict = {}
     for feature in config.features:
         if feature.kind == "weighted_ids":

@@ -205,6 +205,8 @@ def test_duplicate_keys_are_rejected_with_their_path(tmp_path, text, message):
     ("max_rejected_fraction", 1.5, "input.max_rejected_fraction: must lie between 0 and 1, got 1.5"),
     ("max_rejected_fraction", -0.1, "input.max_rejected_fraction: must lie between 0 and 1, got -0.1"),
     ("max_line_bytes", 0, "input.max_line_bytes: must be positive, got 0"),
+    ("min_feature_presence", 1.5, "input.min_feature_presence: must lie between 0 and 1, got 1.5"),
+    ("min_feature_presence", float("nan"), "input.min_feature_presence: must be a finite number, got nan"),
 ])
 def test_input_limits_are_validated(key, value, message):
     data = base()

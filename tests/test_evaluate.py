@@ -18,6 +18,7 @@ from components.evaluate.executor import (
     write_blocks,
 )
 from components.evaluate.gate import bless
+from components.evaluate.report import presence_rows
 from esmm_model.config import EvaluationConfig, Threshold, load_config
 from esmm_model.contracts.blessing import NOT_BLESSED, read_blessing
 from esmm_model.errors import EsmmError
@@ -177,3 +178,12 @@ def test_rows_lost_by_tfma_fail_the_evaluation():
     counted[CANDIDATE]["ctr"]["clicked"]["example_count"] = 1.0
     with pytest.raises(EsmmError, match=r"TFMA counted 1 rows in slice 'clicked' of candidate/ctr where 2 were scored"):
         check_example_counts(counted, scores)
+
+
+def test_presence_shows_train_and_eval_side_by_side_from_the_ingest_counts():
+    ingest = {"train": {"rows": 8}, "eval": {"rows": 4},
+              "presence": {"train": {"user_id": 8, "occupation": 2}, "eval": {"user_id": 4, "occupation": 0}},
+              "unused_fields": {"train": {"302": 8}}}
+    assert presence_rows({"data": {"ingest": ingest}}) == [
+        ["user_id", "100.0%", "100.0%"], ["occupation", "25.0%", "0.0%"], ["field 302 (unused)", "100.0%", "0.0%"]]
+    assert presence_rows({"data": {"ingest": {"train": {"rows": 3}}}}) == []

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from components.devtools.simulator import CSV_FILE, SKELETON_FILE, SimulationSpec, simulate
 from components.ingest.executor import EVAL, TRAIN, RejectionError, ingest
@@ -132,10 +134,94 @@ def test_bad_config_exits_non_zero_naming_the_key(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def read_anomalies(out: Path) -> anomalies_pb2.Anomalies:
+    return text_format.Parse(Path(layout.IngestLayout(str(out)).anomalies).read_text(), anomalies_pb2.Anomalies())
+
+
 def test_real_format_rows_ingest_with_the_shipped_config_rejecting_nothing(tmp_path):
     counts = ingest(load_config("aliccp"), str(REAL), str(tmp_path / "out"), BEAM_ARGS)
     assert counts.rows_read == 40 and counts.rejected == {} and counts.data.get("common_rejected", {}) == {}
     assert counts.split(TRAIN)["rows"] == counts.split(EVAL)["rows"] == 20
+    # One user of five (8 rows) lacks fields 128 and 110_14; every other field is on most rows.
+    presence = {name: counts.data["presence"][TRAIN][name] + counts.data["presence"][EVAL][name]
+                for name in counts.data["presence"][TRAIN]}
+    assert presence["occupation"] == presence["hist_shops"] == 32 and presence["item_id"] == 40
+    assert min(presence.values()) / 40 >= load_config("aliccp").input.min_feature_presence
+    assert dict(read_anomalies(tmp_path / "out").anomaly_info) == {}
+
+
+def test_a_config_naming_fields_the_log_lacks_fails_naming_every_missing_feature(sim_dir, tmp_path):
+    """The simulator's log read with the Ali-CCP config: 10 of its 23 features are on no row."""
+    with pytest.raises(RejectionError) as failure:
+        ingest(load_config("aliccp"), str(sim_dir), str(tmp_path / "out"), BEAM_ARGS)
+    missing = ["user_categorical", "user_group", "consumption_level_2", "occupation", "hist_intentions",
+               "intentions", "cross_category", "cross_shop", "cross_brand", "cross_intention"]
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith("10 of 23 features are in fewer than 1.00% of the 2,000 rows kept")
+    assert [name for name in missing if f"{name} (field " in message] == missing
+    anomalies = read_anomalies(tmp_path / "out")
+    errors = {k for k, v in anomalies.anomaly_info.items() if v.severity == anomalies_pb2.AnomalyInfo.ERROR}
+    assert errors == set(missing)
+    assert all(anomalies.anomaly_info[k].reason[0].type == anomalies_pb2.AnomalyInfo.FEATURE_TYPE_LOW_FRACTION_PRESENT
+               for k in errors)
+    # The simulator's hist_items, price_bucket, price and hour fields are reported, not fatal.
+    warnings = {k for k, v in anomalies.anomaly_info.items() if v.severity == anomalies_pb2.AnomalyInfo.WARNING}
+    assert warnings == {"205_14", "220", "221", "302"}
+    counts = json.loads(Path(layout.IngestLayout(str(tmp_path / "out")).counts).read_text())
+    assert sum(counts["unused_fields"][split]["221"] for split in (TRAIN, EVAL)) == 2_000
+
+
+def test_duplicate_sample_ids_keep_the_first_line_by_file_then_line_order(tmp_path):
+    """The same ids in two files one glob matches, and a repeat within the first file."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "common_features_train.csv").write_bytes((REAL / "common_features_train.csv").read_bytes())
+    lines = (REAL / "sample_skeleton_train.csv").read_text().splitlines()
+    (raw / "sample_skeleton_train_a.csv").write_text("\n".join(lines + [lines[4]]) + "\n")
+    # The second file's copies carry another item id (205), so the kept copy shows which file won.
+    (raw / "sample_skeleton_train_b.csv").write_text(
+        "\n".join(line.replace("\x01205\x02", "\x01205\x029", 1).replace(",205\x02", ",205\x029", 1)
+                  for line in lines) + "\n")
+    with pytest.raises(RejectionError, match=r"rejected 50\.62% of 81 rows \(41\), .* top reasons: "
+                                             r"duplicate_sample_id 41;"):
+        ingest(load_config("aliccp"), str(raw), str(tmp_path / "strict"), BEAM_ARGS)
+
+    config = with_overrides(load_config("aliccp"), {"input": {"max_rejected_fraction": 0.6}})
+    counts = ingest(config, str(raw), str(tmp_path / "out"), BEAM_ARGS)
+    assert counts.rejected == {"duplicate_sample_id": 41}
+    written = read_all(tmp_path / "out", config)
+    assert sorted(written["sample_id"].numpy().astype(int).tolist()) == list(range(1, 41))
+    expected = read_all_from_fixture(config)
+    order = np.argsort(written["sample_id"].numpy().astype(int))
+    assert written["item_id"].numpy()[order].tolist() == expected
+    rejected = [json.loads(line) for p in Path(layout.IngestLayout(str(tmp_path / "out")).rejected_dir).glob("*.jsonl")
+                for line in p.read_text().splitlines()]
+    sample_5 = [r for r in rejected if r["line"].startswith("5,")]
+    assert len(sample_5) == 2 and all(
+        f"is also on the line at byte {sum(len(line) + 1 for line in lines[:4]):,} of "
+        f"{raw / 'sample_skeleton_train_a.csv'}, which is kept" in r["reason"] for r in sample_5)
+
+
+def read_all_from_fixture(config) -> list[bytes]:
+    """item_id of the fixture's 40 rows, in sample_id order."""
+    ids = {}
+    for line in (REAL / "sample_skeleton_train.csv").read_text().splitlines():
+        entries = line.split(",", 5)[5].split("\x01")
+        ids[int(line.split(",", 1)[0])] = next(e.split("\x02")[1].split("\x03")[0].encode()
+                                                for e in entries if e.startswith("205\x02"))
+    return [ids[k] for k in sorted(ids)]
+
+
+def test_a_csv_with_a_utf8_byte_order_mark_is_read(ingested, sim_dir, tmp_path):
+    config, _, _ = ingested
+    data = config.to_dict()
+    data["input"]["format"] = "csv"
+    csv_config = config_from_dict(data)
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + (sim_dir / CSV_FILE).read_bytes())
+    counts = ingest(csv_config, str(with_bom), str(tmp_path / "out"), BEAM_ARGS)
+    assert counts.rows_read == ROWS and counts.rejected == {}
 
 
 def test_a_duplicated_common_feature_index_rejects_both_lines_and_that_users_rows(tmp_path):
@@ -210,7 +296,7 @@ def test_rejection_guard_fails_ingest_past_the_limit_and_the_flag_raises_it(tmp_
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1:] == [
         f"esmm ingest: error: ingest output directory {str(tmp_path / 'lenient')!r} is not empty "
-        "(it holds counts.json, eval, rejected and 2 more); steps never write over an earlier run: "
+        "(it holds anomalies.pbtxt, counts.json, eval and 5 more); steps never write over an earlier run: "
         "delete it or choose another directory"]
 
 

@@ -1,5 +1,5 @@
 """counts.json from flat (key, n) pairs: nesting, summing, and the keys every run has."""
-from components.ingest.executor import nest_counts
+from components.ingest.graph import nest_counts
 
 
 def test_pairs_nest_by_key_path_and_sum():

@@ -127,7 +127,7 @@ def test_csv_rows_parse_and_reject():
     reader = CsvReader(config, HEADER, "log.csv")
     good = '7,1,0,u9,1,3,2,12,"3:2|22:1",,5:1.5,100:3,100,3,8,5,2,19.5,4,13'
     row = reader.parse(good)
-    assert reader.order_key(good) == 7.0
+    assert reader.keys(good) == ("7", 7.0)
     parsed = parse(config, [row])
     assert parsed["user_id"].numpy().tolist() == [b"u9"]
     assert parsed["position"].numpy().tolist() == [4]

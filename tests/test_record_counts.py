@@ -1,6 +1,7 @@
 """Rows lost between Beam stages fail the step: the runner fix, and the written-rows check against counts.json."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from apache_beam.runners.worker import data_plane
 from components.artifacts.record_counts import RowCountError, count_records
 from components.beam import runner as beam_runner
 from components.beam.runner import make_runner, pipeline_options
+from components.beam.tfrecord_sink import frame_records
 from components.transform.executor import check_rows
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError
@@ -111,6 +113,22 @@ def test_count_records_reads_every_shard(tmp_path):
     write_split(tmp_path / "transform" / "transformed" / "train" / f"part-00001{layout.RECORD_SUFFIX}", [b"a", b"b"])
     assert count_records(out.split_pattern(layout.TRAIN)) == 9
     assert count_records(str(tmp_path / "nothing" / "*.tfrecord.gz")) == 0
+
+
+def test_count_records_checks_each_length_and_reads_gzip_members_one_after_another(tmp_path):
+    records = [bytes([i % 251]) * (i * 37 % 3000) for i in range(400)]
+    framed = frame_records(records)
+    path = tmp_path / f"data{layout.RECORD_SUFFIX}"
+    path.write_bytes(gzip.compress(framed[:5000]) + gzip.compress(framed[5000:]))
+    assert count_records(str(path)) == 400
+    corrupt = bytearray(framed)
+    corrupt[len(frame_records(records[:200]))] ^= 1  # the length of record 200
+    path.write_bytes(gzip.compress(bytes(corrupt)))
+    with pytest.raises(RowCountError, match="record 200 has a corrupt length"):
+        count_records(str(path))
+    path.write_bytes(gzip.compress(framed[:-3]))
+    with pytest.raises(RowCountError, match="ends within a record"):
+        count_records(str(path))
 
 
 def test_matching_counts_pass_and_are_returned(tmp_path):

@@ -7,14 +7,19 @@ written files (``tf.data``, GZIP TFRecords), so it holds whatever the runner did
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any, Optional
 
+import google_crc32c
 import tensorflow as tf
+from isal import isal_zlib
 
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError
 
-COUNT_BATCH = 8192
+READ_BYTES = 4 << 20
+_HEADER = struct.Struct("<QI")  # a TFRecord's length and the masked CRC-32C of its 8 bytes
+_CRC = struct.Struct("<I")  # the masked CRC-32C after a record's data
 
 
 class RowCountError(EsmmError):
@@ -30,19 +35,52 @@ def read_ingest_counts(ingest_dir: str) -> Optional[dict[str, Any]]:
         return json.load(f)
 
 
+def _masked_crc32c(data) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _count_file(path: str) -> int:
+    """The records of one GZIP TFRecord file, each record's length checked against its CRC.
+
+    The data's CRC is left to the readers downstream (tf.data and TFXIO check it on every read):
+    here a frame's length CRC is enough to tell records from a misframed or truncated file."""
+    count, pending = 0, b""
+    inflate = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            compressed = f.read(READ_BYTES)
+            data = inflate.decompress(compressed) if compressed else inflate.flush()
+            while inflate.eof and inflate.unused_data:  # a file of several GZIP members
+                rest = inflate.unused_data
+                inflate = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+                data += inflate.decompress(rest)
+            buffer = pending + data
+            pos, end = 0, len(buffer)
+            while pos + _HEADER.size <= end:
+                length, length_crc = _HEADER.unpack_from(buffer, pos)
+                if length_crc != _masked_crc32c(buffer[pos:pos + 8]):
+                    raise RowCountError(f"{path}: record {count:,} has a corrupt length (its CRC does not match)")
+                stop = pos + _HEADER.size + length + _CRC.size
+                if stop > end:
+                    break
+                count += 1
+                pos = stop
+            pending = buffer[pos:]
+            if not compressed:
+                break
+    if pending:
+        raise RowCountError(f"{path}: ends within a record ({len(pending):,} bytes after record {count:,})")
+    return count
+
+
 def count_records(pattern: str) -> int:
     """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match).
 
-    Files are read in parallel and counted in batches, so the cost is about the inflating alone
-    (~10 µs of CPU a row of ~30 features).
+    Each file is inflated by ISA-L and its framing walked (about 1 µs of CPU a row of ~30
+    features, where counting with ``tf.data`` took about 7).
     """
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        return 0
-    batches = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20).batch(COUNT_BATCH),
-        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
-    return int(batches.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, out_type=tf.int64)).numpy())
+    return sum(_count_file(path) for path in sorted(tf.io.gfile.glob(pattern)))
 
 
 def check_written(step: str, split: str, written: int, expected: int, where: str) -> None:

@@ -8,7 +8,9 @@ a longer line is reported with its offset, size and first bytes, and skipped.
 
 Uncompressed files are split into byte ranges that workers read in parallel; a range owns
 the lines that start inside it (the first partial line belongs to the range before).
-Compressed files are read whole. All I/O goes through Beam's FileSystems.
+Compressed files are read whole. All I/O goes through Beam's FileSystems. A UTF-8 byte-order
+mark at the start of a file is not part of its first line. Each batch keeps its file and the
+byte offset of every line, so that a line's position (file order, then line order) is known.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 RANGE_BYTES = 16 << 20
+BOM = b"\xef\xbb\xbf"
 CHUNK_BYTES = 1 << 20
 PREFIX_BYTES = 200
 
@@ -31,6 +34,18 @@ class LineRange:
     path: str
     start: int
     end: Optional[int]
+
+
+@dataclass(frozen=True)
+class LineBatch:
+    """Consecutive lines of one file: their bytes (without line ends) and the byte offset each starts at."""
+
+    path: str
+    starts: list[int]
+    lines: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
 @dataclass(frozen=True)
@@ -58,16 +73,22 @@ def line_ranges(pattern: str, range_bytes: int = RANGE_BYTES) -> list[LineRange]
 def iter_lines(f: BinaryIO, offset: int, max_line_bytes: int) -> Iterator[tuple[int, Optional[bytes], int, bytes]]:
     """(start offset, line or None when longer than max_line_bytes, size, first bytes) per line of f.
 
-    Lines end at b"\\n" (a trailing b"\\r" is dropped); a last line without one counts too.
+    Lines end at b"\\n" (a trailing b"\\r" is dropped); a last line without one counts too. At offset 0
+    a UTF-8 byte-order mark is skipped: the first line starts after it.
     """
     pieces: list[bytes] = []
     size = 0
     start = offset
+    at_file_start = offset == 0
     while True:
         chunk = f.read(CHUNK_BYTES)
         if not chunk:
             break
         pos = 0
+        if at_file_start:
+            at_file_start = False
+            if chunk.startswith(BOM):
+                pos = start = len(BOM)
         while True:
             newline = chunk.find(b"\n", pos)
             piece = chunk[pos:] if newline < 0 else chunk[pos:newline]
@@ -96,7 +117,7 @@ def _line(start: int, pieces: list[bytes], size: int, max_line_bytes: int) -> tu
 
 
 class ReadLineBatches(beam.DoFn):
-    """A LineRange -> lists of up to ``batch_size`` lines (bytes); too-long lines go to the ``too_long``
+    """A LineRange -> LineBatches of up to ``batch_size`` lines; too-long lines go to the ``too_long``
     output as LongLine."""
 
     def __init__(self, max_line_bytes: int, batch_size: int, skip_header: bool = False):
@@ -104,24 +125,27 @@ class ReadLineBatches(beam.DoFn):
 
     def process(self, line_range: LineRange) -> Iterator:
         compression = CompressionTypes.AUTO if line_range.end is None else CompressionTypes.UNCOMPRESSED
+        # Read from the byte before the range, so that a line starting right at it is seen whole;
+        # from the file's start when the range begins within a byte-order mark.
+        offset = 0 if line_range.start <= len(BOM) else line_range.start - 1
         with FileSystems.open(line_range.path, compression_type=compression) as f:
-            offset = line_range.start
-            if offset > 0:
-                f.seek(offset - 1)
-                offset -= 1
-            lines = iter_lines(f, offset, self._max)
-            if line_range.start > 0 or self._skip_header:
-                next(lines, None)  # the end of the previous range's last line, or the CSV header
-            batch: list[bytes] = []
-            for start, line, size, prefix in lines:
+            if offset:
+                f.seek(offset)
+            first = offset == 0
+            batch, starts = [], []
+            for start, line, size, prefix in iter_lines(f, offset, self._max):
+                header, first = first and self._skip_header, False
+                if start < line_range.start or header:
+                    continue  # the end of the previous range's last line, or the CSV header
                 if line_range.end is not None and start >= line_range.end:
                     break
                 if line is None:
                     yield beam.pvalue.TaggedOutput("too_long", LongLine(line_range.path, start, size, prefix))
                     continue
                 batch.append(line)
+                starts.append(start)
                 if len(batch) == self._batch_size:
-                    yield batch
-                    batch = []
+                    yield LineBatch(line_range.path, starts, batch)
+                    batch, starts = [], []
             if batch:
-                yield batch
+                yield LineBatch(line_range.path, starts, batch)

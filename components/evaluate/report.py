@@ -111,6 +111,23 @@ def data_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def presence_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """Per configured feature, and per input field no feature reads, the share of the train and eval rows
+    carrying it, from ingestion's counts (none when ingestion counted no presence)."""
+    ingest = (metrics.get("data") or {}).get("ingest") or {}
+    presence, unused = ingest.get("presence") or {}, ingest.get("unused_fields") or {}
+    rows = {split: (ingest.get(split) or {}).get("rows", 0) for split in ("train", "eval")}
+
+    def share(counts: dict, split: str, name: str) -> str:
+        return f"{(counts.get(split) or {}).get(name, 0) / rows[split]:.1%}" if rows[split] else "n/a"
+
+    names = list(dict.fromkeys(name for split in ("train", "eval") for name in presence.get(split) or {}))
+    fields = sorted({name for split in ("train", "eval") for name in unused.get(split) or {}})
+    return ([[name, share(presence, "train", name), share(presence, "eval", name)] for name in names]
+            + [[f"field {name} (unused)", share(unused, "train", name), share(unused, "eval", name)]
+               for name in fields])
+
+
 def model_lines(metrics: dict[str, Any]) -> list[str]:
     """Which models were compared: the candidate's path and variant, the baseline's served version."""
     model = metrics.get("model") or {}
@@ -273,6 +290,12 @@ def write_report(metrics: dict[str, Any], scores, blessing, out_dir: str) -> Non
         ("Models", "\n".join(f"- {line}" for line in model_lines(metrics)), None),
         ("Data", _markdown(["split", "rows", "clicks", "conversions"], data_rows(metrics)),
          (["split", "rows", "clicks", "conversions"], data_rows(metrics))),
+    ]
+    presence = presence_rows(metrics)
+    if presence:
+        sections.append(("Input field presence (rows carrying it)", _markdown(["feature", "train", "eval"], presence),
+                         (["feature", "train", "eval"], presence)))
+    sections += [
         ("Headline (exact AUCs over the whole split)", _markdown(["metric", "model", "oracle"], headline_rows(metrics)),
          (["metric", "model", "oracle"], headline_rows(metrics))),
     ]

@@ -59,6 +59,7 @@ class AliccpReader:
     def __init__(self, config: Config):
         self._config = config
         self._features = [(f, f.source or f.name) for f in config.features]
+        self._sources = frozenset(source for _, source in self._features)
 
     def _extract(self, fields: dict[str, list[tuple[str, float]]]) -> FeatureValues:
         values = {}
@@ -70,8 +71,8 @@ class AliccpReader:
                     raise RowError(exc.code, f"field {source}: {exc}") from None
         return values
 
-    def parse_common(self, line: str) -> tuple[str, SharedPart]:
-        """One common_features line -> (common_feature_index, its features serialized once)."""
+    def parse_common_values(self, line: str) -> tuple[str, FeatureValues, frozenset[str]]:
+        """One common_features line -> (common_feature_index, its feature values, the fields no feature reads)."""
         parts = line.rstrip("\r\n").split(",", COMMON_COLUMNS - 1)
         if len(parts) != COMMON_COLUMNS:
             raise RowError("wrong_column_count",
@@ -79,11 +80,18 @@ class AliccpReader:
         index, feature_num, feature_list = parts
         if not index:
             raise RowError("missing_common_feature_index", "common_feature_index is empty")
-        return index, encode_shared(self._config, self._extract(parse_feature_list(feature_list, feature_num)))
+        fields = parse_feature_list(feature_list, feature_num)
+        return index, self._extract(fields), frozenset(fields) - self._sources
 
-    def order_key(self, line: str) -> float:
-        """The ordering key (sample_id) alone, for finding the time split point."""
-        return parse_order_key(line.split(",", 1)[0], "sample_id")
+    def parse_common(self, line: str) -> tuple[str, SharedPart]:
+        """One common_features line -> (common_feature_index, its features serialized once)."""
+        index, values, unused = self.parse_common_values(line)
+        return index, encode_shared(self._config, [values], [unused])[0]
+
+    def keys(self, line: str) -> tuple[str, float]:
+        """(sample_id, ordering key) alone, for the time split point and duplicate ids; the key is the sample_id."""
+        sample_id = line.split(",", 1)[0]
+        return sample_id, parse_order_key(sample_id, "sample_id")
 
     def parse(self, line: str, common: Mapping[str, SharedPart] = NO_COMMON) -> ParsedRow:
         """One sample_skeleton line, joined with its user's common features (serialized once)."""
@@ -97,13 +105,16 @@ class AliccpReader:
         user = common.get(index)
         if user is None:
             raise RowError("unknown_common_feature_index", f"common_feature_index {index!r} is not in common_features")
-        values = self._extract(parse_feature_list(feature_list, feature_num))
+        fields = parse_feature_list(feature_list, feature_num)
+        values = self._extract(fields)
         both = values.keys() & user.names
         if both:
             raise RowError("field_in_both_files",
                            f"feature {sorted(both)[0]} appears in both the skeleton and the common line")
+        present = frozenset(values) | user.names
         for feature, _ in self._features:
-            if feature.name not in values and feature.name not in user.names:
+            if feature.name not in present:
                 values[feature.name] = feature_value(feature, [])
         return ParsedRow(sample_id=sample_id, order_key=order_key, click=click, conversion=conversion,
-                         values=values, shared=user)
+                         values=values, shared=user, present=present,
+                         unused=(frozenset(fields) - self._sources) | user.unused)

@@ -46,13 +46,15 @@ class CsvReader:
         self._sample_id, self._click, self._conversion = index["sample_id"], index["click"], index["conversion"]
         self._order = index[config.input.order_by]
         self._features = [(f, index[f.name]) for f in config.features]
+        required = set(required_columns(config))
+        self._unused = [(name, i) for i, name in enumerate(header) if name not in required]
 
-    def order_key(self, line: str) -> float:
-        """The ordering column alone, for finding the time split point."""
+    def keys(self, line: str) -> tuple[str, float]:
+        """(sample_id, ordering key) alone, for the time split point and duplicate ids."""
         cells = next(csv.reader([line]), [])
         if len(cells) != self._width:
             raise RowError("wrong_column_count", f"line has {len(cells)} columns, header has {self._width}")
-        return parse_order_key(cells[self._order], self._config.input.order_by)
+        return cells[self._sample_id], parse_order_key(cells[self._order], self._config.input.order_by)
 
     def parse(self, line: str, common: Mapping[str, SharedPart] = NO_COMMON) -> ParsedRow:
         """Parses one CSV line (quoting as the csv module reads it); raises RowError.
@@ -64,14 +66,18 @@ class CsvReader:
             raise RowError("wrong_column_count", f"line has {len(cells)} columns, header has {self._width}")
         click, conversion = parse_labels(cells[self._click], cells[self._conversion], self._config)
         order_key = parse_order_key(cells[self._order], self._config.input.order_by)
-        values = {}
+        values, present = {}, set()
         for feature, column in self._features:
             try:
-                values[feature.name] = feature_value(feature, _pairs(feature.kind, cells[column]))
+                pairs = _pairs(feature.kind, cells[column])
+                values[feature.name] = feature_value(feature, pairs)
             except RowError as exc:
                 raise RowError(exc.code, f"column {feature.name}: {exc}") from None
+            if pairs:
+                present.add(feature.name)
         return ParsedRow(sample_id=cells[self._sample_id], order_key=order_key, click=click,
-                         conversion=conversion, values=values)
+                         conversion=conversion, values=values, present=frozenset(present),
+                         unused=frozenset(name for name, i in self._unused if cells[i].strip()))
 
 
 def _pairs(kind: str, cell: str) -> list[tuple[str, float]]:

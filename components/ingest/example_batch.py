@@ -73,10 +73,20 @@ def encode_rows(config: Config, rows: list[ParsedRow]) -> list[bytes]:
     return out
 
 
-def encode_shared(config: Config, values: dict) -> SharedPart:
-    """Serializes the features in ``values`` once, as a partial tf.Example."""
-    row = ParsedRow(sample_id="", order_key=0.0, click=0, conversion=0, values=values)
-    names = frozenset(values)
-    skip = frozenset(f.name for f in config.features) - names
-    (serialized,) = example_coder.RecordBatchToExamples(to_record_batch(config, [row], labels=False, skip=skip))
-    return SharedPart(serialized=serialized, names=names)
+def encode_shared(config: Config, values: list[dict], unused: list[frozenset[str]]) -> list[SharedPart]:
+    """Serializes each row's features in ``values`` once, as partial tf.Examples (one C++ call per set of names)."""
+    groups: dict[frozenset[str], list[int]] = {}
+    for i, row_values in enumerate(values):
+        groups.setdefault(frozenset(row_values), []).append(i)
+    out: list[SharedPart] = [None] * len(values)  # type: ignore[list-item]
+    every = frozenset(f.name for f in config.features)
+    for names, indices in groups.items():
+        if not names:  # a line that carries none of the features adds no bytes
+            for i in indices:
+                out[i] = SharedPart(serialized=b"", names=names, unused=unused[i])
+            continue
+        rows = [ParsedRow(sample_id="", order_key=0.0, click=0, conversion=0, values=values[i]) for i in indices]
+        encoded = example_coder.RecordBatchToExamples(to_record_batch(config, rows, labels=False, skip=every - names))
+        for i, serialized in zip(indices, encoded):
+            out[i] = SharedPart(serialized=serialized, names=names, unused=unused[i])
+    return out

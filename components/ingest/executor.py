@@ -6,19 +6,26 @@ Output layout under ``out_dir``:
   the ordering column, the earlier rows training;
 - ``schema.pbtxt``: the tensorflow_metadata Schema of those examples;
 - ``rejected/rejected-*.jsonl``: every unusable line with its source, reason code and reason;
-- ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason.
+- ``counts.json``: rows read, written per split with clicks and conversions, rejected by reason,
+  and per split the rows carrying each feature (``presence``) and each unused input field;
+- ``input_schema.pbtxt``, ``input_statistics.pbtxt``, ``anomalies.pbtxt``: the input checked
+  against the config in TFDV's protos (``components.ingest.anomalies``).
 
-The graph is built from named pieces: ``ReadLines`` (byte ranges -> batches of lines),
-``SplitPoint`` (ordering keys -> the time split), ``CommonFeatures`` (Ali-CCP's user lines;
-empty for CSV, so every format fills the same outputs), ``ParseEncodeSplit`` (lines ->
-encoded examples per split, rejected lines, counts), ``WriteSplit``, ``WriteRejected`` and
+The graph (``components.ingest.graph``) is built from named pieces: ``ReadLines`` (byte ranges -> batches of lines),
+``SplitPoint`` (ordering keys -> the time split), ``DuplicateIds`` (sample_ids seen more than
+once -> where each first appears), ``CommonFeatures`` (Ali-CCP's user lines; empty for CSV,
+so every format fills the same outputs), ``ParseEncodeSplit`` (a batch of lines -> one run of
+framed TFRecords per split, rejected lines, counts), ``WriteSplit``, ``WriteRejected`` and
 ``WriteCounts`` (flat ``(key, n)`` counts summed per key, nested into counts.json once).
 
-The impressions are read twice, on purpose: the first pass reads only the ordering keys to
-find the split point (the quantile over every line whose key parses, rejected or not); the
-second parses in batches, encodes each batch columnar in C++, and routes rows to their
-split. Reading once would have to hold (DirectRunner) or shuffle (a cluster) the whole log
-until the split point is known; a second read of the files costs less than either.
+The impressions are read twice, on purpose: the first pass reads only the sample_id and the
+ordering key, to find the split point (the quantile over every line whose key parses,
+rejected or not) and the duplicated sample_ids; the second parses, joins and encodes each
+batch column by column (``components.ingest.columnar``) and routes rows to their split.
+Reading once would have to hold (DirectRunner) or shuffle (a cluster) the whole log until
+the split point is known; a second read of the files costs less than either. Of the lines
+that share a sample_id, the first (in file order, then line order, among lines whose key
+parses) is kept and every other is rejected as ``duplicate_sample_id``.
 Every line is either written or rejected, a line that is not UTF-8 (``bad_encoding``) or
 longer than ``input.max_line_bytes`` (``line_too_long``) included: the counts add up, and
 the rows written per split are counted back from the files and must match them
@@ -26,8 +33,9 @@ the rows written per split are counted back from the files and must match them
 
 The output directory must be empty (``components.artifacts.output_dir``). After writing, the run
 fails (RejectionError, one line) when no line was read, when the share of rejected
-impression lines exceeds ``input.max_rejected_fraction``, or when a split is empty:
-nothing downstream trains on the remains of a log the config does not fit.
+impression lines exceeds ``input.max_rejected_fraction``, when a split is empty, or when a
+configured feature's input field is in fewer than ``input.min_feature_presence`` of the rows
+kept (naming every such feature): nothing downstream trains on the remains of a log the config does not fit.
 """
 from __future__ import annotations
 
@@ -36,23 +44,18 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
 
-import apache_beam as beam
-import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 
 from components.artifacts import record_counts
 from components.artifacts.output_dir import require_empty
-from components.beam.line_reader import LongLine, ReadLineBatches, iter_lines, line_ranges
+from components.beam.line_reader import iter_lines
 from components.beam.runner import make_pipeline
-from components.beam.tfrecord_sink import GzipTFRecordSink
-from components.ingest.aliccp_reader import AliccpReader
-from components.ingest.csv_reader import CsvReader, check_columns
-from components.ingest.example_batch import encode_rows
-from components.ingest.rows import ParsedRow, Rejected, RowError, decode_line
+from components.ingest import anomalies
+from components.ingest.csv_reader import check_columns
+from components.ingest.graph import InputFiles, build
 from esmm_model.config import Config
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError, InputError
@@ -61,9 +64,6 @@ from esmm_model.schema import schema_proto
 TRAIN, EVAL = layout.TRAIN, layout.EVAL
 SKELETON_PATTERN = "sample_skeleton_*.csv*"
 COMMON_PATTERN = "common_features_*.csv*"
-QUANTILES = 1001
-BATCH_SIZE = 2048
-GZIP_LEVEL = 1
 _LOG = logging.getLogger(__name__)
 
 
@@ -99,38 +99,13 @@ class IngestCounts:
         rejected = self.rejected
         lines.append(f"rejected: {sum(rejected.values()):,}"
                      + "".join(f"\n  {code}: {n:,}" for code, n in sorted(rejected.items())))
+        lines.append(anomalies.describe(anomalies.Presence.of(self.data)))
         common = self.data.get("common_rejected", {})
         if self.data.get("common_rows_read"):
             lines.append(f"common feature rows read: {self.data['common_rows_read']:,}, "
                          f"rejected: {sum(common.values()):,}"
                          + "".join(f"\n  {code}: {n:,}" for code, n in sorted(common.items())))
         return "\n".join(lines)
-
-
-CountKey = tuple  # ("rows_read",), ("train", "rows"), ("rejected", code), ("common_rejected", code), ...
-
-
-def nest_counts(pairs: list[tuple[CountKey, int]]) -> dict:
-    """Summed ``(key, n)`` pairs -> counts.json's nested dict; splits and ``rejected`` are always there."""
-    counts: dict = {"rows_read": 0, "rejected": {},
-                    **{split: {"rows": 0, "clicks": 0, "conversions": 0} for split in (TRAIN, EVAL)}}
-    for key, n in sorted(pairs):
-        *parents, leaf = key
-        node = counts
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = node.get(leaf, 0) + n
-    return counts
-
-
-@dataclass(frozen=True)
-class InputFiles:
-    """The resolved input: a format, the impression file pattern, and its companion."""
-
-    format: str
-    impressions: str
-    common: str | None = None
-    header: tuple[str, ...] = ()
 
 
 def _match(pattern: str) -> list[str]:
@@ -175,186 +150,29 @@ def resolve_inputs(config: Config, input_path: str) -> InputFiles:
     return InputFiles("csv", input_path, header=header)
 
 
-def _reader(config: Config, files: InputFiles):
-    if files.format == "aliccp":
-        return AliccpReader(config)
-    return CsvReader(config, list(files.header), files.impressions)
-
-
-class _ReadingDoFn(beam.DoFn):
-    """A DoFn that builds its line reader once per worker."""
-
-    def __init__(self, config: Config, files: InputFiles):
-        self._config, self._files = config, files
-
-    def setup(self) -> None:
-        self._reader = _reader(self._config, self._files)
-
-
-class ExtractOrderKeys(_ReadingDoFn):
-    """A batch of lines -> the ordering keys that parse (the first pass)."""
-
-    def process(self, lines: list[bytes]) -> Iterator[np.ndarray]:
-        keys = []
-        for line in lines:
-            try:
-                keys.append(self._reader.order_key(decode_line(line)))
-            except RowError:
-                continue  # the second pass rejects and counts this line
-        if keys:
-            yield np.asarray(keys, dtype=np.float64)
-
-
-class ParseEncodeSplit(_ReadingDoFn):
-    """A batch of lines -> serialized examples tagged by split, rejected lines, and ``(key, n)`` counts."""
-
-    def process(self, lines: list[bytes], threshold: float | None, common: dict) -> Iterator:
-        rows: dict[str, list[ParsedRow]] = {TRAIN: [], EVAL: []}
-        rejected: dict[str, int] = {}
-        for raw in lines:
-            try:
-                row = self._reader.parse(decode_line(raw), common)
-            except RowError as exc:
-                rejected[exc.code] = rejected.get(exc.code, 0) + 1
-                yield beam.pvalue.TaggedOutput("rejected", Rejected.of("impressions", raw, exc))
-                continue
-            rows[TRAIN if threshold is not None and row.order_key <= threshold else EVAL].append(row)
-        yield beam.pvalue.TaggedOutput("counts", (("rows_read",), len(lines)))
-        for code, n in rejected.items():
-            yield beam.pvalue.TaggedOutput("counts", (("rejected", code), n))
-        for split, split_rows in rows.items():
-            for name, n in (("rows", len(split_rows)), ("clicks", sum(r.click for r in split_rows)),
-                            ("conversions", sum(r.conversion for r in split_rows))):
-                yield beam.pvalue.TaggedOutput("counts", ((split, name), n))
-            for example in encode_rows(self._config, split_rows):
-                yield beam.pvalue.TaggedOutput(split, example)
-
-
-class ParseCommon(beam.DoFn):
-    """A batch of common_features lines -> (index, user feature values), or rejected."""
-
-    def __init__(self, config: Config):
-        self._config = config
-
-    def setup(self) -> None:
-        self._reader = AliccpReader(self._config)
-
-    def process(self, lines: list[bytes]) -> Iterator:
-        for raw in lines:
-            try:
-                yield self._reader.parse_common(decode_line(raw))
-            except RowError as exc:
-                yield beam.pvalue.TaggedOutput("rejected", Rejected.of("common_features", raw, exc))
-
-
-def _long_line_rejected(source: str, max_line_bytes: int):
-    """A LongLine -> its Rejected record (``line_too_long``), holding only the line's first bytes."""
-    def reject(line: LongLine) -> Rejected:
-        return Rejected.of(source, line.prefix, RowError(
-            "line_too_long", f"line at byte {line.offset:,} of {line.path} is {line.size:,} bytes, over "
-                             f"input.max_line_bytes ({max_line_bytes:,}); "
-                             f"only its first {len(line.prefix)} bytes are kept here"))
-    return reject
-
-
-def _unique_common(item: tuple[str, list]) -> Iterator:
-    """Keeps an index seen once; rejects every line of an index seen more than once."""
-    index, values = item
-    if len(values) == 1:
-        yield index, values[0]
-        return
-    for _ in values:
-        yield beam.pvalue.TaggedOutput("rejected", Rejected(
-            "common_features", index, "duplicate_common_feature_index",
-            f"common_feature_index {index!r} appears on {len(values)} lines; its rows cannot be joined unambiguously"))
-
-
-def _split_point(quantiles: list[float], fraction: float) -> float | None:
-    if not quantiles:
-        return None
-    return float(quantiles[round(fraction * (len(quantiles) - 1))])
-
-
-class ReadLines(beam.PTransform):
-    """The files matching a pattern -> batches of raw lines (``lines``), and the lines over
-    max_line_bytes (``too_long``)."""
-
-    def __init__(self, pattern: str, max_line_bytes: int, skip_header: bool = False):
-        super().__init__()
-        self._pattern, self._max, self._skip_header = pattern, max_line_bytes, skip_header
-
-    def expand(self, p: beam.pvalue.PBegin):
-        return (p | "Ranges" >> beam.Create(line_ranges(self._pattern)) | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.ParDo(ReadLineBatches(self._max, BATCH_SIZE, self._skip_header))
-                .with_outputs("too_long", main="lines"))
-
-
-@beam.ptransform_fn
-def SplitPoint(lines: beam.PCollection, config: Config, files: InputFiles) -> beam.PCollection:
-    """Batches of impression lines -> the ordering key at ``input.train_fraction`` (None when no key parses)."""
-    return (lines
-            | "OrderKeys" >> beam.ParDo(ExtractOrderKeys(config, files))
-            | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
-            | "Pick" >> beam.Map(_split_point, config.input.train_fraction))
-
-
-class CommonFeatures(beam.PTransform):
-    """Ali-CCP's common_features -> ``features`` ((index, SharedPart), indexes seen once), ``rejected``, ``counts``.
-
-    A format without a companion file (CSV) gets the same three outputs, empty.
-    """
-
-    def __init__(self, config: Config, files: InputFiles):
-        super().__init__()
-        self._config, self._files = config, files
-
-    def expand(self, p: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        if self._files.common is None:
-            return {name: p | f"No{name.title()}" >> beam.Create([]) for name in ("features", "rejected", "counts")}
-        max_line = self._config.input.max_line_bytes
-        lines = p | "ReadLines" >> ReadLines(self._files.common, max_line)
-        parsed = lines.lines | "Parse" >> beam.ParDo(ParseCommon(self._config)).with_outputs("rejected", main="ok")
-        unique = (parsed.ok | "Group" >> beam.GroupByKey()
-                  | "Unique" >> beam.FlatMap(_unique_common).with_outputs("rejected", main="ok"))
-        too_long = lines.too_long | "LongLines" >> beam.Map(_long_line_rejected("common_features", max_line))
-        rejected = (parsed.rejected, unique.rejected, too_long) | "AllRejected" >> beam.Flatten()
-        counts = ((lines.lines | "CountRead" >> beam.Map(lambda batch: (("common_rows_read",), len(batch))),
-                   too_long | "CountLong" >> beam.Map(lambda _: (("common_rows_read",), 1)),
-                   rejected | "CountRejected" >> beam.Map(lambda r: (("common_rejected", r.code), 1)))
-                  | "AllCounts" >> beam.Flatten())
-        return {"features": unique.ok, "rejected": rejected, "counts": counts}
-
-
-@beam.ptransform_fn
-def WriteSplit(examples: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
-    """Serialized examples -> ``<prefix>-NNNNN-of-NNNNN.tfrecord.gz``."""
-    return examples | "Write" >> beam.io.Write(GzipTFRecordSink(prefix, level=GZIP_LEVEL))
-
-
-@beam.ptransform_fn
-def WriteRejected(rejected: beam.PCollection, prefix: str) -> beam.pvalue.PDone:
-    """Rejected records -> JSON lines under ``<prefix>-*.jsonl``."""
-    return (rejected | "Json" >> beam.Map(lambda r: json.dumps(r.to_json()))
-            | "Write" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
-
-
-@beam.ptransform_fn
-def WriteCounts(counts: beam.PCollection, path: str) -> beam.pvalue.PDone:
-    """``(key, n)`` pairs -> counts.json at ``path``, summed per key."""
-    return (counts
-            | "Sum" >> beam.CombinePerKey(sum)
-            | "Collect" >> beam.combiners.ToList()
-            | "Json" >> beam.Map(lambda pairs: json.dumps(nest_counts(pairs), indent=2, sort_keys=True))
-            | "Write" >> beam.io.WriteToText(path, shard_name_template="", num_shards=1))
-
-
 def _write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
 
 
-def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str) -> None:
-    """Raises RejectionError when nothing was read, too much was rejected, or a split is empty."""
+def check_presence(config: Config, counts: IngestCounts, out_dir: str) -> None:
+    """Raises RejectionError naming every feature whose input field is in fewer than ``input.min_feature_presence``
+    of the rows kept."""
+    presence = anomalies.Presence.of(counts.data)
+    missing = presence.missing(config)
+    if missing and presence.total_rows:
+        raise RejectionError(
+            f"{len(missing)} of {len(config.features)} features are in fewer than "
+            f"{config.input.min_feature_presence:.2%} of the {presence.total_rows:,} rows kept "
+            f"(input.min_feature_presence): "
+            + ", ".join(f"{f.name} (field {f.source or f.name}) {presence.fraction(f.name):.2%}" for f in missing)
+            + f"; the input does not carry the fields the config names; see {layout.IngestLayout(out_dir).anomalies}")
+
+
+def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path: str, out_dir: str,
+                 config: Config | None = None) -> None:
+    """Raises RejectionError when nothing was read, too much was rejected, a split is empty, or (given
+    ``config``) a configured feature is missing."""
     if counts.rows_read == 0:
         raise RejectionError(f"no impression lines in {input_path!r}; outputs in {out_dir}")
     rejected = counts.rejected
@@ -372,6 +190,8 @@ def check_counts(counts: IngestCounts, max_rejected_fraction: float, input_path:
             raise RejectionError(f"the {split} split is empty ({counts.split(TRAIN)['rows']:,} train and "
                                  f"{counts.split(EVAL)['rows']:,} eval rows kept of {counts.rows_read:,} read): "
                                  f"the time split needs more rows with distinct ordering keys; outputs in {out_dir}")
+    if config is not None:
+        check_presence(config, counts, out_dir)
 
 
 def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) -> IngestCounts:
@@ -384,36 +204,16 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
     out = layout.IngestLayout(out_dir)
     tf.io.gfile.makedirs(out.root)
     _write_text(out.schema, text_format.MessageToString(schema_proto(config)))
-    counts_path = out.counts
-    skip = files.format == "csv"
     _LOG.info("ingest: reading %s (%s) with %s", files.impressions, files.format, beam_args)
-
-    max_line = config.input.max_line_bytes
     with make_pipeline(beam_args) as p:
-        threshold = (p | "ReadKeys" >> ReadLines(files.impressions, max_line, skip)).lines | "SplitPoint" >> SplitPoint(
-            config, files)
-        common = p | "CommonFeatures" >> CommonFeatures(config, files)
-        rows = p | "ReadRows" >> ReadLines(files.impressions, max_line, skip)
-        long_rows = rows.too_long | "LongRows" >> beam.Map(_long_line_rejected("impressions", max_line))
-        parsed = (rows.lines
-                  | "ParseEncodeSplit" >> beam.ParDo(ParseEncodeSplit(config, files),
-                                                     beam.pvalue.AsSingleton(threshold),
-                                                     beam.pvalue.AsDict(common["features"]))
-                  .with_outputs(TRAIN, EVAL, "rejected", "counts"))
-        for split in (TRAIN, EVAL):
-            _ = parsed[split] | f"Write{split.title()}" >> WriteSplit(out.split_prefix(split))
-        _ = ((parsed.rejected, long_rows, common["rejected"]) | "AllRejected" >> beam.Flatten()
-             | "WriteRejected" >> WriteRejected(out.rejected_prefix))
-        long_counts = long_rows | "CountLongRows" >> beam.FlatMap(
-            lambda r: [(("rows_read",), 1), (("rejected", r.code), 1)])
-        _ = ((parsed.counts, long_counts, common["counts"]) | "AllCounts" >> beam.Flatten()
-             | "WriteCounts" >> WriteCounts(counts_path))
+        build(p, config, files, out)
 
-    with tf.io.gfile.GFile(counts_path) as f:
+    with tf.io.gfile.GFile(out.counts) as f:
         counts = IngestCounts(json.load(f))
+    anomalies.write(config, anomalies.Presence.of(counts.data), out, _write_text)
     _LOG.info("ingest: done\n%s", counts.describe())
     for split in (TRAIN, EVAL):
         written = record_counts.count_records(out.split_pattern(split))
         record_counts.check_written("ingest", split, written, counts.split(split)["rows"], out.root)
-    check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir)
+    check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir, config)
     return counts

@@ -53,6 +53,7 @@ class SharedPart:
 
     serialized: bytes
     names: frozenset[str]
+    unused: frozenset[str] = frozenset()  # fields on the line that no feature reads
 
 
 # What a reader's ``parse`` gets as ``common`` when the format has no shared features (CSV).
@@ -63,7 +64,9 @@ NO_COMMON: Mapping[str, SharedPart] = MappingProxyType({})
 class ParsedRow:
     """One impression: labels, ordering key and feature values keyed by config name.
 
-    ``values`` holds every feature not in ``shared``.
+    ``values`` holds every feature not in ``shared``, a missing one as its default; ``present``
+    names the features the line (or its shared part) carried, ``unused`` the input fields it
+    carried that no feature reads.
     """
 
     sample_id: str
@@ -72,6 +75,8 @@ class ParsedRow:
     conversion: int
     values: dict[str, FeatureValue]
     shared: SharedPart | None = None
+    present: frozenset[str] = frozenset()
+    unused: frozenset[str] = frozenset()
 
 
 def decode_line(raw: bytes) -> str:

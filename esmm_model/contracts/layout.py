@@ -7,6 +7,7 @@ take their paths from here, so a step's layout is written down once::
 
     <ingest>/train/data-*.tfrecord.gz, eval/data-*.tfrecord.gz   raw tf.Example, GZIP
     <ingest>/schema.pbtxt, counts.json, rejected/rejected-*.jsonl
+    <ingest>/input_schema.pbtxt, input_statistics.pbtxt, anomalies.pbtxt   the input against the config
     <transform>/transform_graph/ (+ metadata/)                    TFTransformOutput
     <transform>/transformed/train|eval/part-*.tfrecord.gz         transformed tf.Example
     <train>/model/<version>/                                      the SavedModel
@@ -73,6 +74,9 @@ class IngestLayout(SplitRecords):
     shard_name = "data"
     schema = Entry("schema.pbtxt")
     counts = Entry("counts.json")
+    input_schema = Entry("input_schema.pbtxt")  # tensorflow_metadata Schema: each feature's field and min presence
+    input_statistics = Entry("input_statistics.pbtxt")  # rows carrying each feature and unused field, per split
+    anomalies = Entry("anomalies.pbtxt")  # tensorflow_metadata Anomalies: missing features, unused fields
     rejected_dir = Entry("rejected")
     rejected_prefix = Entry("rejected", "rejected")  # file prefix of the rejected-row shards (suffix ``.jsonl``)
 
