@@ -56,6 +56,7 @@ PATCHED_BEAM_VERSION = "2.77.0"
 DIRECT_RUNNERS = {"directrunner", "direct", "switchingdirectrunner"}
 DATAFLOW_RUNNERS = {"dataflowrunner", "dataflow"}
 _senders = threading.local()  # the input senders of the bundle this thread runs
+_beam_send_input: list = []  # Beam's own BundleManager._send_input_to_worker, kept by _patch_fn_runner
 # Where kfp keeps artifacts on a MinIO-backed Kubeflow, and Beam's name for an S3-compatible store.
 MINIO_SCHEME, S3_SCHEME = "minio://", "s3://"
 
@@ -112,7 +113,14 @@ def with_worker_image(args: Sequence[str], image: Optional[str]) -> list[str]:
 
 def _send_input_in_chunks(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
     """``fn_runner.BundleManager._send_input_to_worker`` in a thread of its own that flushes after each
-    chunk; the stream is closed even on an error, which the bundle then raises."""
+    chunk; the stream is closed even on an error, which the bundle then raises. Only workers over gRPC
+    need it: an in-process worker (``in_memory``) reads its input when the bundle runs on this thread,
+    so it is sent here first, as Beam does (sent from a thread instead, a large side input arrived empty)."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    if not isinstance(self._worker_handler, worker_handlers.GrpcWorkerHandler):
+        _beam_send_input[0](self, process_bundle_id, read_transform_id, byte_streams)
+        return
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
     errors: list[BaseException] = []
 
@@ -161,6 +169,7 @@ def _patch_fn_runner() -> None:
     from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0  # no racing time-based flush on the runner's data streams
+    _beam_send_input.append(fn_runner.BundleManager._send_input_to_worker)
     fn_runner.BundleManager._send_input_to_worker = _send_input_in_chunks
     fn_runner.BundleManager.process_bundle = _process_bundle_joining_senders(fn_runner.BundleManager.process_bundle)
 
