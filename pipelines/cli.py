@@ -10,12 +10,16 @@ import argparse
 import os
 import sys
 
+from components import console
 from esmm_model.errors import EsmmError
 from esmm_model.variants import VARIANTS
 from pipelines import cluster
 
 NOT_PUSHED = 3
 DEFAULT_CONFIG = "simulator"
+VERBOSE_HELP = ("show every library's log lines (TensorFlow, absl, Beam workers, kfp.local's task output); "
+                "by default only the project's own lines show, and `esmm run` keeps each step's output in a log "
+                "file in the run directory")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -464,14 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
     p.add_argument("--rows", type=int, default=200_000, help="simulated impressions (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines drown the progress
     args = build_parser().parse_args(argv)
     try:
-        status = args.func(args)
+        with console.quiet(args.verbose):  # before TensorFlow, absl or Beam load, here or in a child process
+            status = args.func(args)
     except EsmmError as exc:
         print(f"esmm {args.command}: error: {exc}", file=sys.stderr)
         return 2
