@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +26,9 @@ from pipelines.config import load_config
 from pipelines.pipeline import create_pipeline
 from pipelines.run_overrides import with_run_overrides
 from pipelines.task_logs import TaskLogs
+
+# kfp.local's warning for each task of a component whose base image is not a Python one.
+KFP_IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,10 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
                  "ground_truth": _absolute(ground_truth) if ground_truth else ""}
     logs = TaskLogs(root, before, sys.stdout, echo=console.verbose())
     try:
-        with console.environment({console.STEP_CONSOLE_ENV: "1"}), contextlib.redirect_stdout(logs):
+        with console.environment({console.STEP_CONSOLE_ENV: "1"}), contextlib.redirect_stdout(logs), \
+                warnings.catch_warnings():
+            if not console.verbose():  # runs the image's code in this environment, as intended, for every task
+                warnings.filterwarnings("ignore", KFP_IMAGE_WARNING, RuntimeWarning)
             create_pipeline()(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
                               serving_base=_absolute(serving_base), work_root=str(root.parent / "work"), **arguments)
     except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task

@@ -79,11 +79,13 @@ class TaskLogs(io.TextIOBase):
         super().close()
 
     def _say(self, line: str) -> None:
-        print(line, file=self._console, flush=True)
+        # Not print(): kfp.local swaps builtins.print for one that writes its indent to sys.stdout, this stream.
+        self._console.write(f"{line}\n")
+        self._console.flush()
 
     def _line(self, line: str) -> None:
         if self._echo:
-            print(line, file=self._console, flush=True)
+            self._say(line)
         started, finished = _STARTED.search(line), _FINISHED.search(line)
         if started:
             self._task, self._started = started.group("task"), time.monotonic()

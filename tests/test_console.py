@@ -1,10 +1,13 @@
 """components.console and pipelines.task_logs: what a quiet run shows, and where the rest goes."""
+import contextlib
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from kfp.local import logging_utils
 
 from components import console
 from components.beam.runner import worker_options
@@ -89,15 +92,23 @@ def kfp_output(task: str, lines: list[str], status: str = "SUCCESS") -> str:
 
 def test_task_output_goes_to_a_log_per_task_and_the_console_gets_starts_ends_and_marked_lines(tmp_path):
     console_out = tmp_path / "console.txt"
+    dump = '[KFP Executor 12:00:00 INFO]: Got executor_input: {"config": "..."}'
+
+    def kfp_prints(logs: TaskLogs) -> None:  # as kfp.local does: sys.stdout redirected, builtins.print indenting
+        with contextlib.redirect_stdout(logs), logging_utils.indented_print():
+            print("12:00:00.000 - INFO - Running pipeline: \x1b[95m'esmm'\x1b[0m")
+            (tmp_path / "root" / "esmm-2026").mkdir(parents=True)
+            print(kfp_output("ingest-step", [dump, console.CONSOLE_MARK + "ingest: 10 of 10 rows in 1.0 s"]), end="")
+            print(kfp_output("train-step", ["Traceback (most recent call last):",
+                                            "components.ingest.executor.RejectionError: rejected 2.75% of 2,000"],
+                             status="FAILURE"), end="")
+
     with open(console_out, "w") as out:
         logs = TaskLogs(tmp_path / "root", set(), out)
-        logs.write("12:00:00.000 - INFO - Running pipeline: \x1b[95m'esmm'\x1b[0m\n")
-        (tmp_path / "root" / "esmm-2026").mkdir(parents=True)
-        dump = '[KFP Executor 12:00:00 INFO]: Got executor_input: {"config": "..."}'
-        logs.write(kfp_output("ingest-step", [dump, console.CONSOLE_MARK + "ingest: 10 of 10 rows in 1.0 s"]))
-        logs.write(kfp_output("train-step", ["Traceback (most recent call last):",
-                                             "components.ingest.executor.RejectionError: rejected 2.75% of 2,000"],
-                              status="FAILURE"))
+        printing = threading.Thread(target=kfp_prints, args=(logs,), daemon=True)
+        printing.start()
+        printing.join(30)
+        assert not printing.is_alive(), "TaskLogs deadlocked under kfp.local's print"
         logs.close()
     run = tmp_path / "root" / "esmm-2026"
     assert console_out.read_text().splitlines() == [
