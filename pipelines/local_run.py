@@ -45,6 +45,14 @@ class LocalRun:
     def metrics(self) -> dict[str, Any]:
         return read_json(layout.EvaluationLayout(self.evaluation_dir).metrics, "evaluation metrics")
 
+    @classmethod
+    def read(cls, run_dir: Path, step_seconds: Optional[dict[str, float]] = None) -> "LocalRun":
+        """The run that left ``run_dir`` (a kfp.local run directory)."""
+        evaluate_dir = _task_dir(run_dir, "evaluate")
+        blessing = json.loads((evaluate_dir / "blessing").read_text())
+        pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
+        return cls(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed, dict(step_seconds or {}))
+
     def describe(self) -> str:
         from components.evaluate.report import markdown_tables
 
@@ -107,7 +115,4 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
     finally:
         logs.close()
     (run_dir,) = set(root.iterdir()) - before
-    evaluate_dir = _task_dir(run_dir, "evaluate")
-    blessing = json.loads((evaluate_dir / "blessing").read_text())
-    pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
-    return LocalRun(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed, dict(logs.seconds))
+    return LocalRun.read(run_dir, logs.seconds)
