@@ -193,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                     beam_options=args.beam_option or None, variant=args.variant, epochs=args.epochs,
                     thresholds=_thresholds(args.thresholds), ground_truth=args.ground_truth,
                     max_rejected_fraction=args.max_rejected_fraction)
-    print(run.describe())
+    print(run.describe(slices=False))  # the per-slice table is in the report
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:

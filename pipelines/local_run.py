@@ -53,14 +53,16 @@ class LocalRun:
         pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
         return cls(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed, dict(step_seconds or {}))
 
-    def describe(self) -> str:
+    def describe(self, *, slices: bool = True) -> str:
+        """The evaluation's tables (the per-slice one unless not ``slices``), the blessing and the push."""
         from components.evaluate.report import markdown_tables
 
         push = (f"pushed version {self.pushed['version']} to {self.pushed['path']}" if self.pushed["pushed"]
                 else f"not pushed: {self.pushed['reason']}")
-        return "\n".join([markdown_tables(self.metrics), "", f"blessing: {self.blessing['status']}",
+        return "\n".join([markdown_tables(self.metrics, slices=slices), "", f"blessing: {self.blessing['status']}",
                           *(f"  {reason}" for reason in self.blessing["reasons"]), push,
-                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}",
+                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}"
+                          f"{'' if slices else ' (every output and slice)'}",
                           f"run: {self.run_dir} (a log per step: <step>.log)"])
 
 
