@@ -2,7 +2,9 @@
 
 Each subcommand parses flags, loads the config, and calls the step's plain function.
 A user mistake (EsmmError) prints one line and exits 2; no traceback. `esmm push` exits
-NOT_PUSHED (3) when it validated the model but did not push it.
+NOT_PUSHED (3) when it validated the model but did not push it. Every command is quiet (the
+project's own lines only) unless ``-v``/``--verbose``; ``components.console`` sets that up before
+TensorFlow, absl or Beam load.
 """
 from __future__ import annotations
 
