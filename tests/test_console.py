@@ -120,3 +120,12 @@ def test_task_output_goes_to_a_log_per_task_and_the_console_gets_starts_ends_and
     assert set(logs.seconds) == {"ingest-step", "train-step"}
     assert logs.failure == (f"train-step failed: RejectionError: rejected 2.75% of 2,000; "
                             f"its log: {run / 'train-step.log'}")
+
+
+def test_verbose_goes_before_or_after_the_command():
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    assert [parser.parse_args(argv).verbose for argv in (["-v", "compile", "--image", "x"],
+                                                         ["compile", "--image", "x", "--verbose"],
+                                                         ["compile", "--image", "x"])] == [True, True, False]
