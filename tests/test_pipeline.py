@@ -229,12 +229,14 @@ def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
     lines = skeleton.read_text().splitlines()
     bad = [f"{4_001 + i},x,0,{line.split(',')[3]},0," for i, line in enumerate(lines[:80])]  # 80 of 4,080: 1.96 %
     skeleton.write_text("\n".join(lines + bad) + "\n")
-    with pytest.raises(EsmmError, match="ingest-step"):
+    # The step's own error line and where its log is, not only kfp.local's "finished with status FAILURE".
+    with pytest.raises(EsmmError, match=r"ingest-step failed: RejectionError: rejected 1\.96% of 4,080 rows .*; "
+                                        r"its log: .*ingest-step\.log$"):
         # epochs and every other override left unset, as `make demo` runs (kfp.local casts an unset int with int())
         run_local(str(tiny / "config.yaml"), str(sim), str(tmp_path / "serving"), str(tmp_path / "run"),
                   beam_options=BEAM_OPTIONS)
     (run_dir,) = (tmp_path / "run" / "kfp_root").iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"snapshot-step", "ingest-step"}  # nothing downstream ran
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"snapshot-step", "ingest-step"}  # nothing downstream
     counts = json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())
     assert counts["rejected"] == {"bad_click": 80}
     assert not (tmp_path / "serving").exists()
