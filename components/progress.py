@@ -1,7 +1,8 @@
 """Progress of a long loop that reads well on a terminal and in a log.
 
 On a terminal (stderr is a TTY) a tqdm bar; anywhere else, e.g. a pod's log or a CI job, one plain
-line at most every ``every_s`` seconds and one at the end, with no carriage returns or refreshes.
+line at most every ``every_s`` seconds and one at the end, with no carriage returns or refreshes
+(``components.console.say``: inside a kfp.local task, lines the local run shows on its console).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from typing import Iterable, Iterator, Optional, TextIO, TypeVar
 
 from tqdm import tqdm
+
+from components.console import say
 
 T = TypeVar("T")
 
@@ -32,6 +35,6 @@ def progress(items: Iterable[T], desc: str, unit: str, *, total: Optional[int] =
         now = time.monotonic()
         if now - last >= every_s:
             last = now
-            print(f"{desc}: {done:,}{of} {unit}s, {done / (now - started):,.0f} {unit}/s", file=stream, flush=True)
+            say(f"{desc}: {done:,}{of} {unit}s, {done / (now - started):,.0f} {unit}/s", stream)
     elapsed = time.monotonic() - started
-    print(f"{desc}: {done:,}{of} {unit}s in {elapsed:.1f} s", file=stream, flush=True)
+    say(f"{desc}: {done:,}{of} {unit}s in {elapsed:.1f} s", stream)

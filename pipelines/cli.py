@@ -2,7 +2,9 @@
 
 Each subcommand parses flags, loads the config, and calls the step's plain function.
 A user mistake (EsmmError) prints one line and exits 2; no traceback. `esmm push` exits
-NOT_PUSHED (3) when it validated the model but did not push it.
+NOT_PUSHED (3) when it validated the model but did not push it. Every command is quiet (the
+project's own lines only) unless ``-v``/``--verbose``; ``components.console`` sets that up before
+TensorFlow, absl or Beam load.
 """
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ import argparse
 import os
 import sys
 
+from components import console
 from esmm_model.errors import EsmmError
 from esmm_model.variants import VARIANTS
 from pipelines import cluster
 
 NOT_PUSHED = 3
 DEFAULT_CONFIG = "simulator"
+VERBOSE_HELP = ("show every library's log lines (TensorFlow, absl, Beam workers, kfp.local's task output); "
+                "by default only the project's own lines show, and `esmm run` keeps each step's output in a log "
+                "file in the run directory")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                     beam_options=args.beam_option or None, variant=args.variant, epochs=args.epochs,
                     thresholds=_thresholds(args.thresholds), ground_truth=args.ground_truth,
                     max_rejected_fraction=args.max_rejected_fraction)
-    print(run.describe())
+    print(run.describe(slices=False))  # the per-slice table is in the report
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
@@ -506,14 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
     p.add_argument("--rows", type=int, default=200_000, help="simulated impressions (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines drown the progress
     args = build_parser().parse_args(argv)
     try:
-        status = args.func(args)
+        with console.quiet(args.verbose):  # before TensorFlow, absl or Beam load, here or in a child process
+            status = args.func(args)
     except EsmmError as exc:
         print(f"esmm {args.command}: error: {exc}", file=sys.stderr)
         return 2

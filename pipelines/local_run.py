@@ -1,17 +1,23 @@
 """Runs the pipeline locally: kfp.local's SubprocessRunner in this environment, Beam's DirectRunner.
 
 What runs here is what runs on Kubernetes: the same pipeline function, the same components.
-Task caching is KFP's backend feature: the compiled pipeline caches every step but the
+kfp.local's output (the executor input, every library's log) goes to a log file per step in the run
+directory; the console shows each step's start and end, and the lines a step marks for it
+(``pipelines.task_logs``). Task caching is KFP's backend feature: the compiled pipeline caches every step but the
 snapshot and the push. kfp 2.17.0's local runner ships a cache module but its task
 dispatcher never consults it, so every local run executes all six steps.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from components import console
 from esmm_model.config import portable_config_ref
 from esmm_model.contracts import layout
 from esmm_model.contracts.blessing import read_json
@@ -19,6 +25,10 @@ from esmm_model.errors import EsmmError
 from pipelines.config import load_config
 from pipelines.pipeline import create_pipeline
 from pipelines.run_overrides import with_run_overrides
+from pipelines.task_logs import TaskLogs
+
+# kfp.local's warning for each task of a component whose base image is not a Python one.
+KFP_IMAGE_WARNING = "You may be attemping to run a task that uses custom or non-Python base image"
 
 # The steps' image label under kfp.local: its SubprocessRunner runs the step functions in this Python
 # environment and never pulls an image. On a cluster the image is `esmm compile --image`'s, required.
@@ -33,20 +43,31 @@ class LocalRun:
     evaluation_dir: str
     blessing: dict[str, Any]
     pushed: dict[str, Any]
+    step_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each task, by task name
 
     @property
     def metrics(self) -> dict[str, Any]:
         return read_json(layout.EvaluationLayout(self.evaluation_dir).metrics, "evaluation metrics")
 
-    def describe(self) -> str:
+    @classmethod
+    def read(cls, run_dir: Path, step_seconds: Optional[dict[str, float]] = None) -> "LocalRun":
+        """The run that left ``run_dir`` (a kfp.local run directory)."""
+        evaluate_dir = _task_dir(run_dir, "evaluate")
+        blessing = json.loads((evaluate_dir / "blessing").read_text())
+        pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
+        return cls(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed, dict(step_seconds or {}))
+
+    def describe(self, *, slices: bool = True) -> str:
+        """The evaluation's tables (the per-slice one unless not ``slices``), the blessing and the push."""
         from components.evaluate.report import markdown_tables
 
         push = (f"pushed version {self.pushed['version']} to {self.pushed['path']}" if self.pushed["pushed"]
                 else f"not pushed: {self.pushed['reason']}")
-        return "\n".join([markdown_tables(self.metrics), "", f"blessing: {self.blessing['status']}",
+        return "\n".join([markdown_tables(self.metrics, slices=slices), "", f"blessing: {self.blessing['status']}",
                           *(f"  {reason}" for reason in self.blessing["reasons"]), push,
-                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}",
-                          f"run: {self.run_dir}"])
+                          f"report: {layout.EvaluationLayout(self.evaluation_dir).report_html}"
+                          f"{'' if slices else ' (every output and slice)'}",
+                          f"run: {self.run_dir} (a log per step: <step>.log)"])
 
 
 def _absolute(path: str) -> str:
@@ -87,14 +108,18 @@ def run_local(config_path: str, input_path: str, serving_base: str, out_dir: str
                  "thresholds": config.to_dict()["evaluation"]["thresholds"],
                  "max_rejected_fraction": config.input.max_rejected_fraction,
                  "ground_truth": _absolute(ground_truth) if ground_truth else ""}
+    logs = TaskLogs(root, before, sys.stdout, echo=console.verbose())
     try:
-        create_pipeline(LOCAL_IMAGE)(config_path=portable_config_ref(config_path), input_path=_absolute(input_path),
-                                     serving_base=_absolute(serving_base), work_root=str(root.parent / "work"),
-                                     **arguments)
-    except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task; its log is above
-        raise EsmmError(f"the local pipeline run failed: {exc}") from None
+        with console.environment({console.STEP_CONSOLE_ENV: "1"}), contextlib.redirect_stdout(logs), \
+                warnings.catch_warnings():
+            if not console.verbose():  # runs the image's code in this environment, as intended, for every task
+                warnings.filterwarnings("ignore", KFP_IMAGE_WARNING, RuntimeWarning)
+            create_pipeline(LOCAL_IMAGE)(config_path=portable_config_ref(config_path),
+                                         input_path=_absolute(input_path), serving_base=_absolute(serving_base),
+                                         work_root=str(root.parent / "work"), **arguments)
+    except RuntimeError as exc:  # kfp.local raises RuntimeError naming the failed task
+        raise EsmmError(f"the local pipeline run failed: {logs.failure or exc}") from None
+    finally:
+        logs.close()
     (run_dir,) = set(root.iterdir()) - before
-    evaluate_dir = _task_dir(run_dir, "evaluate")
-    blessing = json.loads((evaluate_dir / "blessing").read_text())
-    pushed = json.loads((_task_dir(run_dir, "push") / "pushed").read_text())
-    return LocalRun(str(run_dir), str(evaluate_dir / "evaluation"), blessing, pushed)
+    return LocalRun.read(run_dir, logs.seconds)

@@ -19,7 +19,7 @@ from pipelines import cluster
 from pipelines.cli import main
 from pipelines.compile import compile_pipeline
 from pipelines.config import load_config
-from pipelines.local_run import run_local
+from pipelines.local_run import LocalRun, run_local
 from serving_client.client import PredictionClient
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer
@@ -61,9 +61,19 @@ def run(tiny: Path, thresholds, out: str):
 
 
 @pytest.mark.slow
-def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny):
-    first = run(tiny, [{"metric": "ctr/all/auc", "min": 0.0}], "run")
-    run_dir = Path(first.run_dir)
+def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny, capfd):
+    # `esmm run` as a user types it: each step's output goes to its log, the console gets a few lines.
+    assert main(["run", "--config", str(tiny / "config.yaml"), "--input", str(tiny / "sim"), "--serving-base",
+                 str(tiny / "serving"), "--out", str(tiny / "run"), *(f"--beam-option={o}" for o in BEAM_OPTIONS),
+                 "--epochs", "1", "--thresholds", json.dumps([{"metric": "ctr/all/auc", "min": 0.0}]),
+                 "--ground-truth", str(tiny / "sim" / GROUND_TRUTH_FILE)]) == 0
+    console = capfd.readouterr()
+    assert len((console.out + console.err).splitlines()) <= 30, console.out + console.err
+    assert "executor_input" not in console.out + console.err
+    (run_dir,) = (tiny / "run" / "kfp_root").iterdir()
+    first = LocalRun.read(run_dir)
+    assert {p.name for p in run_dir.glob("*.log")} == {f"{task}.log" for task in TASKS} | {"kfp.log"}
+    assert "executor_input" in (run_dir / "train-step.log").read_text()
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == TASKS
     for artifact in ("ingest-step/examples/counts.json", "ingest-step/examples/schema.pbtxt",
                      "transform-step/transformed/transform_graph/transform_fn/saved_model.pb",
@@ -271,12 +281,14 @@ def test_a_run_stops_at_ingest_when_too_many_rows_are_rejected(tiny, tmp_path):
     lines = skeleton.read_text().splitlines()
     bad = [f"{4_001 + i},x,0,{line.split(',')[3]},0," for i, line in enumerate(lines[:80])]  # 80 of 4,080: 1.96 %
     skeleton.write_text("\n".join(lines + bad) + "\n")
-    with pytest.raises(EsmmError, match="ingest-step"):
+    # The step's own error line and where its log is, not only kfp.local's "finished with status FAILURE".
+    with pytest.raises(EsmmError, match=r"ingest-step failed: RejectionError: rejected 1\.96% of 4,080 rows .*; "
+                                        r"its log: .*ingest-step\.log$"):
         # epochs and every other override left unset, as `make demo` runs (kfp.local casts an unset int with int())
         run_local(str(tiny / "config.yaml"), str(sim), str(tmp_path / "serving"), str(tmp_path / "run"),
                   beam_options=BEAM_OPTIONS)
     (run_dir,) = (tmp_path / "run" / "kfp_root").iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"snapshot-step", "ingest-step"}  # nothing downstream ran
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"snapshot-step", "ingest-step"}  # nothing downstream
     counts = json.loads((run_dir / "ingest-step" / "examples" / "counts.json").read_text())
     assert counts["rejected"] == {"bad_click": 80}
     assert not (tmp_path / "serving").exists()

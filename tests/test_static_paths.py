@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKED = sorted([*(REPO / "components").rglob("*.py"), *(REPO / "esmm_model" / "contracts").glob("*.py"),
+# components/console.py opens file descriptors (the stderr filter), never a data path.
+CHECKED = sorted([*(p for p in (REPO / "components").rglob("*.py") if p.name != "console.py"),
+                  *(REPO / "esmm_model" / "contracts").glob("*.py"),
                   REPO / "esmm_model" / "export.py",
                   REPO / "serving_client" / "server.py",
                   REPO / "pipelines" / "steps.py"])

@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions, WorkerOptions
 
+from components import console
 from esmm_model.config import BeamConfig
 from esmm_model.errors import EsmmError
 
@@ -174,6 +175,19 @@ def _patch_fn_runner() -> None:
     fn_runner.BundleManager.process_bundle = _process_bundle_joining_senders(fn_runner.BundleManager.process_bundle)
 
 
+def worker_options(options: PipelineOptions) -> dict:
+    """The options the DirectRunner's SDK workers get: those the run set, not every default. A worker rebuilds
+    them as flags, and a default True of a ``--no_...`` option (``pipeline_type_check``,
+    ``direct_runner_use_stacked_bundle``) comes back as a flag it cannot parse ("Discarding unparseable
+    args"); a worker derives the defaults itself. Their log level is the console's
+    (``components.console.worker_log_level``) unless the run names one."""
+    chosen = options.get_all_options(drop_default=True)
+    level = console.worker_log_level()
+    if level and "default_sdk_harness_log_level" not in chosen:
+        chosen["default_sdk_harness_log_level"] = level
+    return chosen
+
+
 def make_runner(options: PipelineOptions):
     """The runner instance for these options: the FnApiRunner for DirectRunner, else Beam's own choice."""
     if not is_direct(options):
@@ -183,7 +197,7 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     _patch_fn_runner()
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    encoded = JobServiceHandle.encode_pipeline_options(worker_options(options))
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
 

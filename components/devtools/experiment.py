@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from components import progress as bars
 from components.train.executor import SHUFFLE_BATCHES
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, with_overrides
 from esmm_model.contracts import layout
@@ -176,7 +177,9 @@ def fit_and_predict(data: Data, config: Config, *, seed: int, fraction: float = 
     compile_for_training(model, training)
     train_step = bare_train_step(model)
     examples, started = 0, time.perf_counter()
-    for epoch in range(training.epochs):
+    # A bar on a terminal, else a line at most every 30 s: one training here can take minutes.
+    for epoch in bars.progress(range(training.epochs), f"experiment: {config.model.variant} seed {seed} "
+                                                       f"fraction {fraction:g}", "epoch"):
         order = epoch_order(rows, batch_size, shuffle, rng)
         model.reset_metrics()
         losses = {}

@@ -162,10 +162,12 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def markdown_tables(metrics: dict[str, Any]) -> str:
-    """The headline, per output and slice and, with a served baseline, candidate vs baseline."""
-    text = (_markdown(["metric", "model", "oracle"], headline_rows(metrics)) + "\n\n"
-            + _markdown(["output", "slice", *COLUMNS], metric_rows(metrics)))
+def markdown_tables(metrics: dict[str, Any], *, slices: bool = True) -> str:
+    """The headline, per output and slice (unless not ``slices``) and, with a served baseline, candidate vs
+    baseline."""
+    text = _markdown(["metric", "model", "oracle"], headline_rows(metrics))
+    if slices:
+        text += "\n\n" + _markdown(["output", "slice", *COLUMNS], metric_rows(metrics))
     if metrics.get("baseline"):
         text += (f"\n\nCandidate vs served version {metrics['baseline']['version']}, on the same eval rows:\n\n"
                  + _markdown(comparison_header(), comparison_rows(metrics)))

@@ -17,6 +17,7 @@ import tf_keras as keras
 from tensorflow.core.framework import summary_pb2
 
 from components.artifacts import storage
+from components.console import say
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError
 
@@ -109,7 +110,7 @@ class TrainScalars(keras.callbacks.Callback):
         write_scalars(self._writer, {**window, "examples_per_second": rate}, step)
         if self._print:
             parts = " ".join(f"{name} {value:.5f}" for name, value in window.items())
-            print(f"train: epoch {self._epoch + 1} step {step}: {parts}, {rate:,.0f} examples/s", flush=True)
+            say(f"train: epoch {self._epoch + 1} step {step}: {parts}, {rate:,.0f} examples/s")
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         self._writer.close()
@@ -145,7 +146,7 @@ class EpochEvaluation(keras.callbacks.Callback):
             logs.update({f"val_{name}": value for name, value in metrics.items()})
         if self._write:
             storage.write_text(self._history_path, json.dumps({"history": self.history}, indent=2))
-        print(f"train: epoch {epoch + 1}: {json.dumps(self.history[-1])}", flush=True)
+        say(f"train: epoch {epoch + 1}: {json.dumps(self.history[-1])}")
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         self._writer.close()
