@@ -133,6 +133,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class EpochEvalConfig:
+    """The eval figures after each epoch (TensorBoard, history, early stopping); the final
+    evaluation, after the last epoch trained, always scores the whole eval split exactly.
+
+    ``mode``: ``sample`` scores the first ``rows`` eval rows (parsed once, held in memory),
+    ``every`` the whole split, ``off`` nothing until the final evaluation. ``every_epochs``:
+    evaluate after every K-th epoch only."""
+
+    mode: Literal["sample", "every", "off"] = "sample"
+    rows: int = 50_000
+    every_epochs: int = 1
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation: the paper's Adam by default, Adagrad as the seed uses."""
 
@@ -153,6 +167,7 @@ class TrainingConfig:
     distribution: Literal["auto", "multi_worker_mirrored", "parameter_server"] = "auto"
     # Under parameter_server: variables of at least this many bytes are split over the ps tasks.
     ps_min_shard_bytes: int = 256 << 10
+    epoch_eval: EpochEvalConfig = EpochEvalConfig()
 
 
 @dataclass(frozen=True)
@@ -507,6 +522,12 @@ def _check_numbers(config: Config) -> None:
     for key in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "embedding_learning_rate",
                 "early_stopping_patience", "ps_min_shard_bytes"):
         positive(getattr(config.training, key), f"training.{key}")
+    positive(config.training.epoch_eval.rows, "training.epoch_eval.rows")
+    positive(config.training.epoch_eval.every_epochs, "training.epoch_eval.every_epochs")
+    if config.training.early_stopping_patience and (config.training.epoch_eval.mode == "off"
+                                                    or config.training.epoch_eval.every_epochs != 1):
+        raise ConfigError("training.early_stopping_patience: early stopping reads an evaluation after every epoch; "
+                          "set training.epoch_eval.mode to sample or every, with every_epochs 1")
 
 
 def _check_evaluation_and_push(config: Config) -> None:

@@ -56,6 +56,9 @@ def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
     """Compiles the built ``model`` with ``training``'s optimizers (their state created now, so a
     checkpoint restores eagerly); ``model.train_step`` is then the train step everywhere."""
     optimizers = build_optimizers(training)
+    if training.jit_compile:  # XLA compiles static shapes only: pool the padded lists densely
+        for layer in {id(e): e for e in (model.ctr_embeddings, model.second_embeddings)}.values():
+            layer.sparse_pooling = False
     model.compile_for_training(optimizers.main, optimizers.embedding, seed=training.seed,
                                jit_compile=training.jit_compile)
     build_optimizer_state(model, optimizers)
