@@ -5,6 +5,8 @@ Each part runs alone, on the config's shapes (default esmm_model/configs/simulat
 reports wall and process CPU time per example:
 - read: the GZIP TFRecords of the train split, decompressed and counted;
 - read + parse: ``make_dataset`` (vectorised ``parse_example`` per batch, weighted lists padded);
+- from memory: an epoch of ``batches_from_memory`` once ``parsed_windows`` holds the split (what
+  every epoch after the first costs when ``training.input_cache_rows`` admits the split);
 - step parts on one parsed batch held in memory: the embedding lookups and pooling (forward
   of the tables only), the forward pass and loss, forward and backward (gradients computed,
   not applied), and the whole train step (``model.train_step``: plus the optimizers' update);
@@ -30,7 +32,14 @@ import tensorflow_transform as tft
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import prepare  # noqa: E402
-from components.train.executor import build_model, exact_eval_metrics, make_dataset  # noqa: E402
+from components.train.executor import (  # noqa: E402
+    batches_from_memory,
+    build_model,
+    exact_eval_metrics,
+    make_dataset,
+    parsed_windows,
+    predictor,
+)
 from esmm_model.config import load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.losses import variant_loss  # noqa: E402
@@ -79,6 +88,14 @@ def main() -> None:
 
     parse_epoch()  # trace once
     report("read + shuffle + parse + pad (make_dataset)", timed(parse_epoch))
+    windows = parsed_windows(tft_output, train_pattern, training.batch_size)
+
+    def memory_epoch() -> int:
+        return sum(int(tf.shape(labels["click"])[0]) for _, labels in
+                   batches_from_memory(config, windows, training.batch_size, 1))
+
+    memory_epoch()  # reads, parses and holds the split
+    report("shuffle + gather + pad from memory (later epochs)", timed(memory_epoch))
 
     batches = [b for b in make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size).take(4)]
     inputs, labels = batches[0]
@@ -111,12 +128,13 @@ def main() -> None:
         report(name, timed(repeat))
 
     eval_data = make_dataset(config, tft_output, eval_pattern, batch_size=training.batch_size)
-    exact_eval_metrics(model, eval_data.take(1))
-    report("eval: whole split", timed(lambda: exact_eval_metrics(model, eval_data)["examples"]))
+    predict = predictor(model, eval_data.element_spec[0])
+    exact_eval_metrics(predict, eval_data.take(1))
+    report("eval: whole split", timed(lambda: exact_eval_metrics(predict, eval_data)["examples"]))
     sample = make_dataset(config, tft_output, eval_pattern, batch_size=training.batch_size,
                           limit=training.epoch_eval.rows).cache()
-    report("eval: sample, first pass (parse + cache)", timed(lambda: exact_eval_metrics(model, sample)["examples"]))
-    report("eval: sample, cached", timed(lambda: exact_eval_metrics(model, sample)["examples"]))
+    report("eval: sample, first pass (parse + cache)", timed(lambda: exact_eval_metrics(predict, sample)["examples"]))
+    report("eval: sample, cached", timed(lambda: exact_eval_metrics(predict, sample)["examples"]))
 
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nbatch {training.batch_size}, embedding_optimizer {training.embedding_optimizer}; load average {load}\n")

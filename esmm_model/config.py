@@ -168,6 +168,9 @@ class TrainingConfig:
     # Under parameter_server: variables of at least this many bytes are split over the ps tasks.
     ps_min_shard_bytes: int = 256 << 10
     epoch_eval: EpochEvalConfig = EpochEvalConfig()
+    # In one process, a train split of at most this many examples is parsed once and held in memory
+    # (0: read and parse it every epoch).
+    input_cache_rows: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -523,6 +526,9 @@ def _check_numbers(config: Config) -> None:
                 "early_stopping_patience", "ps_min_shard_bytes"):
         positive(getattr(config.training, key), f"training.{key}")
     positive(config.training.epoch_eval.rows, "training.epoch_eval.rows")
+    if config.training.input_cache_rows < 0:
+        raise ConfigError("training.input_cache_rows: must be 0 (no cache) or more, got "
+                          f"{config.training.input_cache_rows}")
     positive(config.training.epoch_eval.every_epochs, "training.epoch_eval.every_epochs")
     if config.training.early_stopping_patience and (config.training.epoch_eval.mode == "off"
                                                     or config.training.epoch_eval.every_epochs != 1):

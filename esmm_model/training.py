@@ -67,6 +67,6 @@ def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
 def bare_train_step(model: EsmmModel) -> TrainStep:
     """``model.train_step`` as one ``tf.function`` (XLA when compiled so): (inputs, labels) -> the
     running mean of each loss part since the last ``model.reset_metrics()``. For loops that
-    feed batches from memory (experiments, the benchmark's ceiling) without ``fit``'s machinery."""
+    feed batches from memory (the benchmarks' ceiling and profile) without ``fit``'s machinery."""
     return tf.function(lambda inputs, labels: model.train_step((inputs, labels)),
                        jit_compile=bool(model.jit_compile), reduce_retracing=True)

@@ -13,7 +13,7 @@ import tensorflow_transform as tft
 
 from components.train import callbacks as train_callbacks
 from components.train.callbacks import latest_backup
-from components.train.executor import NonFiniteLossError, train
+from components.train.executor import NonFiniteLossError, batches_from_memory, make_dataset, parsed_windows, train
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.contracts import layout
@@ -226,3 +226,22 @@ def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(data, tmp_path, c
 def test_a_backup_cadence_below_one_step_is_refused_before_training(tmp_path):
     with pytest.raises(InputError, match=r"checkpoint_every: a backup every 0 steps; give a positive number"):
         train(tiny_config(), str(tmp_path / "no-transform"), tmp_path / "out", checkpoint_every=0)
+
+
+@pytest.mark.slow
+def test_epochs_from_memory_are_the_batches_parsed_from_the_records(data):
+    """The in-memory epochs (``hold_in_memory``) give make_dataset's batches, in its order, epoch by epoch."""
+    config = tiny_config()
+    transformed = layout.TransformLayout(data[0])
+    tft_output = tft.TFTransformOutput(transformed.graph)
+    pattern = transformed.split_pattern(layout.TRAIN)
+    windows = parsed_windows(tft_output, pattern, BATCH)
+    for seed in (42, 43):
+        from_memory = list(batches_from_memory(config, windows, BATCH, seed))
+        parsed = list(make_dataset(config, tft_output, pattern, batch_size=BATCH, shuffle_seed=seed))
+        assert len(from_memory) == len(parsed) == STEPS_PER_EPOCH
+        for (inputs, labels), (want_inputs, want_labels) in zip(from_memory, parsed):
+            for name, value in {**want_inputs, **want_labels}.items():
+                np.testing.assert_array_equal({**inputs, **labels}[name].numpy(), value.numpy(), err_msg=name)
+    first = [next(iter(batches_from_memory(config, windows, BATCH, seed)))[0]["price"].numpy() for seed in (42, 43)]
+    assert not np.array_equal(*first)  # each epoch its own order

@@ -1,4 +1,4 @@
-"""The trainer's ``model.fit`` callbacks: NaN stop, TensorBoard scalars, per-epoch exact evaluation,
+"""The trainer's ``model.fit`` callbacks: NaN stop, TensorBoard scalars, per-epoch evaluation and timing,
 early stopping that survives a resume, and backups every N steps and at every epoch's end.
 
 Scalars are written with TF's core summary op under the names ``components.train.executor`` documents

@@ -134,7 +134,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     eval_data = make_dataset(config, tft_output, eval_pattern, batch_size=training.batch_size)
     example_inputs = _first_batch(eval_data, eval_pattern)[0]
     _first_batch(make_dataset(config, tft_output, train_pattern, batch_size=1), train_pattern)
-    steps_per_epoch = _steps_per_epoch(train_pattern, training.batch_size, training.steps_per_epoch,
+    examples = _count_examples(train_pattern)
+    steps_per_epoch = _steps_per_epoch(examples, training.batch_size, training.steps_per_epoch,
                                        placement.strategy.num_replicas_in_sync)
     fit_steps = steps_per_epoch * placement.workers
     start = resume_point(checkpoint_dir, fit_steps)
@@ -142,7 +143,8 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     # Model
     sizes = table_sizes(config, tft_output)
     model = build_model(config, sizes, example_inputs, placement.strategy)
-    evaluate_whole = functools.partial(exact_eval_metrics, model, eval_data)
+    predict = predictor(model, eval_data.element_spec[0])
+    evaluate_whole = functools.partial(exact_eval_metrics, predict, eval_data)
 
     # Fit
     if start.resumed:
@@ -154,13 +156,14 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
             print(f"train: parameter servers: {placement.cluster.parameter_servers}, "
                   f"{sum(hasattr(t, 'variables') for t in tables)} of {len(tables)} embedding tables partitioned, "
                   f"{placement.workers} worker(s)", flush=True)
-        data = training_dataset(config, tft_output, train_pattern, placement, start, steps_per_epoch)
+        data = training_dataset(config, tft_output, train_pattern, placement, start, steps_per_epoch,
+                                in_memory=hold_in_memory(training, placement, examples, steps_per_epoch))
         sample = make_dataset(config, tft_output, eval_pattern, batch_size=training.batch_size,
                               limit=training.epoch_eval.rows).cache()
         fit(model, data, epochs=training.epochs, initial_epoch=start.epoch, steps_per_epoch=fit_steps,
             callbacks=fit_callbacks(config, model, paths, placement, start, checkpoint_dir,
                                     epoch_evaluator(training, evaluate_whole,
-                                                    functools.partial(exact_eval_metrics, model, sample)),
+                                                    functools.partial(exact_eval_metrics, predict, sample)),
                                     checkpoint_every=checkpoint_every, log_every=log_every))
     else:
         callbacks.restore_backup(model, checkpoint_dir)
@@ -209,14 +212,30 @@ def build_model(config: Config, sizes: dict[str, int], example_inputs: dict[str,
     return model
 
 
+def hold_in_memory(training: TrainingConfig, placement: Placement, examples: int, steps_per_epoch: int) -> bool:
+    """Whether the parsed train split is held in memory after the first epoch (``training_dataset``):
+    in one process, when every epoch reads the whole split and it has at most
+    ``training.input_cache_rows`` examples."""
+    whole_split = steps_per_epoch == -(-examples // training.batch_size)
+    return (placement.strategy.num_replicas_in_sync == 1 and not placement.parameter_servers and whole_split
+            and examples <= training.input_cache_rows)
+
+
 def training_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str, placement: Placement,
-                     start: ResumePoint, steps_per_epoch: int) -> Any:
+                     start: ResumePoint, steps_per_epoch: int, *, in_memory: bool = False) -> Any:
     """fit's input: one stream over the epochs left, each reshuffled by its own seed, entered where the
     backup left off; fit runs ``steps_per_epoch`` batches per epoch from it. Under several replicas
     each worker reads every global batch's records and parses its own slice of them; under parameter
-    servers each worker its own slices, a step being one worker's slice (see ``_worker_skip``)."""
+    servers each worker its own slices, a step being one worker's slice (see ``_worker_skip``).
+    ``in_memory`` (one process only): the split is read and parsed once, by the first epoch, and
+    later epochs draw the same batches from memory (``parsed_windows``, ``batches_from_memory``)."""
     training = config.training
     skip = _worker_skip(start.step, placement.workers) if placement.parameter_servers else start.step
+    if in_memory:
+        windows = parsed_windows(tft_output, pattern, training.batch_size)
+        return (tf.data.Dataset.range(start.epoch, training.epochs).flat_map(
+            lambda epoch: batches_from_memory(config, windows, training.batch_size, training.seed + epoch))
+                .skip(skip).prefetch(tf.data.AUTOTUNE))
 
     def stream(shards: tuple[int, int]) -> tf.data.Dataset:
         return (tf.data.Dataset.range(start.epoch, training.epochs).flat_map(
@@ -245,13 +264,8 @@ def make_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern: str
     are parsed and kept (one worker's part of a global batch); batches of fewer than count
     records are dropped, so every worker sees the same number of non-empty batches.
     limit: only the first ``limit`` records in read order."""
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise InputError(f"no transformed examples at {pattern!r}; run `esmm transform` first")
     spec = tft_output.transformed_feature_spec()
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 22),
-        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _records(pattern)
     if limit is not None:
         ds = ds.take(limit)
     ds = ds.batch(batch_size) if shuffle_seed is None else shuffle_windows(ds, batch_size, shuffle_seed)
@@ -276,6 +290,37 @@ def shuffle_windows(elements: tf.data.Dataset, batch_size: int, seed: int) -> tf
                 window, seed=tf.stack([tf.cast(seed, tf.int64), i])),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .rebatch(batch_size))
+
+
+def parsed_windows(tft_output: tft.TFTransformOutput, pattern: str, batch_size: int) -> tf.data.Dataset:
+    """The split's records in windows of SHUFFLE_BATCHES batches, as ``shuffle_windows`` cuts them,
+    each parsed by one ``parse_example`` (lists as ragged rows) and held in memory once read whole."""
+    spec = tft_output.transformed_feature_spec()
+
+    def parse(records: tf.Tensor) -> dict[str, Any]:
+        return {name: tf.RaggedTensor.from_sparse(value) if isinstance(value, tf.SparseTensor) else value
+                for name, value in tf.io.parse_example(records, spec).items()}
+
+    return (_records(pattern).batch(SHUFFLE_BATCHES * batch_size)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache())
+
+
+def batches_from_memory(config: Config, windows: tf.data.Dataset, batch_size: int, seed: int) -> tf.data.Dataset:
+    """One epoch of (model inputs, labels) from ``parsed_windows``: the batches ``make_dataset`` gives
+    with ``shuffle_seed=seed``, in the same order (window i's rows permuted by the same stateless
+    shuffle of (seed, i), then cut into batches), gathered from memory instead of parsed again."""
+    def window_batches(i: tf.Tensor, window: dict[str, Any]) -> tf.data.Dataset:
+        rows = tf.shape(window[LABEL_CLICK], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed=tf.stack([tf.cast(seed, tf.int64), i]))
+        return tf.data.Dataset.range(0, rows, batch_size).map(
+            lambda first: {name: tf.gather(value, order[first:first + batch_size]) for name, value in window.items()})
+
+    def inputs(parsed: dict[str, Any]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        return model_inputs(config, {name: value.to_sparse() if isinstance(value, tf.RaggedTensor) else value
+                                     for name, value in parsed.items()})
+
+    return (windows.enumerate().flat_map(window_batches)
+            .map(inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def fit(model: EsmmModel, data: Any, *, epochs: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback],
@@ -332,9 +377,15 @@ def final_entry(history: list[dict[str, Any]], whole: Callable[[], dict[str, Any
     return {**last, "eval": "whole", "eval_seconds": time.perf_counter() - started, **metrics}
 
 
-def exact_eval_metrics(model: EsmmModel, dataset: tf.data.Dataset) -> dict[str, Any]:
-    """Exact metrics over the whole dataset (predictions gathered, then scored once)."""
-    predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+def predictor(model: EsmmModel, input_spec: dict[str, tf.TensorSpec]) -> Callable[[dict], dict[str, tf.Tensor]]:
+    """``model``'s inference as one ``tf.function`` traced once for batches of ``input_spec``
+    (every epoch's evaluation reuses it: tracing the model took longer than scoring a sample)."""
+    return tf.function(lambda inputs: model(inputs, training=False), input_signature=[input_spec])
+
+
+def exact_eval_metrics(predict: Callable[[dict], dict[str, tf.Tensor]], dataset: tf.data.Dataset) -> dict[str, Any]:
+    """Exact metrics of ``predict`` (``predictor``) over the whole dataset (predictions gathered, then
+    scored once)."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in (*OUTPUTS, LABEL_CLICK, LABEL_CONVERSION)}
     for inputs, labels in dataset:
         outputs = predict(inputs)
@@ -391,12 +442,25 @@ def _worker_skip(first_step: int, workers: int) -> int:
     return first_step // workers
 
 
-def _steps_per_epoch(pattern: str, batch_size: int, configured: Optional[int], shards: int) -> int:
-    """Batches in one pass over the split's examples (counted), at most ``configured``; a last
-    batch too small to give each of ``shards`` workers a row is dropped (``make_dataset``)."""
+def _records(pattern: str) -> tf.data.Dataset:
+    """The serialized examples of a split's GZIP TFRecords, files read in parallel, in a fixed order."""
     files = sorted(tf.io.gfile.glob(pattern))
-    examples = int(tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
-                   .reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if not files:
+        raise InputError(f"no transformed examples at {pattern!r}; run `esmm transform` first")
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 22),
+        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _count_examples(pattern: str) -> int:
+    files = sorted(tf.io.gfile.glob(pattern))
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
+               .reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def _steps_per_epoch(examples: int, batch_size: int, configured: Optional[int], shards: int) -> int:
+    """Batches in one pass over the split's ``examples``, at most ``configured``; a last batch too
+    small to give each of ``shards`` workers a row is dropped (``make_dataset``)."""
     batches = -(-examples // batch_size) - (0 < examples % batch_size < shards)
     return min(batches, configured) if configured else batches
 
