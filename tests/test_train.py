@@ -91,7 +91,7 @@ def test_export_layout_and_side_files(esmm_run):
 def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
     again = train(tiny_config(), data[0], tmp_path, version=1)
     def learned(history: list[dict]) -> list[dict]:  # all but the timing
-        return [{k: v for k, v in h.items() if k != "examples_per_second"} for h in history]
+        return [{k: v for k, v in h.items() if k not in train_callbacks.TIMINGS} for h in history]
 
     assert learned(again.metrics["history"]) == learned(esmm_run[1].metrics["history"])
 
@@ -196,7 +196,7 @@ def test_a_run_interrupted_mid_epoch_resumes_at_the_next_batch(data, esmm_run, t
     resumed = train(tiny_config(), data[0], tmp_path, version=1, checkpoint_every=2)
     assert resumed.step == STEPS_PER_EPOCH
     def learned(entry: dict) -> dict:  # the train loss covers only the steps this run did
-        return {k: v for k, v in entry.items() if k not in ("examples_per_second", "train_loss")}
+        return {k: v for k, v in entry.items() if k not in (*train_callbacks.TIMINGS, "train_loss")}
 
     assert learned(resumed.metrics["final"]) == learned(esmm_run[1].metrics["final"])
 

@@ -24,6 +24,8 @@ SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR)
 WARMUP_STEPS = 10  # steps of each epoch left out of its steady-state examples/s
+# The history entry's timings: they differ between runs that learned the same.
+TIMINGS = ("examples_per_second", "steady_examples_per_second", "epoch_seconds", "eval_seconds")
 BACKUP_SUBDIR = "chief"  # where BackupAndRestore keeps the chief's (the only read) backup
 
 
