@@ -159,11 +159,10 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
         data = training_dataset(config, tft_output, train_pattern, placement, start, steps_per_epoch,
                                 in_memory=hold_in_memory(training, placement, examples, steps_per_epoch))
         sample = make_dataset(config, tft_output, eval_pattern, batch_size=training.batch_size,
-                              limit=training.epoch_eval.rows).cache()
+                              limit=training.epoch_eval.rows).cache()  # parsed once, scored after each epoch
+        evaluate = epoch_evaluator(training, evaluate_whole, functools.partial(exact_eval_metrics, predict, sample))
         fit(model, data, epochs=training.epochs, initial_epoch=start.epoch, steps_per_epoch=fit_steps,
-            callbacks=fit_callbacks(config, model, paths, placement, start, checkpoint_dir,
-                                    epoch_evaluator(training, evaluate_whole,
-                                                    functools.partial(exact_eval_metrics, predict, sample)),
+            callbacks=fit_callbacks(config, paths, placement, start, checkpoint_dir, evaluate,
                                     checkpoint_every=checkpoint_every, log_every=log_every))
     else:
         callbacks.restore_backup(model, checkpoint_dir)
@@ -330,7 +329,7 @@ def fit(model: EsmmModel, data: Any, *, epochs: int, steps_per_epoch: int, callb
               verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose, callbacks=callbacks)
 
 
-def fit_callbacks(config: Config, model: EsmmModel, paths: layout.TrainLayout, placement: Placement,
+def fit_callbacks(config: Config, paths: layout.TrainLayout, placement: Placement,
                   start: ResumePoint, checkpoint_dir: str, evaluate: Callable[[int], Optional[dict[str, Any]]], *,
                   checkpoint_every: int, log_every: int) -> list[keras.callbacks.Callback]:
     """NaN stop (every step, or every epoch under parameter servers, where a check would wait for each
