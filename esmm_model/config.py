@@ -315,6 +315,19 @@ class ModelConfig(ConfigSection):
         return self
 
 
+class EpochEvalConfig(ConfigSection):
+    """The eval figures after each epoch (TensorBoard, history, early stopping); the final
+    evaluation, after the last epoch trained, always scores the whole eval split exactly.
+
+    ``mode``: ``sample`` scores the first ``rows`` eval rows (parsed once, held in memory),
+    ``every`` the whole split, ``off`` nothing until the final evaluation. ``every_epochs``:
+    evaluate after every K-th epoch only."""
+
+    mode: Literal["sample", "every", "off"] = "sample"
+    rows: PositiveInt = 50_000
+    every_epochs: PositiveInt = 1
+
+
 class TrainingConfig(ConfigSection):
     """Optimisation: the paper's Adam by default, Adagrad as the seed uses."""
 
@@ -335,6 +348,17 @@ class TrainingConfig(ConfigSection):
     distribution: Literal["auto", "multi_worker_mirrored", "parameter_server"] = "auto"
     # Under parameter_server: variables of at least this many bytes are split over the ps tasks.
     ps_min_shard_bytes: PositiveInt = 256 << 10
+    epoch_eval: EpochEvalConfig = EpochEvalConfig()
+    # In one process, a train split of at most this many examples is parsed once and held in memory
+    # (0: read and parse it every epoch).
+    input_cache_rows: Annotated[Int, bounded(ge=0)] = 1_000_000
+
+    @model_validator(mode="after")
+    def _early_stopping_sees_every_epoch(self) -> TrainingConfig:
+        if self.early_stopping_patience and (self.epoch_eval.mode == "off" or self.epoch_eval.every_epochs != 1):
+            raise invalid("early stopping reads an evaluation after every epoch; set training.epoch_eval.mode to "
+                          "sample or every, with every_epochs 1", "early_stopping_patience")
+        return self
 
 
 class BeamConfig(ConfigSection):

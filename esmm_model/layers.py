@@ -28,11 +28,20 @@ class FeatureEmbeddings(keras.layers.Layer):
     ``ShardedVariable.sparse_read``, which returns the rows grouped by shard instead of in the
     ids' order (TF 2.21), so examples silently got other ids' rows, and refuses the [batch, length]
     ids of a weighted_ids feature ("indices must be 1D").
+
+    A weighted list is pooled sparsely (``sparse_pooling``, ``weighted_sum``): each distinct id
+    of the batch is read once and the non-zero weights pool them by a sparse-dense matmul, so
+    the table's gradient holds one row per distinct id. Gathering the padded [batch, length]
+    ids and pooling with an einsum gave the gradient one row per slot, padding included, which
+    the optimizer then summed by id (``UnsortedSegmentSum``): that sum was a third of the train
+    step's CPU time (docs/benchmarks.md#training). ``compile_for_training`` turns it off under
+    XLA, which needs the padded path's static shapes.
     """
 
     def __init__(self, config: Config, table_sizes: dict[str, int], **kwargs):
         super().__init__(**kwargs)
         self._features = config.features
+        self.sparse_pooling = True
         self.tables: dict[str, tf.Variable] = {}
         for feature in config.features:
             if not feature.preprocessing.is_categorical or feature.table_name in self.tables:
@@ -53,12 +62,26 @@ class FeatureEmbeddings(keras.layers.Layer):
             if feature.kind != "weighted_ids":
                 columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
                 continue
-            weights = inputs[feature.weight_name]
-            pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, inputs[feature.name]), weights)
+            ids, weights = inputs[feature.name], inputs[feature.weight_name]
+            if self.sparse_pooling:
+                pooled = weighted_sum(table, ids, weights)
+            else:
+                pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
             if feature.combiner == "mean":
                 pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, axis=1, keepdims=True))
             columns.append(pooled)
         return tf.concat(columns, axis=1)
+
+
+def weighted_sum(table: tf.Variable, ids: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """[batch, dim]: row b is Σ_l weights[b, l] · table[ids[b, l]] over the non-zero weights, each
+    distinct id read once (its gradient is one row per distinct id)."""
+    present = tf.not_equal(weights, 0.0)
+    positions = tf.where(present)  # (row, slot) of every weighted id, row-major
+    distinct, column = tf.unique(tf.boolean_mask(ids, present), out_idx=tf.int64)
+    bags = tf.SparseTensor(tf.stack([positions[:, 0], column], axis=1), tf.boolean_mask(weights, present),
+                           tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.size(distinct, out_type=tf.int64)]))
+    return tf.sparse.sparse_dense_matmul(bags, tf.nn.embedding_lookup(table, distinct))
 
 
 class Tower(keras.layers.Layer):

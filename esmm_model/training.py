@@ -56,6 +56,9 @@ def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
     """Compiles the built ``model`` with ``training``'s optimizers (their state created now, so a
     checkpoint restores eagerly); ``model.train_step`` is then the train step everywhere."""
     optimizers = build_optimizers(training)
+    if training.jit_compile:  # XLA compiles static shapes only: pool the padded lists densely
+        for layer in {id(e): e for e in (model.ctr_embeddings, model.second_embeddings)}.values():
+            layer.sparse_pooling = False
     model.compile_for_training(optimizers.main, optimizers.embedding, seed=training.seed,
                                jit_compile=training.jit_compile)
     build_optimizer_state(model, optimizers)
@@ -64,6 +67,6 @@ def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
 def bare_train_step(model: EsmmModel) -> TrainStep:
     """``model.train_step`` as one ``tf.function`` (XLA when compiled so): (inputs, labels) -> the
     running mean of each loss part since the last ``model.reset_metrics()``. For loops that
-    feed batches from memory (experiments, the benchmark's ceiling) without ``fit``'s machinery."""
+    feed batches from memory (the benchmarks' ceiling and profile) without ``fit``'s machinery."""
     return tf.function(lambda inputs, labels: model.train_step((inputs, labels)),
                        jit_compile=bool(model.jit_compile), reduce_retracing=True)

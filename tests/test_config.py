@@ -150,6 +150,13 @@ def mutate(change) -> dict:
     (lambda d: d.update(model={"variant": "mmoe"}),
      "model.variant: 'mmoe' is not one of base, aman, oversampling, unbias, division, esmm_ns, esmm"),
     (lambda d: d.update(training={"batch_size": 0}), "training.batch_size: must be positive"),
+    (lambda d: d.update(training={"input_cache_rows": -1}), "training.input_cache_rows: must be zero or more, got -1"),
+    (lambda d: d.update(training={"epoch_eval": {"mode": "sometimes"}}), "training.epoch_eval.mode:"),
+    (lambda d: d.update(training={"epoch_eval": {"rows": 0}}), "training.epoch_eval.rows: must be positive"),
+    (lambda d: d.update(training={"early_stopping_patience": 2, "epoch_eval": {"mode": "off"}}),
+     "training.early_stopping_patience: early stopping reads an evaluation after every epoch"),
+    (lambda d: d.update(training={"early_stopping_patience": 2, "epoch_eval": {"every_epochs": 2}}),
+     "training.early_stopping_patience: early stopping reads an evaluation after every epoch"),
     (lambda d: d.update(trainer={}), "trainer: unknown key; known keys are"),
     (lambda d: d.update(features=[]), "features: at least one feature is required"),
 ])

@@ -35,13 +35,14 @@ def tiny_config():
 
 def test_window_shuffle_permutes_within_windows_and_full_shuffle_everywhere():
     rows = np.arange(1000)
-    rng = np.random.default_rng(0)
-    window = epoch_order(rows, batch_size=50, shuffle="window", rng=rng)  # windows of 4 batches: 200 rows
+    window = epoch_order(rows, batch_size=50, shuffle="window", seed=0)  # windows of 4 batches: 200 rows
     assert sorted(window) == list(rows)
     for start in range(0, 1000, 200):
         assert sorted(window[start:start + 200]) == list(range(start, start + 200))
     assert not np.array_equal(window, rows)
-    full = epoch_order(rows, batch_size=50, shuffle="full", rng=rng)
+    np.testing.assert_array_equal(epoch_order(rows, batch_size=50, shuffle="window", seed=0), window)
+    assert not np.array_equal(epoch_order(rows, batch_size=50, shuffle="window", seed=1), window)
+    full = epoch_order(rows, batch_size=50, shuffle="full", seed=0)
     assert sorted(full) == list(rows)
     assert any(not start <= full[start] < start + 200 for start in range(0, 1000, 200))
 

@@ -13,7 +13,7 @@ import tensorflow_transform as tft
 
 from components.train import callbacks as train_callbacks
 from components.train.callbacks import latest_backup
-from components.train.executor import NonFiniteLossError, train
+from components.train.executor import NonFiniteLossError, batches_from_memory, make_dataset, parsed_windows, train
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.contracts import layout
@@ -91,7 +91,7 @@ def test_export_layout_and_side_files(esmm_run):
 def test_training_is_deterministic_for_a_seed(data, esmm_run, tmp_path):
     again = train(tiny_config(), data[0], tmp_path, version=1)
     def learned(history: list[dict]) -> list[dict]:  # all but the timing
-        return [{k: v for k, v in h.items() if k != "examples_per_second"} for h in history]
+        return [{k: v for k, v in h.items() if k not in train_callbacks.TIMINGS} for h in history]
 
     assert learned(again.metrics["history"]) == learned(esmm_run[1].metrics["history"])
 
@@ -196,7 +196,7 @@ def test_a_run_interrupted_mid_epoch_resumes_at_the_next_batch(data, esmm_run, t
     resumed = train(tiny_config(), data[0], tmp_path, version=1, checkpoint_every=2)
     assert resumed.step == STEPS_PER_EPOCH
     def learned(entry: dict) -> dict:  # the train loss covers only the steps this run did
-        return {k: v for k, v in entry.items() if k not in ("examples_per_second", "train_loss")}
+        return {k: v for k, v in entry.items() if k not in (*train_callbacks.TIMINGS, "train_loss")}
 
     assert learned(resumed.metrics["final"]) == learned(esmm_run[1].metrics["final"])
 
@@ -226,3 +226,22 @@ def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(data, tmp_path, c
 def test_a_backup_cadence_below_one_step_is_refused_before_training(tmp_path):
     with pytest.raises(InputError, match=r"checkpoint_every: a backup every 0 steps; give a positive number"):
         train(tiny_config(), str(tmp_path / "no-transform"), tmp_path / "out", checkpoint_every=0)
+
+
+@pytest.mark.slow
+def test_epochs_from_memory_are_the_batches_parsed_from_the_records(data):
+    """The in-memory epochs (``hold_in_memory``) give make_dataset's batches, in its order, epoch by epoch."""
+    config = tiny_config()
+    transformed = layout.TransformLayout(data[0])
+    tft_output = tft.TFTransformOutput(transformed.graph)
+    pattern = transformed.split_pattern(layout.TRAIN)
+    windows = parsed_windows(tft_output, pattern, BATCH)
+    for seed in (42, 43):
+        from_memory = list(batches_from_memory(config, windows, BATCH, seed))
+        parsed = list(make_dataset(config, tft_output, pattern, batch_size=BATCH, shuffle_seed=seed))
+        assert len(from_memory) == len(parsed) == STEPS_PER_EPOCH
+        for (inputs, labels), (want_inputs, want_labels) in zip(from_memory, parsed):
+            for name, value in {**want_inputs, **want_labels}.items():
+                np.testing.assert_array_equal({**inputs, **labels}[name].numpy(), value.numpy(), err_msg=name)
+    first = [next(iter(batches_from_memory(config, windows, BATCH, seed)))[0]["price"].numpy() for seed in (42, 43)]
+    assert not np.array_equal(*first)  # each epoch its own order

@@ -1,10 +1,11 @@
 """Seeded comparisons of model variants on one dataset, scored against the simulator's ground truth.
 
 The machinery behind ``esmm experiment`` (the paper's Table 2 and Figure 3), the ablations
-and the learning curve. Each run trains with the trainer's own pieces (``compile_for_training``,
-the model's ``train_step``, the trainer's windowed shuffle) on the transformed train split, parsed
-once and held in memory so that seeds × variants do not re-read TFRecords; it scores the raw
-eval split through the tf.Transform graph, joined to the ground truth by ``sample_id``.
+and the learning curve. Each run trains with the trainer's own pieces
+(``components.train.executor``: ``build_model``, ``fit`` with its NaN stop, the windowed
+shuffle) on the transformed train split, parsed once and held in memory so that seeds ×
+variants do not re-read TFRecords; it scores the raw eval split through the tf.Transform
+graph, joined to the ground truth by ``sample_id``.
 
 Four figures per run: CVR AUC on clicked eval impressions, CTCVR AUC and CTR AUC on all of
 them (the paper's protocol), and the entire-space CVR AUC against ``would_convert``.
@@ -25,8 +26,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from components import progress as bars
-from components.train.executor import SHUFFLE_BATCHES
+from components.progress import progress
+from components.train.callbacks import NonFiniteLoss
+from components.train.executor import build_model, fit, shuffle_windows
 from esmm_model.config import LABEL_CLICK, LABEL_CONVERSION, Config, with_overrides
 from esmm_model.contracts import layout
 from esmm_model.contracts.ground_truth import join_ground_truth, load_ground_truth
@@ -35,7 +37,6 @@ from esmm_model.metrics import paper_aucs
 from esmm_model.model import PAD_MULTIPLE, EsmmModel, model_inputs
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import SAMPLE_ID, feature_spec
-from esmm_model.training import bare_train_step, compile_for_training
 from esmm_model.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,36 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels[LABEL_CLICK])
 
-    def batch(self, rows: np.ndarray) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    def rows(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The rows as a model batch; weighted lists cut to the batch's longest, rounded up as the trainer pads."""
         inputs = {}
         for name, column in self.inputs.items():
             if name in self.lengths:
                 length = max(int(self.lengths[name][rows].max()), 1)
                 column = column[:, :-(-length // PAD_MULTIPLE) * PAD_MULTIPLE]
-            inputs[name] = tf.constant(column[rows])
-        return inputs, {name: tf.constant(values[rows]) for name, values in self.labels.items()}
+            inputs[name] = column[rows]
+        return inputs, {name: values[rows] for name, values in self.labels.items()}
+
+    def batch(self, rows: np.ndarray) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """``rows`` as tensors."""
+        inputs, labels = self.rows(rows)
+        return ({name: tf.constant(value) for name, value in inputs.items()},
+                {name: tf.constant(value) for name, value in labels.items()})
+
+    def dataset(self, orders: list[np.ndarray], batch_size: int) -> tf.data.Dataset:
+        """Batches of (inputs, labels) of ``batch_size`` rows in each order in turn (one per epoch; each
+        order's last batch may be smaller), gathered from memory ahead of the train step."""
+        def batches():
+            for order in orders:
+                for start in range(0, len(order), batch_size):
+                    yield self.rows(order[start:start + batch_size])
+
+        def spec(columns: dict[str, np.ndarray]) -> dict[str, tf.TensorSpec]:
+            return {name: tf.TensorSpec((None,) * value.ndim, tf.as_dtype(value.dtype))
+                    for name, value in columns.items()}
+
+        return tf.data.Dataset.from_generator(
+            batches, output_signature=(spec(self.inputs), spec(self.labels))).prefetch(2)
 
 
 @dataclass
@@ -143,13 +165,14 @@ def load_data(config: Config, transform_root: str, ingest_dir: str, ground_truth
     return Data(config, table_sizes(config, tft_output), train, evaluation)
 
 
-def epoch_order(rows: np.ndarray, batch_size: int, shuffle: str, rng: np.random.Generator) -> np.ndarray:
-    """One epoch's row order: ``window`` permutes windows of SHUFFLE_BATCHES batches in
-    place, as the trainer's input pipeline does; ``full`` permutes the whole split."""
+def epoch_order(rows: np.ndarray, batch_size: int, shuffle: str, seed: int) -> np.ndarray:
+    """One epoch's row order: ``window`` shuffles windows of SHUFFLE_BATCHES batches in place
+    with the trainer's own shuffle (``components.train.executor.shuffle_windows``, the same
+    seed as its epoch's); ``full`` permutes the whole split."""
     if shuffle == "full":
-        return rng.permutation(rows)
-    window = SHUFFLE_BATCHES * batch_size
-    return np.concatenate([rng.permutation(rows[start:start + window]) for start in range(0, len(rows), window)])
+        return np.random.default_rng(seed).permutation(rows)
+    windows = shuffle_windows(tf.data.Dataset.from_tensor_slices(rows), batch_size, seed)
+    return np.concatenate(list(windows.as_numpy_iterator()))
 
 
 @dataclass
@@ -161,37 +184,43 @@ class Run:
     seconds: float
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """One training's epochs as progress: a bar on a terminal, else a line at most every 30 s."""
+
+    def __init__(self, desc: str, epochs: int) -> None:
+        super().__init__()
+        self._ticks = progress(range(epochs), desc, "epoch")
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        next(self._ticks, None)
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        next(self._ticks, None)
+
+
 def fit_and_predict(data: Data, config: Config, *, seed: int, fraction: float = 1.0,
                     shuffle: str = "window") -> Run:
-    """Trains ``config``'s variant on a ``fraction`` of the train rows (drawn by ``seed``)
-    for ``training.epochs`` and predicts the eval split."""
+    """Trains ``config``'s variant on a ``fraction`` of the train rows (drawn by ``seed``) for
+    ``training.epochs`` with the trainer's model, compile and ``fit`` (epoch e shuffled by
+    ``seed + e``, as the trainer's), and predicts the eval split. Raises NonFiniteLossError
+    when an epoch ends with a NaN or infinite loss."""
     training = config.training
     keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
     rows = np.arange(len(data.train))
     if fraction < 1.0:
+        rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=max(1, int(round(fraction * len(rows)))), replace=False))
     batch_size = training.batch_size
-    model = EsmmModel(config, data.table_sizes)
-    model(data.train.batch(rows[:batch_size])[0])
-    compile_for_training(model, training)
-    train_step = bare_train_step(model)
-    examples, started = 0, time.perf_counter()
-    # A bar on a terminal, else a line at most every 30 s: one training here can take minutes.
-    for epoch in bars.progress(range(training.epochs), f"experiment: {config.model.variant} seed {seed} "
-                                                       f"fraction {fraction:g}", "epoch"):
-        order = epoch_order(rows, batch_size, shuffle, rng)
-        model.reset_metrics()
-        losses = {}
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            losses = train_step(*data.train.batch(batch))
-            examples += len(batch)
-        if not math.isfinite(float(losses["loss"])):
-            raise InputError(f"{config.model.variant}: the loss became {float(losses['loss'])} in epoch {epoch + 1} "
-                             f"(seed {seed}); lower training.learning_rate")
+    model = build_model(config, data.table_sizes, data.train.batch(rows[:batch_size])[0])
+    orders = [epoch_order(rows, batch_size, shuffle, seed + epoch) for epoch in range(training.epochs)]
+    started = time.perf_counter()
+    fit(model, data.train.dataset(orders, batch_size), epochs=training.epochs,
+        steps_per_epoch=-(-len(rows) // batch_size), verbose=0,
+        callbacks=[NonFiniteLoss(config.model.variant, training.learning_rate, every_step=False),
+                   EpochProgress(f"experiment: {config.model.variant} seed {seed} fraction {fraction:g}",
+                                 training.epochs)])
     seconds = time.perf_counter() - started
-    return Run(predict(model, data.eval), examples / seconds, seconds)
+    return Run(predict(model, data.eval), training.epochs * len(rows) / seconds, seconds)
 
 
 def predict(model: EsmmModel, split: Split, batch_size: int = 16384) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The trainer's ``model.fit`` callbacks: NaN stop, TensorBoard scalars, per-epoch exact evaluation,
+"""The trainer's ``model.fit`` callbacks: NaN stop, TensorBoard scalars, per-epoch evaluation and timing,
 early stopping that survives a resume, and backups every N steps and at every epoch's end.
 
 Scalars are written with TF's core summary op under the names ``components.train.executor`` documents
@@ -24,6 +24,9 @@ from esmm_model.errors import EsmmError
 SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR)
+WARMUP_STEPS = 10  # steps of each epoch left out of its steady-state examples/s
+# The history entry's timings: they differ between runs that learned the same.
+TIMINGS = ("examples_per_second", "steady_examples_per_second", "epoch_seconds", "eval_seconds")
 BACKUP_SUBDIR = "chief"  # where BackupAndRestore keeps the chief's (the only read) backup
 
 
@@ -117,33 +120,52 @@ class TrainScalars(keras.callbacks.Callback):
 
 
 class EpochEvaluation(keras.callbacks.Callback):
-    """After every epoch: the exact eval metrics (``train.exact_eval_metrics()``), to TensorBoard, into the logs as
-    ``val_<metric>`` (early stopping reads them) and appended to ``history``, which is saved to
-    ``history_path`` beside the checkpoints; the epoch's examples/s excludes this evaluation."""
+    """After every epoch: an entry appended to ``history`` (saved to ``history_path`` beside the
+    checkpoints and printed as one line) with the epoch's train loss, its wall time and examples/s
+    (the evaluation excluded), the steady-state examples/s after its first WARMUP_STEPS steps (the
+    first epoch's tracing and the input pipeline's start-up excluded; None under parameter servers,
+    whose steps run asynchronously, or in a shorter epoch), and the eval metrics ``evaluate(epoch)``
+    returns (None: no evaluation after this epoch), which also go to TensorBoard and into the
+    logs as ``val_<metric>`` (early stopping reads them)."""
 
-    def __init__(self, evaluate: Callable[[], dict[str, Any]], log_dir: str, history: list[dict[str, Any]],
-                 history_path: str, *, write: bool = True):
+    def __init__(self, evaluate: Callable[[int], Optional[dict[str, Any]]], log_dir: str,
+                 history: list[dict[str, Any]], history_path: str, *, write: bool = True):
         super().__init__()
+        self._supports_tf_logs = True  # no per-step conversion of the logs (it would wait for every step)
         self._evaluate, self._log_dir, self.history, self._history_path = evaluate, log_dir, history, history_path
         self._write = write
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         self._writer = tf.summary.create_file_writer(self._log_dir)
+        self._asynchronous = isinstance(self.model.distribute_strategy, tf.distribute.ParameterServerStrategy)
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
-        self._started = time.perf_counter()
+        self._started, self._batches, self._warm = time.perf_counter(), 0, None
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        self._batches += 1
+        if self._batches == WARMUP_STEPS and not self._asynchronous:
+            self._warm = (time.perf_counter(), float(self.model.examples_seen.result()))
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        seconds = time.perf_counter() - self._started
+        ended = time.perf_counter()
+        seconds = ended - self._started
         examples = float(self.model.examples_seen.result())
+        steady = None
+        if self._warm is not None and self._batches > WARMUP_STEPS:
+            steady = (examples - self._warm[1]) / (ended - self._warm[0])
         step = global_step(self.model)
-        metrics = self._evaluate()
-        write_scalars(self._writer, {k: v for k, v in metrics.items() if isinstance(v, float)}, step)
+        metrics = self._evaluate(epoch)
         loss = (logs or {}).get("loss")
         self.history.append({"epoch": epoch + 1, "step": step, "train_loss": float(loss) if loss is not None else None,
-                             "examples_per_second": examples / seconds, **metrics})
-        if logs is not None:
-            logs.update({f"val_{name}": value for name, value in metrics.items()})
+                             "examples_per_second": examples / seconds, "steady_examples_per_second": steady,
+                             "epoch_seconds": seconds,
+                             **({"eval": "none"} if metrics is None else
+                                {"eval_seconds": time.perf_counter() - ended, **metrics})})
+        if metrics is not None:
+            write_scalars(self._writer, {k: v for k, v in metrics.items() if isinstance(v, float)}, step)
+            if logs is not None:
+                logs.update({f"val_{name}": value for name, value in metrics.items() if name != "eval"})
         if self._write:
             storage.write_text(self._history_path, json.dumps({"history": self.history}, indent=2))
         say(f"train: epoch {epoch + 1}: {json.dumps(self.history[-1])}")
