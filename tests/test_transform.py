@@ -1,6 +1,7 @@
 """The transform step on a tiny hand-made dataset: exact ids, z-scores, buckets, one id space per group."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -8,12 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
+from apache_beam.transforms import util as beam_util
 
 from components.artifacts.record_counts import RowCountError
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict
 from esmm_model.errors import InputError
-from raw_examples import write_ingest_dir
+from raw_examples import random_rows, write_ingest_dir
 
 CONFIG = config_from_dict({
     "name": "tiny",
@@ -122,3 +124,30 @@ def test_rows_missing_against_ingestions_counts_fail_the_step_naming_split_and_c
     assert str(err.value) == (f"transform wrote {len(TRAIN)} rows for the train split, but ingestion counted "
                               f"{len(TRAIN) + 3} (lost: 3); outputs in {tmp_path / 'out' / 'transformed'} "
                               "are incomplete")
+
+
+
+def _transformed_records(ingest: Path, out: Path, seconds_per_row: float, monkeypatch) -> list[bytes]:
+    """The transformed train records (features in a fixed order) on a machine where Beam's
+    BatchElements times every batch at 10 ms plus ``seconds_per_row`` a row: it sizes the batches it
+    tunes from those timings, so a loaded machine splits the same rows elsewhere."""
+    @contextlib.contextmanager
+    def record_time(estimator, batch_size: int):
+        yield
+        estimator._data.append((batch_size, 0.01 + seconds_per_row * batch_size))
+
+    monkeypatch.setattr(beam_util._BatchSizeEstimator, "record_time", record_time)
+    outputs = transform(CONFIG, ingest, out, ["--runner=DirectRunner"])
+    records = tf.data.TFRecordDataset(tf.io.gfile.glob(outputs.split_pattern("train")), compression_type="GZIP")
+    return [tf.train.Example.FromString(r).SerializeToString(deterministic=True) for r in records.as_numpy_iterator()]
+
+
+@pytest.mark.slow
+def test_the_output_does_not_depend_on_the_machines_speed(tmp_path, monkeypatch):
+    # Prices far from zero: a batch's float32 mean then depends on which rows share the batch.
+    rows = [{**row, "price": 1e6 + 0.37 * i} for i, row in enumerate(random_rows(CONFIG, 160, seed=1))]
+    ingest = write_ingest_dir(CONFIG, tmp_path / "ingest", rows, rows[:8])
+    fast = _transformed_records(ingest, tmp_path / "fast", 1e-5, monkeypatch)
+    loaded = _transformed_records(ingest, tmp_path / "loaded", 1.0, monkeypatch)
+    assert len(fast) == len(rows)
+    assert fast == loaded

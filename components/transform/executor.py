@@ -11,6 +11,10 @@ empty (``components.artifacts.output_dir``):
 
 After the run, the rows written per split are counted and must equal ingestion's
 ``counts.json``; a difference fails the step (``components.artifacts.record_counts``).
+
+The output is a function of the input rows and their order: batches of a fixed size
+(``RECORD_BATCH_ROWS``), not sized by timing. With one in-order Beam worker (``in_memory``, one
+worker) a rerun writes the same records.
 """
 from __future__ import annotations
 
@@ -34,6 +38,13 @@ from esmm_model.preprocessing import make_preprocessing_fn
 from esmm_model.schema import schema_proto
 
 log = logging.getLogger(__name__)
+
+# Rows per Arrow RecordBatch read into tf.Transform, fixed. Left unset, tfx_bsl lets Beam's BatchElements
+# size the batches from measured wall time (and, past ten batches, random jitter), and the analyzers'
+# statistics (the z-score's mean and variance) depend on where batches split: the same rows gave other
+# transformed values on a loaded machine, so a retrain on the same data was not bit-identical. 1,000
+# is tfx_bsl's cap for the sizes it tunes, the size it reaches on a large input anyway.
+RECORD_BATCH_ROWS = 1_000
 
 
 def _raw_pattern(ingest: layout.IngestLayout, split: str) -> str:
@@ -91,7 +102,8 @@ def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str
             raw = {split: tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
                                                 telemetry_descriptors=["esmm", "transform"])
                    for split, pattern in patterns.items()}
-            data = {split: p | f"Read{split}" >> source.BeamSource() for split, source in raw.items()}
+            data = {split: p | f"Read{split}" >> source.BeamSource(batch_size=RECORD_BATCH_ROWS)
+                    for split, source in raw.items()}
             train_dataset = (data[layout.TRAIN], raw[layout.TRAIN].TensorAdapterConfig())
             (train_out, _), transform_fn = train_dataset | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True)
