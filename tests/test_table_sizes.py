@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components import layout
-from components.ingest import ingest
-from components.transform import transform
+from components.ingest.executor import ingest
+from components.transform.executor import transform
 from esmm_model.config import Config, config_from_dict, load_config
+from esmm_model.contracts import layout
 from esmm_model.preprocessing import table_sizes
 from esmm_model.schema import feature_spec
 
