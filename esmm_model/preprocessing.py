@@ -70,26 +70,50 @@ def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Ten
     for table, features in _tables(config, "vocab").items():
         vocab = features[0].preprocessing.vocab
         ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
-        threshold = vocab.min_frequency if vocab.min_frequency > 1 else None
-        vocabularies[table] = tft.vocabulary(ids, top_k=vocab.top_k, frequency_threshold=threshold,
-                                             vocab_filename=table)
+        vocabularies[table] = _vocabulary(ids, table, top_k=vocab.top_k, min_frequency=vocab.min_frequency)
     return vocabularies
+
+
+def _vocabulary(ids: tf.Tensor, name: str, *, top_k: int | None, min_frequency: int) -> tf.Tensor:
+    """``tft.vocabulary`` over 1-D ``ids``, each id counted with weight 1.
+
+    The weights change how the counts are made, not what they are: unweighted, tf.Transform sends every
+    id occurrence to Beam as an element of its own (tens of millions at 1M rows); weighted, each batch is
+    reduced in the graph to its unique ids and their summed weights first. Same vocabulary file.
+    """
+    threshold = min_frequency if min_frequency > 1 else None
+    return tft.vocabulary(ids, top_k=top_k, frequency_threshold=threshold, vocab_filename=name,
+                          weights=tf.ones_like(ids, dtype=tf.float32))
 
 
 def _count_distinct():
     """A Beam transform for ``tft.experimental.ptransform_analyzer``: batches of one id tensor in,
-    the number of distinct ids (an int64 scalar) out."""
+    the number of distinct ids (an int64 scalar) out.
+
+    Each batch's ids join a set in the combiner's accumulator, so an id costs a set insertion, not a
+    Beam element of its own (as with ``beam.Distinct``).
+    """
     import apache_beam as beam  # only the transform step runs analyzers
 
-    @beam.ptransform_fn
-    def count_distinct(batches):
-        return (batches
-                | "Ids" >> beam.FlatMap(lambda batch: np.unique(np.asarray(batch[0]).ravel()).tolist())
-                | "Distinct" >> beam.Distinct()
-                | "Count" >> beam.combiners.Count.Globally()
-                | "AsArray" >> beam.Map(lambda n: np.array(n, np.int64)))
+    class DistinctIds(beam.CombineFn):
+        def create_accumulator(self) -> set:
+            return set()
 
-    return count_distinct()
+        def add_input(self, accumulator: set, batch: list) -> set:
+            accumulator.update(np.asarray(batch[0]).ravel().tolist())
+            return accumulator
+
+        def merge_accumulators(self, accumulators) -> set:
+            accumulators = iter(accumulators)
+            merged = next(accumulators)
+            for accumulator in accumulators:
+                merged.update(accumulator)
+            return merged
+
+        def extract_output(self, accumulator: set) -> np.ndarray:
+            return np.array(len(accumulator), np.int64)
+
+    return beam.CombineGlobally(DistinctIds())
 
 
 class _AutoTable:
@@ -97,12 +121,11 @@ class _AutoTable:
 
     def __init__(self, table: str, auto: AutoSize, ids: tf.Tensor):
         self.auto = auto
-        threshold = auto.min_frequency if auto.min_frequency > 1 else None
-        self.vocabulary = tft.vocabulary(ids, top_k=auto.max_vocab + 1, frequency_threshold=threshold,
-                                         vocab_filename=table)
+        self.vocabulary = _vocabulary(ids, table, top_k=auto.max_vocab + 1, min_frequency=auto.min_frequency)
         vocabulary_size = tf.cast(tft.experimental.get_vocabulary_size_by_name(table), tf.int64)
         distinct, = tft.experimental.ptransform_analyzer(
-            [ids], _count_distinct(), output_dtypes=[tf.int64], output_shapes=[[]], name=f"{table}_distinct")
+            [tf.unique(ids).y], _count_distinct(), output_dtypes=[tf.int64], output_shapes=[[]],
+            name=f"{table}_distinct")
         self.exact = vocabulary_size <= auto.max_vocab
         hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(distinct, tf.float64)),
                                          tf.int64), 1)

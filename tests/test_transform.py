@@ -1,4 +1,5 @@
-"""The transform step on a tiny hand-made dataset: exact ids, z-scores, buckets, one id space per group."""
+"""The transform step on a tiny hand-made dataset: exact ids, z-scores, buckets, one id space per group; and
+the Ali-CCP config's transformed rows against a golden file written by an earlier implementation."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ from apache_beam.transforms import util as beam_util
 
 from components.artifacts.record_counts import RowCountError
 from components.transform.executor import transform
-from esmm_model.config import config_from_dict
+from esmm_model.config import config_from_dict, load_config
 from esmm_model.errors import InputError
 from raw_examples import random_rows, write_ingest_dir
 
@@ -151,3 +152,60 @@ def test_the_output_does_not_depend_on_the_machines_speed(tmp_path, monkeypatch)
     loaded = _transformed_records(ingest, tmp_path / "loaded", 1.0, monkeypatch)
     assert len(fast) == len(rows)
     assert fast == loaded
+
+
+# Written by the transform of main at a0e98c1 (tf.Transform fed through TFXIO, unweighted vocabularies,
+# distinct ids counted by beam.Distinct, Beam's TFRecord sink); later implementations must write the same.
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "transform_golden" / "aliccp_random.json"
+
+
+def golden_config():
+    """The shipped Ali-CCP config with one shared auto table (brand, hist_brands) and two tables hashed
+    (item_id, cross_shop: max_vocab 1), so exact vocabularies, hashing and a shared id space all occur."""
+    data = load_config("aliccp").to_dict()
+    for plain in data["features"]:
+        if plain["name"] in ("item_id", "cross_shop"):
+            plain["preprocessing"] = {"auto": {"max_vocab": 1, "hash_rows_per_id": 1.5}}
+        if plain["name"] in ("brand", "hist_brands"):
+            plain["shared_embedding"] = "brands"
+            plain["preprocessing"] = {"auto": {"min_frequency": 2, "oov_buckets": 3}}
+    return config_from_dict(data)
+
+
+def golden_input(root: Path) -> Path:
+    """120 train and 40 eval rows over 30 ids per feature, so some ids are rare, some unseen in training."""
+    config = golden_config()
+    return write_ingest_dir(config, root, random_rows(config, 120, seed=11, vocabulary=30),
+                            random_rows(config, 40, seed=12, vocabulary=30))
+
+
+def transformed_rows(transform_root: Path) -> dict:
+    """A transform output as plain JSON: vocabulary files, table sizes in the schema, and each split's
+    rows (each feature's values, in ``features`` order), sorted, since the files' row order is no contract."""
+    graph = transform_root / "transform_graph"
+    tft_output = tft.TFTransformOutput(str(graph))
+    assets = Path(tft_output.transform_savedmodel_dir, "assets")
+    schema = tft_output.transformed_metadata.schema
+    names = sorted(f.name for f in schema.feature)  # every transformed feature is int64 or float
+    splits = {}
+    for split in ("train", "eval"):
+        files = sorted(str(f) for f in (transform_root / "transformed" / split).iterdir())
+        rows = []
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            features = tf.train.Example.FromString(record).features.feature
+            rows.append([list(features[name].int64_list.value or features[name].float_list.value)
+                         for name in names])
+        splits[split] = sorted(rows, key=json.dumps)
+    return {"vocabularies": {f.name: f.read_text().splitlines() for f in sorted(assets.iterdir())},
+            "table_rows": {f.name: f.int_domain.max + 1 for f in schema.feature if f.HasField("int_domain")},
+            "features": names, **splits}
+
+
+@pytest.mark.slow
+def test_transformed_rows_equal_the_golden_files(tmp_path):
+    ingest = golden_input(tmp_path / "ingest")
+    transform(golden_config(), ingest, tmp_path / "out", ["--runner=DirectRunner"])
+    got, expected = transformed_rows(tmp_path / "out"), json.loads(GOLDEN.read_text())
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == expected[key], key

@@ -31,6 +31,7 @@ from tfx_bsl.public import tfxio
 from components.artifacts import record_counts, storage
 from components.artifacts.output_dir import require_empty
 from components.beam.runner import make_pipeline
+from components.beam.tfrecord_sink import FramedGzipTFRecordSink, frame_records
 from esmm_model.config import Config
 from esmm_model.contracts import layout
 from esmm_model.errors import InputError
@@ -73,12 +74,12 @@ def check_rows(ingest: layout.IngestLayout, out: layout.TransformLayout) -> dict
     return written
 
 
-def _write(examples: beam.PCollection, out: layout.TransformLayout, split: str) -> beam.pvalue.PDone:
-    return (examples
-            | f"Encode{split}" >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
-            | f"Write{split}" >> beam.io.WriteToTFRecord(
-                out.split_prefix(split), file_name_suffix=layout.RECORD_SUFFIX,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+def _write(batches: beam.PCollection, out: layout.TransformLayout, split: str) -> beam.pvalue.PDone:
+    """Transformed record batches -> GZIP TFRecords: each batch encoded by tfx_bsl's C++ coder and framed
+    as one element, so no step handles examples one by one."""
+    return (batches
+            | f"Encode{split}" >> beam.Map(lambda batch: frame_records(example_coder.RecordBatchToExamples(batch[0])))
+            | f"Write{split}" >> beam.io.Write(FramedGzipTFRecordSink(out.split_prefix(split))))
 
 
 def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str]) -> layout.TransformLayout:

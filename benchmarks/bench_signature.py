@@ -1,0 +1,152 @@
+"""CPU cost of the ``serving_default`` signature per candidate, the graph TF Serving runs.
+
+The signature parses raw tf.Examples, applies the tf.Transform graph and runs the towers for
+every candidate of a ranking request. This times it alone, in-process, on a SavedModel loaded
+back from disk: ``signatures['serving_default'](examples=...)`` on batches of --batches
+candidates (raw eval examples of an ingest output, labels and sample id removed, as a request
+carries them), --calls calls per batch size after --warmup calls. The figure is CPU time
+(``time.process_time``: every thread of this process) per candidate, so the neighbours' load
+counts less than in wall time; the load average is printed beside it.
+
+The model: --export (a SavedModel the trainer wrote), or, without it, one built from
+--transform-dir with untrained weights (the graph and its cost are the same, the scores not).
+
+--breakdown also times the parts, each a tf.function over the same batch built from the same
+transform output and model: parse alone; parse + the tf.Transform layer; + the model's input
+padding; the whole signature in-process. Differences give each part's share.
+
+    .venv/bin/python benchmarks/bench_signature.py --ingest-dir DIR --transform-dir DIR [--export DIR]
+        [--config aliccp] [--batches 100 512] [--calls 200] [--breakdown]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tensorflow_transform as tft  # noqa: E402
+
+from esmm_model.config import LABELS, Config, load_config  # noqa: E402
+from esmm_model.contracts import layout  # noqa: E402
+from esmm_model.export import save_serving_model  # noqa: E402
+from esmm_model.model import EsmmModel, model_inputs  # noqa: E402
+from esmm_model.preprocessing import table_sizes  # noqa: E402
+from esmm_model.schema import OUTPUTS, SAMPLE_ID, SERVING_SIGNATURE, feature_spec  # noqa: E402
+
+TARGET_US_AT_100 = 15.0
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def request_examples(ingest_dir: str, rows: int) -> list[bytes]:
+    """The first ``rows`` raw eval examples, without labels and sample id (what a request carries)."""
+    files = sorted(glob.glob(layout.IngestLayout(ingest_dir).split_pattern(layout.EVAL)))
+    if not files:
+        raise SystemExit(f"no eval examples under {ingest_dir!r}")
+    examples = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(rows):
+        example = tf.train.Example.FromString(record.numpy())
+        for key in (*LABELS, SAMPLE_ID):
+            del example.features.feature[key]
+        examples.append(example.SerializeToString())
+    if len(examples) < rows:
+        raise SystemExit(f"{ingest_dir!r} holds {len(examples)} eval examples; need {rows}")
+    return examples
+
+
+def built_model(config: Config, tft_output: tft.TFTransformOutput, examples: list[bytes]) -> EsmmModel:
+    """An untrained model with the transform output's table sizes, built on one batch."""
+    model = EsmmModel(config, table_sizes(config, tft_output))
+    raw = tf.io.parse_example(examples[:8], feature_spec(config, labels=False, defaults=True))
+    model(model_inputs(config, tft_output.transform_features_layer()(raw))[0])
+    return model
+
+
+def cpu_us_per_candidate(fn: Callable[[tf.Tensor], object], batch: tf.Tensor, calls: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn(batch)
+    started = time.process_time()
+    for _ in range(calls):
+        fn(batch)
+    return (time.process_time() - started) / (calls * int(batch.shape[0])) * 1e6
+
+
+def parts(config: Config, model: EsmmModel, tft_output: tft.TFTransformOutput) -> dict[str, Callable]:
+    """Cumulative prefixes of the serving graph, each a tf.function of the serialized examples."""
+    layer = tft_output.transform_features_layer()
+    spec = feature_spec(config, labels=False, defaults=True)
+
+    @tf.function
+    def parse(examples):
+        return tf.io.parse_example(examples, spec)
+
+    @tf.function
+    def parse_transform(examples):
+        return layer(tf.io.parse_example(examples, spec))
+
+    @tf.function
+    def parse_transform_inputs(examples):
+        return model_inputs(config, layer(tf.io.parse_example(examples, spec)))[0]
+
+    @tf.function
+    def whole(examples):
+        outputs = model(model_inputs(config, layer(tf.io.parse_example(examples, spec)))[0], training=False)
+        return {name: outputs[name] for name in OUTPUTS}
+
+    return {"parse_example": parse, "+ tf.Transform layer": parse_transform,
+            "+ model input padding": parse_transform_inputs, "+ towers (whole signature)": whole}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ingest-dir", required=True, help="an ingest output: its eval examples are the candidates")
+    parser.add_argument("--transform-dir", required=True, help="the transform output the model was trained on")
+    parser.add_argument("--export", help="a SavedModel to time (default: one built untrained from --transform-dir)")
+    parser.add_argument("--config", default="aliccp")
+    parser.add_argument("--batches", type=int, nargs="+", default=[100, 512])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--breakdown", action="store_true", help="also time the graph's parts in-process")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    tft_output = tft.TFTransformOutput(layout.TransformLayout(args.transform_dir).graph)
+    examples = request_examples(args.ingest_dir, max(args.batches))
+    model = None
+    export = args.export
+    if export is None:
+        model = built_model(config, tft_output, examples)
+        export = os.path.join(tempfile.mkdtemp(prefix="bench-signature-"), "model")
+        save_serving_model(config, model, layout.TransformLayout(args.transform_dir).graph, export)
+        print(f"exported an untrained model to {export}", flush=True)
+    serve = tf.saved_model.load(export).signatures[SERVING_SIGNATURE]
+    print(f"load average at start: {load_avg()}", flush=True)
+    print(f"{'batch':>6} {'serving_default CPU µs/candidate':>34}  load average")
+    for size in args.batches:
+        batch = tf.constant(examples[:size])
+        us = cpu_us_per_candidate(lambda b: serve(examples=b), batch, args.calls, args.warmup)
+        print(f"{size:>6} {us:>34.1f}  {load_avg()}", flush=True)
+    if args.breakdown:
+        model = model or built_model(config, tft_output, examples)
+        print(f"\nparts, in-process, cumulative (CPU µs/candidate)\n{'part':<30}"
+              + "".join(f"{'batch ' + str(s):>12}" for s in args.batches))
+        for name, fn in parts(config, model, tft_output).items():
+            figures = [cpu_us_per_candidate(fn, tf.constant(examples[:s]), args.calls, args.warmup)
+                       for s in args.batches]
+            print(f"{name:<30}" + "".join(f"{us:>12.1f}" for us in figures), flush=True)
+        print(f"load average at end: {load_avg()}")
+    print(f"target: <= {TARGET_US_AT_100} µs of CPU per candidate at batch 100")
+
+
+if __name__ == "__main__":
+    main()
