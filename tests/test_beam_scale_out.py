@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from components.beam.runner import artifact_location, with_worker_image
-from esmm_model.config import config_to_json, load_config
+from esmm_model.config import config_to_json
 from pipelines import steps
 from pipelines.compile import compile_pipeline
+from pipelines.config import load_config
 
 IMAGE = "registry.example/esmm:1.2.3"
 FLINK = ["--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081"]

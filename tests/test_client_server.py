@@ -417,13 +417,14 @@ def test_an_untrusted_tls_certificate_raises_instead_of_falling_back() -> None:
 def test_an_oversized_request_raises_but_an_overloaded_server_falls_back() -> None:
     too_big = [b"x" * 4000] * 500  # ~2 MB in one request of fewer than 512 examples
     with fake_server(FakePredictionService([grpc.StatusCode.RESOURCE_EXHAUSTED])) as target:
-        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(),
+        # A whole-call deadline far above the machine's load: an outage by deadline would fall back instead.
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(), timeout_s=30.0,
                               max_message_bytes=1 << 20) as client:
             with pytest.raises(ServingError, match="RESOURCE_EXHAUSTED: CLIENT: Sent message larger than max"):
                 client.predict(too_big)
             assert client.predict([b""]).fallback  # the server's own RESOURCE_EXHAUSTED: an overload
     with fake_server(FakePredictionService([])) as target:  # the server's default limit is 4 MiB
-        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback()) as client:
+        with PredictionClient(target, "esmm", retry=FAST_RETRY, fallback=Fallback(), timeout_s=30.0) as client:
             with pytest.raises(ServingError, match="Received message larger than max"):
                 client.predict([b"x" * 10_000] * 500)  # ~5 MB
 
@@ -591,12 +592,14 @@ def test_a_request_past_its_deadline_before_the_model_runs_is_dropped(model_dir:
         loaded = server.versions.current
         real_model, real_make_ndarray, runs = loaded.signatures["serving_default"], tf.make_ndarray, []
         loaded.signatures["serving_default"] = lambda **inputs: (runs.append(1), real_model(**inputs))[1]
-        monkeypatch.setattr(tf, "make_ndarray", lambda tensor: (time.sleep(0.5), real_make_ndarray(tensor))[1])
-        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=0.2, retry=RetryPolicy(max_attempts=1),
+        # Inputs take 4 s to build, past the request's 2 s deadline; 2 s is long enough for the request to reach
+        # the servicer on a loaded machine (with 0.2 s, gRPC sometimes dropped it while queued, before our check).
+        monkeypatch.setattr(tf, "make_ndarray", lambda tensor: (time.sleep(4.0), real_make_ndarray(tensor))[1])
+        with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=2.0, retry=RetryPolicy(max_attempts=1),
                               max_batch_size=512) as hurried:
             with pytest.raises(ServingError) as caught:
-                hurried.predict(examples(2))  # its inputs take 0.5 s to build, past its 0.2 s deadline
-        assert wait_until(lambda: "dropped a Predict request unrun" in caplog.text, seconds=5)
+                hurried.predict(examples(2))
+        assert wait_until(lambda: "dropped a Predict request unrun" in caplog.text, seconds=20)
         assert runs == []
         monkeypatch.setattr(tf, "make_ndarray", real_make_ndarray)
         with PredictionClient(f"127.0.0.1:{server.port}", "esmm", timeout_s=5.0) as patient:
