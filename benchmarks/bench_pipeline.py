@@ -1,7 +1,7 @@
 """The whole pipeline end to end: ``esmm run`` (``pipelines.local_run.run_local``) on N Ali-CCP-format rows.
 
-Data: the simulator's ``aliccp`` preset (CTR 4 %, CVR 0.5 %) written for the shipped ``aliccp`` config
-(``--config`` to change both), N rows, simulated once into --work-dir/raw_<config>_<rows>_seed<seed>
+Data: the simulator's ``baseline`` story at Ali-CCP's rates (CTR 4 %, CVR 0.5 %) written for the shipped
+``aliccp`` config (``--config`` to change both), N rows, simulated once into --work-dir/raw_<config>_<rows>_seed<seed>
 (reused when its simulation.json matches the spec). The run is the shipped config as a user runs it:
 kfp.local, the DirectRunner with the config's Beam options, the config's epochs unless --epochs, no
 ground truth; the serving base and kfp root are fresh under --work-dir. Each step is timed by wall clock
@@ -41,7 +41,7 @@ def simulated(config_name: str, rows: int, seed: int, work_dir: Path) -> Path:
     from components.devtools.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate
     from pipelines.config import load_config
 
-    spec = SimulationSpec.preset("aliccp", rows=rows, seed=seed)
+    spec = SimulationSpec.for_preset("baseline", rows=rows, seed=seed, ctr=0.04, cvr=0.005)
     raw = work_dir / f"raw_{Path(config_name).stem}_{rows}_seed{seed}"
     meta = raw / "simulation.json"
     if meta.is_file() and (raw / SKELETON_FILE).is_file() and (raw / COMMON_FILE).is_file():
