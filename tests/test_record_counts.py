@@ -49,7 +49,8 @@ def test_direct_runner_sends_a_large_stage_input_in_bounded_messages():
     record = lambda data: sent.append(len(data))  # noqa: E731
     stream = data_plane.ClosableOutputStream.create(record, record, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
     manager = object.__new__(fn_runner.BundleManager)
-    manager._worker_handler = SimpleNamespace(data_conn=SimpleNamespace(output_stream=lambda *_: stream))
+    manager._worker_handler = object.__new__(worker_handlers.GrpcWorkerHandler)  # a worker over gRPC
+    manager._worker_handler.data_conn = SimpleNamespace(output_stream=lambda *_: stream)
     beam_runner._senders.running = []
     manager._send_input_to_worker("bundle_1", "read", [b"x" * 4_000_000] * 10)
     for sender, errors in beam_runner._senders.running:
