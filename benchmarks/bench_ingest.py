@@ -64,8 +64,13 @@ def load_avg() -> str:
 
 def simulated(config: Config, rows: int, seed: int, work_dir: Path) -> Path:
     """The raw Ali-CCP log for this size and seed, simulated unless already there."""
-    spec = SimulationSpec.for_preset("baseline", rows=rows, seed=seed)
-    raw = work_dir / f"raw_{rows}_seed{seed}"
+    return simulated_log(SimulationSpec.for_preset("baseline", rows=rows, seed=seed), config,
+                         work_dir / f"raw_{rows}_seed{seed}")
+
+
+def simulated_log(spec: SimulationSpec, config: Config, raw: Path) -> Path:
+    """The raw log of ``spec`` in ``raw``, simulated unless one of the same spec is already there."""
+    rows = spec.rows
     meta = raw / "simulation.json"
     if meta.is_file() and (raw / SKELETON_FILE).is_file() and (raw / COMMON_FILE).is_file():
         if json.loads(meta.read_text()).get("spec") == asdict(spec):

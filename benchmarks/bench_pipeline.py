@@ -15,13 +15,11 @@ after the simulation and at the end. Target (issue 22): 1M rows, 4 epochs, <= 36
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,21 +36,12 @@ def load_avg() -> str:
 
 def simulated(config_name: str, rows: int, seed: int, work_dir: Path) -> Path:
     """The raw Ali-CCP log for this config, size and seed, simulated unless already there."""
-    from components.devtools.simulator import COMMON_FILE, SKELETON_FILE, SimulationSpec, simulate
+    from bench_ingest import simulated_log
+    from components.devtools.simulator import SimulationSpec
     from pipelines.config import load_config
 
     spec = SimulationSpec.for_preset("baseline", rows=rows, seed=seed, ctr=0.04, cvr=0.005)
-    raw = work_dir / f"raw_{Path(config_name).stem}_{rows}_seed{seed}"
-    meta = raw / "simulation.json"
-    if meta.is_file() and (raw / SKELETON_FILE).is_file() and (raw / COMMON_FILE).is_file():
-        if json.loads(meta.read_text()).get("spec") == asdict(spec):
-            print(f"reusing simulation {raw}", flush=True)
-            return raw
-    shutil.rmtree(raw, ignore_errors=True)
-    started = time.perf_counter()
-    simulate(spec, load_config(config_name), raw)
-    print(f"simulated {rows:,} rows into {raw} in {time.perf_counter() - started:.1f} s", flush=True)
-    return raw
+    return simulated_log(spec, load_config(config_name), work_dir / f"raw_{Path(config_name).stem}_{rows}_seed{seed}")
 
 
 def step_table(seconds: dict[str, float], rows: int, wall: float) -> str:
