@@ -100,3 +100,20 @@ def reference_pack_shared(config: Config, shared: Mapping[str, Any],
     """The shared-part trick with message classes: shared Example serialized once, then appended to."""
     head = reference_example(config, shared).SerializeToString()
     return [head + reference_example(config, c).SerializeToString() for c in candidates]
+
+
+# TF Serving's model config as the tests serve it: versions 1 and 2 pinned, labelled stable and canary
+# (base_path left to fill with %).
+MODELS_CONFIG = """
+model_config_list {
+  config {
+    name: "esmm"
+    base_path: "%s"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+}
+"""
+

@@ -20,7 +20,7 @@ from esmm_model.contracts.fingerprint import model_fingerprint
 from esmm_model.contracts.model_config import read_model_config
 from esmm_model.contracts.model_store import latest_pushed, pushed_versions, served_baseline
 from esmm_model.errors import InputError
-from stub_models import save_stub_model
+from stub_models import MODELS_CONFIG, save_stub_model
 
 GATE = EvaluationConfig(thresholds=(Threshold("cvr/clicked/auc", min=0.52, max_regression=0.01),))
 
@@ -226,24 +226,10 @@ def test_cli_push_pushes_what_the_evaluator_blessed(model_dir, serving_base, tmp
     assert "blessing file" in capsys.readouterr().err
 
 
-LABELLED_CONFIG = """
-model_config_list {
-  config {
-    name: "esmm"
-    base_path: "%s"
-    model_platform: "tensorflow"
-    model_version_policy { specific { versions: 1 versions: 2 } }
-    version_labels { key: "stable" value: 1 }
-    version_labels { key: "canary" value: 2 }
-  }
-}
-"""
-
-
 def test_retention_never_deletes_what_the_model_config_labels_and_stable_is_the_baseline(model_dir, serving_base,
                                                                                           tmp_path):
     config_file = tmp_path / "models.config"
-    config_file.write_text(LABELLED_CONFIG % f"{serving_base}/esmm")
+    config_file.write_text(MODELS_CONFIG % f"{serving_base}/esmm")
     results = [push_once(model_dir, serving_base, 0.60 + i / 100, model_config_file=str(config_file))
                for i in range(8)]  # v1 stable and v2 canary, then six more pushes with keep_versions 5
     assert [r.version for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
@@ -268,7 +254,7 @@ def test_without_a_model_config_retention_keeps_the_last_n_only(model_dir, servi
 
 def test_a_stable_label_on_a_version_not_in_the_store_is_refused(model_dir, serving_base, tmp_path):
     config_file = tmp_path / "models.config"
-    config_file.write_text((LABELLED_CONFIG % f"{serving_base}/esmm").replace('value: 1 }', 'value: 9 }'))
+    config_file.write_text((MODELS_CONFIG % f"{serving_base}/esmm").replace('value: 1 }', 'value: 9 }'))
     assert served_baseline(serving_base, "esmm", read_model_config(str(config_file), "esmm")) is None  # first push
     push_once(model_dir, serving_base, 0.60)
     with pytest.raises(InputError, match=r"labels version 9 of 'esmm' stable, but .*/esmm holds versions \[1\]"):

@@ -32,7 +32,7 @@ from serving_client.client import PredictionClient, RetryPolicy, VersionStatus
 from serving_client.errors import ServingError
 from serving_client.packing import ExamplePacker
 from serving_client.server import ModelServer, ModelVersions, load_version
-from stub_models import save_stub_model
+from stub_models import MODELS_CONFIG, save_stub_model
 
 CONFIG = load_config("simulator")
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -102,20 +102,6 @@ def test_warmup_file_with_another_request_kind_is_refused(tmp_path):
     with pytest.raises(InputError, match="record 0 is a classify_log; only predict_log"):
         read_warmup_requests(str(tmp_path))
     assert read_warmup_requests(str(tmp_path / "elsewhere")) == []
-
-
-MODELS_CONFIG = """
-model_config_list {
-  config {
-    name: "esmm"
-    base_path: "%s"
-    model_platform: "tensorflow"
-    model_version_policy { specific { versions: 1 versions: 2 } }
-    version_labels { key: "stable" value: 1 }
-    version_labels { key: "canary" value: 2 }
-  }
-}
-"""
 
 
 def test_version_policies_select_as_tf_serving_does():
