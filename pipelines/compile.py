@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from esmm_model.errors import EsmmError
 from pipelines.config import PipelineConfig
@@ -116,8 +116,7 @@ def submit(request: Submission, client_factory=None) -> Submitted:
         raise EsmmError(_explain(request.host, exc)) from None
 
 
-def watch(submitted: Submitted, host: str, *, poll_s: float = 10.0, sleep: Callable[[float], None] = time.sleep,
-          out: Optional[TextIO] = None) -> str:
+def watch(submitted: Submitted, host: str, *, poll_s: float = 10.0, out: Optional[TextIO] = None) -> str:
     """Follows the run to its end, printing each state it enters; returns the final state (FINAL_STATES).
     A failure to ask raises EsmmError naming the host."""
     if submitted.run_id is None:
@@ -136,7 +135,7 @@ def watch(submitted: Submitted, host: str, *, poll_s: float = 10.0, sleep: Calla
             if state != "SUCCEEDED" and getattr(run, "error", None) is not None:
                 print(f"run {submitted.run_id}: {getattr(run.error, 'message', None) or run.error}", file=out)
             return state
-        sleep(poll_s)
+        time.sleep(poll_s)
 
 
 def _read_secret(path: Optional[str], flag: str) -> Optional[str]:
