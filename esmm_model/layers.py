@@ -3,7 +3,9 @@
 Model inputs are dense tensors (see ``esmm_model.model.model_inputs``): an ``id``
 feature is int64 [batch]; a ``weighted_ids`` feature is ids int64 [batch, length] with
 ``<name>_weight`` float32 [batch, length], padded with weight 0; a z-scored ``dense``
-feature is float32 [batch].
+feature is float32 [batch]. The serving signature passes a weighted_ids feature as the two
+SparseTensors it parsed instead (``esmm_model.model.serving_inputs``): the same sums, without
+looking up padding.
 """
 from __future__ import annotations
 
@@ -53,12 +55,25 @@ class FeatureEmbeddings(keras.layers.Layer):
             if feature.kind != "weighted_ids":
                 columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
                 continue
-            weights = inputs[feature.weight_name]
-            pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, inputs[feature.name]), weights)
+            ids, weights = inputs[feature.name], inputs[feature.weight_name]
+            if isinstance(ids, tf.SparseTensor):
+                pooled, total = _pooled_sparse(table, ids, weights)
+            else:
+                pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
+                total = tf.reduce_sum(weights, axis=1, keepdims=True)
             if feature.combiner == "mean":
-                pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, axis=1, keepdims=True))
+                pooled = tf.math.divide_no_nan(pooled, total)
             columns.append(pooled)
         return tf.concat(columns, axis=1)
+
+
+def _pooled_sparse(table: tf.Variable, ids: tf.SparseTensor, weights: tf.SparseTensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The weighted sum of each row's embeddings, and of its weights, [batch, dim] and [batch, 1], from
+    sparse ids and weights of the same indices: only the ids present are looked up (no padding)."""
+    rows, batch = ids.indices[:, 0], ids.dense_shape[0]
+    weighted = tf.nn.embedding_lookup(table, ids.values) * tf.expand_dims(weights.values, -1)
+    total = tf.math.unsorted_segment_sum(weights.values, rows, batch)
+    return tf.math.unsorted_segment_sum(weighted, rows, batch), tf.expand_dims(total, -1)
 
 
 class Tower(keras.layers.Layer):
