@@ -2,21 +2,26 @@
 
 The signature parses raw tf.Examples, applies the tf.Transform graph and runs the towers for
 every candidate of a ranking request. This times it alone, in-process, on a SavedModel loaded
-back from disk: ``signatures['serving_default'](examples=...)`` on batches of --batches
+back from disk, two ways: as TF Serving runs it (the SavedModel loaded into a TF1 Session, the
+signature's tensors fed and fetched: grappler inlines its functions there), and as a Python
+caller does (``signatures['serving_default'](examples=...)``), on batches of --batches
 candidates (raw eval examples of an ingest output, labels and sample id removed, as a request
 carries them), --calls calls per batch size after --warmup calls. The figure is CPU time
 (``time.process_time``: every thread of this process) per candidate, so the neighbours' load
-counts less than in wall time; the load average is printed beside it.
+counts less than in wall time; the load average is printed beside it. TensorFlow runs with
+--threads intra- and inter-op threads (default 1: the work itself, without idle threads spinning
+for work, which a shared 2-core machine inflates).
 
 The model: --export (a SavedModel the trainer wrote), or, without it, one built from
 --transform-dir with untrained weights (the graph and its cost are the same, the scores not).
 
 --breakdown also times the parts, each a tf.function over the same batch built from the same
-transform output and model: parse alone; parse + the tf.Transform layer; + the model's input
-padding; the whole signature in-process. Differences give each part's share.
+transform output and model: parse alone; parse + the tf.Transform layer; the whole signature
+in-process (embeddings and towers added); and the whole with the weighted id lists padded dense as
+in training (what the signature did before it pooled them sparse). Differences give each part's share.
 
     .venv/bin/python benchmarks/bench_signature.py --ingest-dir DIR --transform-dir DIR [--export DIR]
-        [--config aliccp] [--batches 100 512] [--calls 200] [--breakdown]
+        [--config aliccp] [--batches 100 512] [--calls 200] [--threads 1] [--breakdown]
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import tensorflow_transform as tft  # noqa: E402
 from esmm_model.config import LABELS, Config, load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.export import save_serving_model  # noqa: E402
-from esmm_model.model import EsmmModel, model_inputs  # noqa: E402
+from esmm_model.model import EsmmModel, model_inputs, serving_inputs  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.schema import OUTPUTS, SAMPLE_ID, SERVING_SIGNATURE, feature_spec  # noqa: E402
 
@@ -73,39 +78,61 @@ def built_model(config: Config, tft_output: tft.TFTransformOutput, examples: lis
     return model
 
 
-def cpu_us_per_candidate(fn: Callable[[tf.Tensor], object], batch: tf.Tensor, calls: int, warmup: int) -> float:
+def cpu_us_per_candidate(fn: Callable, batch, calls: int, warmup: int) -> float:
     for _ in range(warmup):
         fn(batch)
     started = time.process_time()
     for _ in range(calls):
         fn(batch)
-    return (time.process_time() - started) / (calls * int(batch.shape[0])) * 1e6
+    return (time.process_time() - started) / (calls * len(batch)) * 1e6
+
+
+def _checksum(outputs: dict) -> tf.Tensor:
+    """One scalar that needs every output (a part returning dozens of tensors would time Python packing them)."""
+    return tf.add_n([tf.cast(tf.size(v.values if isinstance(v, tf.SparseTensor) else v), tf.int64)
+                     for v in outputs.values()])
+
+
+def session_runner(export: str, threads: int) -> Callable[[list[bytes]], object]:
+    """serving_default as TF Serving runs it: the SavedModel loaded into a TF1 Session (SavedModelBundle),
+    its signature's tensors fed and fetched by name, with no Python function call around the graph."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads))
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], export)
+    signature = meta_graph.signature_def[SERVING_SIGNATURE]
+    feed = signature.inputs["examples"].name
+    fetches = [signature.outputs[name].name for name in OUTPUTS]
+    return lambda examples: session.run(fetches, {feed: examples})
 
 
 def parts(config: Config, model: EsmmModel, tft_output: tft.TFTransformOutput) -> dict[str, Callable]:
     """Cumulative prefixes of the serving graph, each a tf.function of the serialized examples."""
     layer = tft_output.transform_features_layer()
     spec = feature_spec(config, labels=False, defaults=True)
+    signature = [tf.TensorSpec([None], tf.string)]
 
-    @tf.function
+    @tf.function(input_signature=signature)
     def parse(examples):
-        return tf.io.parse_example(examples, spec)
+        return _checksum(tf.io.parse_example(examples, spec))
 
-    @tf.function
+    @tf.function(input_signature=signature)
     def parse_transform(examples):
-        return layer(tf.io.parse_example(examples, spec))
+        return _checksum(layer(tf.io.parse_example(examples, spec)))
 
-    @tf.function
-    def parse_transform_inputs(examples):
-        return model_inputs(config, layer(tf.io.parse_example(examples, spec)))[0]
-
-    @tf.function
+    @tf.function(input_signature=signature)
     def whole(examples):
-        outputs = model(model_inputs(config, layer(tf.io.parse_example(examples, spec)))[0], training=False)
-        return {name: outputs[name] for name in OUTPUTS}
+        outputs = model(serving_inputs(config, layer(tf.io.parse_example(examples, spec))), training=False)
+        return _checksum({name: outputs[name] for name in OUTPUTS})
 
-    return {"parse_example": parse, "+ tf.Transform layer": parse_transform,
-            "+ model input padding": parse_transform_inputs, "+ towers (whole signature)": whole}
+    @tf.function(input_signature=signature)
+    def whole_padded(examples):
+        outputs = model(model_inputs(config, layer(tf.io.parse_example(examples, spec)))[0], training=False)
+        return _checksum({name: outputs[name] for name in OUTPUTS})
+
+    return {"parse_example": parse, "+ tf.Transform layer": parse_transform, "+ embeddings and towers": whole,
+            "(the same, lists padded dense)": whole_padded}
 
 
 def main() -> None:
@@ -118,7 +145,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true", help="also time the graph's parts in-process")
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow's intra- and inter-op threads")
     args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     config = load_config(args.config)
     tft_output = tft.TFTransformOutput(layout.TransformLayout(args.transform_dir).graph)
     examples = request_examples(args.ingest_dir, max(args.batches))
@@ -130,12 +160,15 @@ def main() -> None:
         save_serving_model(config, model, layout.TransformLayout(args.transform_dir).graph, export)
         print(f"exported an untrained model to {export}", flush=True)
     serve = tf.saved_model.load(export).signatures[SERVING_SIGNATURE]
+    in_session = session_runner(export, args.threads)
     print(f"load average at start: {load_avg()}", flush=True)
-    print(f"{'batch':>6} {'serving_default CPU µs/candidate':>34}  load average")
+    print(f"serving_default, CPU µs per candidate\n{'batch':>6} {'TF1 Session (TF Serving)':>26} "
+          f"{'Python signature call':>23}  load average")
     for size in args.batches:
         batch = tf.constant(examples[:size])
-        us = cpu_us_per_candidate(lambda b: serve(examples=b), batch, args.calls, args.warmup)
-        print(f"{size:>6} {us:>34.1f}  {load_avg()}", flush=True)
+        session_us = cpu_us_per_candidate(in_session, examples[:size], args.calls, args.warmup)
+        python_us = cpu_us_per_candidate(lambda b: serve(examples=b), batch, args.calls, args.warmup)
+        print(f"{size:>6} {session_us:>26.1f} {python_us:>23.1f}  {load_avg()}", flush=True)
     if args.breakdown:
         model = model or built_model(config, tft_output, examples)
         print(f"\nparts, in-process, cumulative (CPU µs/candidate)\n{'part':<30}"

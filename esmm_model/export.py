@@ -17,7 +17,7 @@ import tensorflow_transform as tft
 
 from esmm_model.config import Config
 from esmm_model.errors import InputError
-from esmm_model.model import EsmmModel, model_inputs
+from esmm_model.model import EsmmModel, serving_inputs
 from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE, feature_spec
 
 EXAMPLES = tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
@@ -35,8 +35,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[EXAMPLES])
     def serve(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, feature_spec(self._config, labels=False, defaults=True))
-        inputs, _ = model_inputs(self._config, self.tft_layer(raw))
-        outputs = self.model(inputs, training=False)
+        outputs = self.model(serving_inputs(self._config, self.tft_layer(raw)), training=False)
         return {name: outputs[name] for name in OUTPUTS}
 
     @tf.function(input_signature=[EXAMPLES])

@@ -3,7 +3,9 @@
 Model inputs are dense tensors (see ``esmm_model.model.model_inputs``): an ``id``
 feature is int64 [batch]; a ``weighted_ids`` feature is ids int64 [batch, length] with
 ``<name>_weight`` float32 [batch, length], padded with weight 0; a z-scored ``dense``
-feature is float32 [batch].
+feature is float32 [batch]. The serving signature passes a weighted_ids feature as the two
+SparseTensors it parsed instead (``esmm_model.model.serving_inputs``): the same sums, without
+looking up padding.
 """
 from __future__ import annotations
 
@@ -63,12 +65,14 @@ class FeatureEmbeddings(keras.layers.Layer):
                 columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
                 continue
             ids, weights = inputs[feature.name], inputs[feature.weight_name]
-            if self.sparse_pooling:
-                pooled = weighted_sum(table, ids, weights)
+            if isinstance(ids, tf.SparseTensor):
+                pooled, total = _pooled_sparse(table, ids, weights)
             else:
-                pooled = tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
+                pooled = weighted_sum(table, ids, weights) if self.sparse_pooling else \
+                    tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
+                total = tf.reduce_sum(weights, axis=1, keepdims=True)
             if feature.combiner == "mean":
-                pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, axis=1, keepdims=True))
+                pooled = tf.math.divide_no_nan(pooled, total)
             columns.append(pooled)
         return tf.concat(columns, axis=1)
 
@@ -82,6 +86,15 @@ def weighted_sum(table: tf.Variable, ids: tf.Tensor, weights: tf.Tensor) -> tf.T
     bags = tf.SparseTensor(tf.stack([positions[:, 0], column], axis=1), tf.boolean_mask(weights, present),
                            tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.size(distinct, out_type=tf.int64)]))
     return tf.sparse.sparse_dense_matmul(bags, tf.nn.embedding_lookup(table, distinct))
+
+
+def _pooled_sparse(table: tf.Variable, ids: tf.SparseTensor, weights: tf.SparseTensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The weighted sum of each row's embeddings, and of its weights, [batch, dim] and [batch, 1], from
+    sparse ids and weights of the same indices: only the ids present are looked up (no padding)."""
+    rows, batch = ids.indices[:, 0], ids.dense_shape[0]
+    weighted = tf.nn.embedding_lookup(table, ids.values) * tf.expand_dims(weights.values, -1)
+    total = tf.math.unsorted_segment_sum(weights.values, rows, batch)
+    return tf.math.unsorted_segment_sum(weighted, rows, batch), tf.expand_dims(total, -1)
 
 
 class Tower(keras.layers.Layer):

@@ -23,12 +23,13 @@ from esmm_model.variants import VARIANTS
 PAD_MULTIPLE = 8
 
 
-def _padded(sparse: tf.SparseTensor, multiple: int) -> tf.Tensor:
-    """[batch, length] dense, length rounded up to a multiple, so XLA sees few shapes."""
-    dense = tf.sparse.to_dense(sparse)
-    length = tf.shape(dense, out_type=tf.int64)[1]
-    target = tf.maximum((length + multiple - 1) // multiple, 1) * multiple
-    return tf.pad(dense, [[0, 0], [0, target - length]])
+def _padded(ids: tf.SparseTensor, weights: tf.SparseTensor, multiple: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A weighted id list as [batch, length] dense ids and weights (zeros past each row's end), length
+    rounded up to a multiple, so XLA sees few shapes. Ids and weights share their indices and shape: the
+    padded shape is computed once, and each is scattered into it directly (no separate pad)."""
+    length = ids.dense_shape[1]
+    shape = tf.stack([ids.dense_shape[0], tf.maximum((length + multiple - 1) // multiple, 1) * multiple])
+    return tuple(tf.sparse.to_dense(tf.SparseTensor(x.indices, x.values, shape)) for x in (ids, weights))
 
 
 def model_inputs(config: Config, transformed: dict) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
@@ -36,12 +37,19 @@ def model_inputs(config: Config, transformed: dict) -> tuple[dict[str, tf.Tensor
     inputs = {}
     for feature in config.features:
         if feature.kind == "weighted_ids":
-            inputs[feature.name] = _padded(transformed[feature.name], PAD_MULTIPLE)
-            inputs[feature.weight_name] = _padded(transformed[feature.weight_name], PAD_MULTIPLE)
+            inputs[feature.name], inputs[feature.weight_name] = _padded(
+                transformed[feature.name], transformed[feature.weight_name], PAD_MULTIPLE)
         else:
             inputs[feature.name] = transformed[feature.name]
     labels = {label: transformed[label] for label in LABELS if label in transformed}
     return inputs, labels
+
+
+def serving_inputs(config: Config, transformed: dict) -> dict[str, tf.Tensor | tf.SparseTensor]:
+    """Transformed features -> model inputs for scoring: weighted id lists stay sparse (the embedding layer
+    pools only the ids present, the same sums as over the padded form), the rest as in ``model_inputs``."""
+    return {name: transformed[name] for feature in config.features
+            for name in ((feature.name, feature.weight_name) if feature.kind == "weighted_ids" else (feature.name,))}
 
 
 class EsmmModel(keras.Model):

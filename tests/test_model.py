@@ -208,6 +208,32 @@ def test_mean_combiner_divides_the_weighted_sum_by_the_weights_sum():
     np.testing.assert_allclose(x[2, 4:8], 0.0)  # an empty list pools to zeros, not NaN
 
 
+@pytest.mark.parametrize("combiner", ["sum", "mean"])
+def test_sparse_lists_pool_as_their_padded_form(combiner):
+    """The serving signature passes weighted id lists sparse (serving_inputs); they pool to what the padded
+    dense form of training gives, the last row empty (a batch's trailing rows may hold no ids)."""
+    data = small_config().to_dict()
+    data["features"][1]["combiner"] = combiner
+    config = config_from_dict(data)
+    tf.random.set_seed(0)
+    model = EsmmModel(config, SIZES)
+    dense = model_batch()
+    sparse = dict(dense, hist_items=tf.sparse.from_dense(dense["hist_items_weight"] != 0),
+                  hist_items_weight=tf.sparse.from_dense(dense["hist_items_weight"]))
+    sparse["hist_items"] = tf.SparseTensor(sparse["hist_items"].indices,
+                                           tf.gather_nd(dense["hist_items"], sparse["hist_items"].indices),
+                                           sparse["hist_items"].dense_shape)
+    table = model.ctr_embeddings.tables["item"].numpy()
+    pooled = model.ctr_embeddings(sparse).numpy()[:, 4:8]
+    expected = [table[1] + 2 * table[2], 3 * table[5], np.zeros(4)]
+    if combiner == "mean":
+        expected = [expected[0] / 3, expected[1] / 3, expected[2]]
+    np.testing.assert_allclose(pooled, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(pooled, model.ctr_embeddings(dense).numpy()[:, 4:8], rtol=1e-6, atol=1e-7)
+    for name in ("ctr", "cvr", "ctcvr"):
+        np.testing.assert_allclose(model(sparse)[name], model(dense)[name], rtol=1e-6)
+
+
 def test_dropout_acts_in_training_only():
     tf.random.set_seed(0)
     tower = EsmmModel(small_config(dropout=0.5, tower_units=[64, 64]), SIZES).ctr_tower
