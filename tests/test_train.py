@@ -220,7 +220,9 @@ def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(data, tmp_path, c
     assert "\r" not in out and "\x1b[" not in out
     assert re.search(r"^train: epoch 1 step 4: loss \d\.\d+ ctr_loss \d\.\d+ ctcvr_loss \d\.\d+, [\d,]+ examples/s$",
                      out, re.M)
-    assert re.search(r'^train: epoch 1: \{"epoch": 1, "step": 5, "train_loss"', out, re.M)
+    assert re.search(r"^train: epoch 1 \(step 5\): loss \d\.\d{5}, [\d,]+ examples/s, \d+\.\d s; "
+                     r"eval \(whole, 64 rows, \d+\.\d s\): CTR AUC [01]\.\d{4}, CTCVR AUC [01]\.\d{4}, "
+                     r"CVR AUC clicked [01]\.\d{4}$", out, re.M)
 
 
 def test_a_backup_cadence_below_one_step_is_refused_before_training(tmp_path):

@@ -17,7 +17,7 @@ import yaml
 
 from components.train import callbacks as train_callbacks
 from components.train import distribution
-from components.train.executor import train
+from components.train.executor import HISTORY_FILE, train
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.contracts import layout
@@ -202,11 +202,12 @@ def test_parameter_server_multi_worker_resume_mid_epoch_matches_an_uninterrupted
                                preempt_after_step=steps + 4)
     paths = layout.TrainLayout(str(out))
     assert train_callbacks.backed_up_position(paths.default_checkpoints, steps) == (1, 4)
-    epoch_1 = json.loads(re.search(r"^train: epoch 1: (\{.*\})$", preempted, re.M).group(1))
+    assert re.search(r"^train: epoch 1 \(step \d+\): loss ", preempted, re.M)
+    (epoch_1,) = json.loads(Path(layout.join(paths.default_checkpoints, HISTORY_FILE)).read_text())["history"]
 
     (resumed,) = run_cluster(config_path, transform_root, out, PS_TASKS, args=("--checkpoint-every", "3"))
     assert f"train: resuming from {paths.default_checkpoints} at epoch 2, step 4 of {steps}" in resumed, resumed[-3000:]
-    assert "train: epoch 1:" not in resumed  # epoch 1 was not trained again
+    assert "train: epoch 1 (" not in resumed  # epoch 1 was not trained again
     history = json.loads(Path(paths.metrics).read_text())["history"]
     assert [(h["epoch"], h["step"]) for h in history] == [(1, steps), (2, 2 * steps)]
     assert history[0] == epoch_1

@@ -119,6 +119,23 @@ class TrainScalars(keras.callbacks.Callback):
         self._writer.close()
 
 
+EPOCH_AUCS = (("ctr_auc", "CTR AUC"), ("ctcvr_auc", "CTCVR AUC"), ("cvr_auc_clicked", "CVR AUC clicked"))
+
+
+def epoch_line(entry: dict[str, Any]) -> str:
+    """One history entry as a console line: loss, speed, time, and the eval AUCs and what they scored
+    (the whole eval split or a sample; ``history.json`` keeps every field)."""
+    loss = "n/a" if entry["train_loss"] is None else f"{entry['train_loss']:.5f}"
+    steady = entry["steady_examples_per_second"]
+    speed = f"{entry['examples_per_second']:,.0f} examples/s" + (f" (steady {steady:,.0f})" if steady else "")
+    line = f"train: epoch {entry['epoch']} (step {entry['step']}): loss {loss}, {speed}, {entry['epoch_seconds']:.1f} s"
+    if entry["eval"] == "none":
+        return line
+    aucs = ", ".join(f"{label} {entry[key]:.4f}" for key, label in EPOCH_AUCS if entry.get(key) is not None)
+    return (f"{line}; eval ({entry['eval']}, {entry['examples']:,} rows, {entry['eval_seconds']:.1f} s): "
+            f"{aucs or 'no AUC (one class only)'}")
+
+
 class EpochEvaluation(keras.callbacks.Callback):
     """After every epoch: an entry appended to ``history`` (saved to ``history_path`` beside the
     checkpoints and printed as one line) with the epoch's train loss, its wall time and examples/s
@@ -168,7 +185,7 @@ class EpochEvaluation(keras.callbacks.Callback):
                 logs.update({f"val_{name}": value for name, value in metrics.items() if name != "eval"})
         if self._write:
             storage.write_text(self._history_path, json.dumps({"history": self.history}, indent=2))
-        say(f"train: epoch {epoch + 1}: {json.dumps(self.history[-1])}")
+        say(epoch_line(self.history[-1]))
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
         self._writer.close()
