@@ -35,6 +35,12 @@ def progress(items: Iterable[T], desc: str, unit: str, *, total: Optional[int] =
         now = time.monotonic()
         if now - last >= every_s:
             last = now
-            say(f"{desc}: {done:,}{of} {unit}s, {done / (now - started):,.0f} {unit}/s", stream)
+            say(f"{desc}: {done:,}{of} {unit}s, {_rate(done, now - started, unit)}", stream)
     elapsed = time.monotonic() - started
     say(f"{desc}: {done:,}{of} {unit}s in {elapsed:.1f} s", stream)
+
+
+def _rate(done: int, seconds: float, unit: str) -> str:
+    """Units per second, or seconds per unit when fewer than one a second (epochs, not rows)."""
+    per_second = done / seconds
+    return f"{per_second:,.0f} {unit}/s" if per_second >= 1 else f"{seconds / done:,.1f} s/{unit}"
