@@ -45,6 +45,7 @@ import tensorflow as tf  # noqa: E402
 from components.evaluate.executor import evaluate  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from load_average import load_avg  # noqa: E402
 
 MODES = {
     "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
@@ -64,10 +65,6 @@ PARTS = {
     "exact AUCs (model_metrics)": ("components/evaluate/executor.py", "model_metrics"),
     "report and plots (write_report)": ("components/evaluate/report.py", "write_report"),
 }
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def eval_subset(ingest_dir: str, rows: int, work_dir: Path) -> Path:

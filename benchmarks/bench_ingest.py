@@ -50,16 +50,13 @@ from components.ingest.columnar import ColumnarAliccp  # noqa: E402
 from components.ingest.executor import EVAL, TRAIN, IngestCounts, ingest, resolve_inputs  # noqa: E402
 from components.ingest.graph import BATCH_SIZE, GZIP_LEVEL, ExtractKeys, ParseCommon  # noqa: E402
 from esmm_model.config import Config, load_config  # noqa: E402
+from load_average import load_avg  # noqa: E402
 
 MODES = {
     "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "in_memory": ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
 }
 TARGET_ROWS_PER_S = 50_000
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def simulated(config: Config, rows: int, seed: int, work_dir: Path) -> Path:

@@ -25,13 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import console  # noqa: E402
+from load_average import load_avg  # noqa: E402
 
 STEPS = ("snapshot", "ingest", "transform", "train", "evaluate", "push")
 TARGET_S = 360
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def simulated(config_name: str, rows: int, seed: int, work_dir: Path) -> Path:

@@ -52,6 +52,7 @@ from components.train.distribution import loopback_addresses  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from load_average import load_avg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_EPOCHS = 2
@@ -70,10 +71,6 @@ class Measurement:
     load_before: str
     load_after: str
     note: str = ""
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def direct_args(workers: int) -> list[str]:

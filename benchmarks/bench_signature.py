@@ -46,12 +46,9 @@ from esmm_model.export import save_serving_model  # noqa: E402
 from esmm_model.model import EsmmModel, model_inputs, serving_inputs  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.schema import OUTPUTS, SAMPLE_ID, SERVING_SIGNATURE, feature_spec  # noqa: E402
+from load_average import load_avg  # noqa: E402
 
 TARGET_US_AT_100 = 15.0
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def request_examples(ingest_dir: str, rows: int) -> list[bytes]:

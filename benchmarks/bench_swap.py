@@ -26,12 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from load_average import load_avg  # noqa: E402
 from serving_client.client import PredictionClient, RetryPolicy  # noqa: E402
 from serving_client.errors import ServingError  # noqa: E402
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def wait_for_port(client: PredictionClient, seconds: float) -> None:
