@@ -40,6 +40,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
 import tensorflow as tf  # noqa: E402
 
 from components.evaluate.executor import evaluate  # noqa: E402

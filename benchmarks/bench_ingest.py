@@ -40,6 +40,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+
 from isal import isal_zlib  # noqa: E402
 
 from components.artifacts.record_counts import count_records  # noqa: E402

@@ -50,9 +50,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+import tensorflow as tf  # noqa: E402
 
 from bench_train import aliccp_sized  # noqa: E402
 from components.devtools.simulator import GROUND_TRUTH_FILE, STORIES, SimulationSpec, simulate  # noqa: E402

@@ -46,6 +46,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+
 from benchmarks.bench_ingest import simulated  # noqa: E402
 from components.ingest.executor import ingest  # noqa: E402
 from components.train.distribution import loopback_addresses  # noqa: E402

@@ -34,10 +34,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import tensorflow as tf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from esmm_model.config import LABELS, Config, load_config  # noqa: E402

@@ -28,11 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import tensorflow as tf
-import tensorflow_transform as tft
-import tf_keras as keras
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras as keras  # noqa: E402
 
 from components.devtools.simulator import SimulationSpec, simulate  # noqa: E402
 from components.ingest.executor import ingest  # noqa: E402

@@ -26,10 +26,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import tensorflow as tf
-import tensorflow_transform as tft
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
 
 from bench_train import prepare  # noqa: E402
 from components.train.executor import (  # noqa: E402

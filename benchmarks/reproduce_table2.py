@@ -22,9 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import tensorflow as tf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow or Beam load; ESMM_VERBOSE=1 shows their lines
+
+import tensorflow as tf  # noqa: E402
 
 from components.devtools.simulator import GROUND_TRUTH_FILE, SimulationSpec, simulate  # noqa: E402
 from components.ingest.executor import ingest  # noqa: E402

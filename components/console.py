@@ -19,6 +19,7 @@ multi_processing workers):
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -163,3 +164,19 @@ def quiet(verbose_run: bool = False) -> Iterator[None]:
         finally:
             if native:
                 native.close()
+
+
+_process_quiet = False
+
+
+def quiet_process() -> None:
+    """``quiet`` for the rest of this process, verbose when ``ESMM_VERBOSE=1``: for scripts (the benchmarks) that
+    import TensorFlow at module level; call it before those imports. Once per process: later calls (a script
+    importing another) do nothing."""
+    global _process_quiet
+    if _process_quiet:
+        return
+    _process_quiet = True
+    stack = contextlib.ExitStack()
+    stack.enter_context(quiet(verbose()))
+    atexit.register(stack.close)

@@ -100,7 +100,7 @@ class EsmmModel(keras.Model):
             losses = variant_loss(self.model_config, labels, self(inputs, training=True), seed)
             # Each replica's gradients are summed across replicas: scale its mean loss to their mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            replica_loss = losses["loss"] / replicas
+            replica_loss = (losses["loss"] + self.embedding_penalty()) / replicas
         variables = self.trainable_variables
         pairs = list(zip(tape.gradient(replica_loss, variables), variables))
         if self.embedding_optimizer is None:
@@ -114,6 +114,13 @@ class EsmmModel(keras.Model):
         self.examples_seen.update_state(tf.cast(tf.shape(labels[LABEL_CLICK])[0], tf.float32))
         # fit sums what each replica returns: report each replica's share of the mean.
         return {name: tracker.result() / replicas for name, tracker in self.loss_trackers.items()}
+
+    def embedding_penalty(self) -> tf.Tensor:
+        """``model.embedding_l2`` · the sum of squares of every table's rows (0 when unset)."""
+        if not self.model_config.embedding_l2:
+            return tf.constant(0.0)
+        return self.model_config.embedding_l2 * tf.add_n(
+            [tf.reduce_sum(tf.square(part)) for part in self.embedding_variables()])
 
     def embedding_tables(self) -> list[tf.Variable]:
         """Every embedding table once (a ShardedVariable when partitioned over parameter servers)."""

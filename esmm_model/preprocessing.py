@@ -135,10 +135,13 @@ class _AutoTable:
         looked_up = tft.apply_vocabulary(x, self.vocabulary, num_oov_buckets=self.auto.oov_buckets)
 
         def chosen(values: tf.Tensor, vocabulary_ids: tf.Tensor) -> tf.Tensor:
-            if values.dtype != tf.string:
-                values = tf.strings.as_string(values)
-            hashed = tf.math.floormod(tf.strings.to_hash_bucket_fast(values, 2**63 - 1), self.rows)
-            return tf.where(self.exact, vocabulary_ids, hashed)
+            def hashed() -> tf.Tensor:
+                strings = values if values.dtype == tf.string else tf.strings.as_string(values)
+                return tf.math.floormod(tf.strings.to_hash_bucket_fast(strings, 2**63 - 1), self.rows)
+
+            # A cond, not a where: the table's mapping is fixed once analyzed, and only the chosen one runs
+            # (in the transform and in every serving request).
+            return tf.cond(self.exact, lambda: vocabulary_ids, hashed)
 
         if isinstance(x, tf.SparseTensor):
             ids = tf.SparseTensor(x.indices, chosen(x.values, looked_up.values), x.dense_shape)

@@ -1,6 +1,7 @@
 """components.console and pipelines.task_logs: what a quiet run shows, and where the rest goes."""
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -52,6 +53,24 @@ def test_a_quiet_process_drops_native_noise_of_itself_and_its_children():
     assert done.returncode == 0, done.stderr
     assert sorted(done.stderr.splitlines()) == sorted([KEPT[0], "child line", "python line"])
     assert done.stdout == "0\n"
+
+
+def test_a_script_quiet_for_its_whole_process_drops_tensorflows_start_up_lines_and_keeps_its_own():
+    # What a benchmark does at its top, before importing TensorFlow at module level; ESMM_VERBOSE=1 lets all through.
+    script = ("from components import console\n"
+              "console.quiet_process()\n"
+              "console.quiet_process()\n"
+              "import sys, tensorflow as tf\n"
+              "tf.constant(1) + 1\n"
+              "print('own line', file=sys.stderr)\n")
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                           env={**os.environ, console.VERBOSE_ENV: "0"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.splitlines() == ["own line"]
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, console.VERBOSE_ENV: "1"})
+    assert loud.returncode == 0, loud.stderr
+    assert [line for line in loud.stderr.splitlines() if console.is_native_noise(line.encode())]
 
 
 def test_workers_get_the_options_the_run_set_and_the_quiet_log_level(monkeypatch, caplog):

@@ -326,3 +326,25 @@ def test_escm2_variants_build_over_shared_tables_and_train_a_step(variant):
     assert set(losses) == set(VARIANTS[variant].loss_parts)
     assert all(np.isfinite(float(v)) for v in losses.values())
     assert all(np.abs(tower.logit.kernel.numpy() - old).max() > 0 for tower, old in zip(towers, before))
+
+
+def test_embedding_l2_penalises_every_row_and_shrinks_rows_no_batch_touched():
+    """model.embedding_l2 (DeepCTR's l2_reg_embedding): λ·Σ w² over whole tables, so a row absent from the batch
+    still gets the gradient 2λw; with SGD on the tables at rate r it becomes (1 − 2rλ)·w exactly."""
+    l2, rate = 0.01, 0.5
+    data = small_config(embedding_l2=l2).to_dict()
+    data["training"] = {"embedding_optimizer": "sgd", "embedding_learning_rate": rate}
+    config = config_from_dict(data)
+    tf.random.set_seed(0)
+    model = EsmmModel(config, SIZES)
+    tables = {name: table.numpy() for name, table in model.ctr_embeddings.tables.items()}
+    np.testing.assert_allclose(float(model.embedding_penalty()),
+                               l2 * sum(float(np.square(t.astype(np.float64)).sum()) for t in tables.values()),
+                               rtol=1e-5)
+    model(model_batch())
+    compile_for_training(model, config.training)
+    model.train_step((model_batch(), labels([1, 1, 0], [1, 0, 0])))
+    untouched = 10  # user_id rows of the batch: 3, 7, 49
+    np.testing.assert_allclose(model.ctr_embeddings.tables["user_id"].numpy()[untouched],
+                               (1 - 2 * rate * l2) * tables["user_id"][untouched], rtol=1e-6)
+    assert float(EsmmModel(small_config(), SIZES).embedding_penalty()) == 0.0

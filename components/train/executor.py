@@ -327,9 +327,10 @@ def batches_from_memory(config: Config, windows: tf.data.Dataset, batch_size: in
 
 def fit(model: EsmmModel, data: Any, *, epochs: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback],
         initial_epoch: int = 0, verbose: Optional[int] = None) -> None:
-    """``model.fit``: a progress bar on a terminal, one line per epoch elsewhere (``verbose`` unset)."""
+    """``model.fit``: Keras' progress bar on a terminal (``verbose`` unset); elsewhere nothing of Keras' own, since
+    ``TrainScalars`` and ``EpochEvaluation`` already print the plain step and epoch lines."""
     model.fit(data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-              verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose, callbacks=callbacks)
+              verbose=(1 if sys.stdout.isatty() else 0) if verbose is None else verbose, callbacks=callbacks)
 
 
 def fit_callbacks(config: Config, paths: layout.TrainLayout, placement: Placement,
