@@ -116,8 +116,9 @@ class EsmmModel(keras.Model):
         return {name: tracker.result() / replicas for name, tracker in self.loss_trackers.items()}
 
     def embedding_penalty(self) -> tf.Tensor:
-        """``model.embedding_l2`` · the sum of squares of every table's rows (0 when unset)."""
-        if not self.model_config.embedding_l2:
+        """``model.embedding_l2`` · the sum of squares of every table's rows, added to the loss (0 when unset, or
+        when the tables' optimizer applies it itself: ``LazyAdam``, at the cost of the rows a batch touches)."""
+        if not self.model_config.embedding_l2 or getattr(getattr(self, "embedding_optimizer", None), "l2", 0):
             return tf.constant(0.0)
         return self.model_config.embedding_l2 * tf.add_n(
             [tf.reduce_sum(tf.square(part)) for part in self.embedding_variables()])

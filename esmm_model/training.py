@@ -26,17 +26,18 @@ class Optimizers:
         return {"optimizer": self.main, **({"embedding_optimizer": self.embedding} if self.embedding else {})}
 
 
-def build_optimizers(training: TrainingConfig) -> Optimizers:
+def build_optimizers(training: TrainingConfig, embedding_l2: float = 0.0) -> Optimizers:
     """Adam with the paper's β1, β2, ε (default) or Adagrad; optionally a sparse one for the
     embedding tables, whose cost per step scales with the looked-up rows: ``lazy_adam``
-    (Adam's hyperparameters, moments of touched rows only), Adagrad or SGD."""
+    (Adam's hyperparameters, moments of touched rows only; it applies ``embedding_l2`` itself, lazily),
+    Adagrad or SGD."""
     adam = dict(beta_1=training.adam_beta_1, beta_2=training.adam_beta_2, epsilon=training.adam_epsilon)
     if training.optimizer == "adam":
         main = keras.optimizers.Adam(training.learning_rate, **adam)
     else:
         main = keras.optimizers.Adagrad(training.learning_rate)
     rate = training.embedding_learning_rate or training.learning_rate
-    embedding = {"same": None, "lazy_adam": lambda: LazyAdam(rate, **adam),
+    embedding = {"same": None, "lazy_adam": lambda: LazyAdam(rate, l2=embedding_l2, **adam),
                  "adagrad": lambda: keras.optimizers.Adagrad(rate),
                  "sgd": lambda: keras.optimizers.SGD(rate)}[training.embedding_optimizer]
     return Optimizers(main, embedding() if embedding else None)
@@ -55,7 +56,7 @@ def build_optimizer_state(model: EsmmModel, optimizers: Optimizers) -> None:
 def compile_for_training(model: EsmmModel, training: TrainingConfig) -> None:
     """Compiles the built ``model`` with ``training``'s optimizers (their state created now, so a
     checkpoint restores eagerly); ``model.train_step`` is then the train step everywhere."""
-    optimizers = build_optimizers(training)
+    optimizers = build_optimizers(training, model.model_config.embedding_l2)
     if training.jit_compile:  # XLA compiles static shapes only: pool the padded lists densely
         for layer in {id(e): e for e in (model.ctr_embeddings, model.second_embeddings)}.values():
             layer.sparse_pooling = False

@@ -134,3 +134,48 @@ def test_every_embedding_optimizer_takes_its_own_rate_and_updates_only_looked_up
     assert changed.tolist() == TOUCHED
     if name == "sgd":
         np.testing.assert_allclose(variable.numpy()[TOUCHED], before[TOUCHED] - 0.05, rtol=1e-6)
+
+
+L2 = 0.05
+
+
+def test_l2_on_rows_every_batch_holds_is_adam_on_the_penalised_gradient():
+    """Where every step holds every row, LazyAdam(l2) is dense Adam on the gradient of loss + λ·Σw²."""
+    weights = np.arange(1, 1 + ROWS * DIM, dtype=np.float32).reshape(ROWS, DIM) / 50.0
+    lazy_var, dense_var = table(), table()
+    lazy = LazyAdam(0.01, epsilon=1e-8, l2=L2)
+    dense = keras.optimizers.Adam(0.01, epsilon=1e-8, jit_compile=False)
+    for _ in range(3):
+        lazy.apply_gradients([(sparse_gradient(lazy_var, list(range(ROWS)), weights), lazy_var)])
+        penalised = tf.convert_to_tensor(sparse_gradient(dense_var, list(range(ROWS)), weights)) + 2 * L2 * dense_var
+        dense.apply_gradients([(penalised, dense_var)])
+    np.testing.assert_allclose(lazy_var.numpy(), dense_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_l2_shrinks_a_row_for_every_step_it_sat_out_at_its_own_adam_scale():
+    """A row left out of k steps is first shrunk by (1 − 2αλ/(√v + ε))^k, α this step's bias-corrected rate and
+    v the row's second moment, then takes its Adam step with 2λw added to its gradient; rows no step held keep
+    their values until a step holds them."""
+    rate, eps = 0.01, 1e-8
+    variable = table()
+    optimizer = LazyAdam(rate, epsilon=eps, l2=L2)
+    weights = np.full((1, DIM), 0.3, np.float32)
+    optimizer.apply_gradients([(sparse_gradient(variable, [2], weights), variable)])  # step 1 holds row 2
+    for _ in range(4):  # steps 2-5 hold row 5 only
+        optimizer.apply_gradients([(sparse_gradient(variable, [5], weights), variable)])
+    np.testing.assert_array_equal(variable.numpy()[0], table().numpy()[0])  # never held: untouched so far
+    row, (m, v) = variable.numpy()[2].astype(np.float64), (s[2].astype(np.float64) for s in slots(optimizer, variable))
+    optimizer.apply_gradients([(sparse_gradient(variable, [2], weights), variable)])  # step 6: row 2 again
+    t = 6
+    alpha = rate * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+    shrunk = row * np.maximum(1 - alpha * 2 * L2 / (np.sqrt(v) + eps), 0) ** 4
+    gradient = 0.3 + 2 * L2 * shrunk
+    m, v = 0.9 * m + 0.1 * gradient, 0.999 * v + 0.001 * gradient ** 2
+    np.testing.assert_allclose(variable.numpy()[2], shrunk - alpha * m / (np.sqrt(v) + eps), rtol=1e-5)
+    assert np.all(np.abs(shrunk) < np.abs(row))
+
+
+def test_the_model_adds_the_penalty_to_its_loss_only_when_the_tables_optimizer_does_not_apply_it():
+    lazy = build_optimizers(TrainingConfig(embedding_optimizer="lazy_adam"), embedding_l2=1e-4).embedding
+    assert lazy.l2 == 1e-4
+    assert build_optimizers(TrainingConfig(embedding_optimizer="same"), embedding_l2=1e-4).embedding is None
