@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 # Rows per Arrow RecordBatch read into tf.Transform, fixed. Left unset, tfx_bsl lets Beam's BatchElements
 # size the batches from measured wall time (and, past ten batches, random jitter), and the analyzers'
 # statistics (the z-score's mean and variance) depend on where batches split: the same rows gave other
-# transformed values on a loaded machine, so a retrain on the same data was not bit-identical. 1,000
-# is tfx_bsl's cap for the sizes it tunes, the size it reaches on a large input anyway.
-RECORD_BATCH_ROWS = 1_000
+# transformed values on a loaded machine, so a retrain on the same data was not bit-identical. 8,000
+# rows, not tfx_bsl's tuning cap of 1,000: a 1M-row Ali-CCP transform took 85.4 and 85.6 s against 95.4 and
+# 95.1 s at 1,000 (2 workers, load ~2; docs/benchmarks.md), with the same vocabularies and values.
+RECORD_BATCH_ROWS = 8_000
 
 
 def _raw_pattern(ingest: layout.IngestLayout, split: str) -> str:
