@@ -283,8 +283,9 @@ class ModelConfig(ConfigSection):
     variant: str = "esmm"  # a key of esmm_model.variants.VARIANTS, read when validating (a registry one may extend)
     embedding_dim: PositiveInt = 18
     embedding_init_stddev: Optional[PositiveFloat] = None
-    # λ of an L2 penalty λ·Σ w² over every row of every table (DeepCTR's l2_reg_embedding); its gradient reaches
-    # every row on every step, so the tables' optimizer then updates them whole. 0: none.
+    # λ of an L2 penalty λ·Σ w² over every row of every table (DeepCTR's l2_reg_embedding). lazy_adam applies it
+    # lazily, at the cost of the rows a batch touches (esmm_model/optimizers.py); with any other tables' optimizer
+    # its gradient reaches every row on every step. 0: none.
     embedding_l2: Annotated[Float, bounded(ge=0)] = 0.0
     tower_units: tuple[PositiveInt, ...] = (200, 80)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
