@@ -5,8 +5,8 @@ Each part runs alone, on the config's shapes (default esmm_model/configs/simulat
 reports wall and process CPU time per example:
 - read: the GZIP TFRecords of the train split, decompressed and counted;
 - read + parse: ``make_dataset`` (vectorised ``parse_example`` per batch, weighted lists padded);
-- from memory: an epoch of ``batches_from_memory`` once ``held_split`` holds the split (what
-  every epoch costs when ``training.input_cache_rows`` admits the split);
+- from memory: an epoch of ``batches_from_memory`` once ``parsed_windows`` holds the split (what
+  every epoch after the first costs when ``training.input_cache_rows`` admits the split);
 - step parts on one parsed batch held in memory: the embedding lookups and pooling (forward
   of the tables only), the forward pass and loss, forward and backward (gradients computed,
   not applied), and the whole train step (``model.train_step``: plus the optimizers' update);
@@ -40,8 +40,8 @@ from components.train.executor import (  # noqa: E402
     batches_from_memory,
     build_model,
     exact_eval_metrics,
-    held_split,
     make_dataset,
+    parsed_windows,
     predictor,
 )
 from esmm_model.config import load_config  # noqa: E402
@@ -92,16 +92,14 @@ def main() -> None:
 
     parse_epoch()  # trace once
     report("read + shuffle + parse + pad (make_dataset)", timed(parse_epoch))
-    report("read + parse + hold the split in memory (held_split, once)",
-           timed(lambda: int(tf.shape(held_split(tft_output, train_pattern, training.batch_size)["click"])[0])))
-    rows = held_split(tft_output, train_pattern, training.batch_size)
+    windows = parsed_windows(tft_output, train_pattern, training.batch_size)
 
     def memory_epoch() -> int:
         return sum(int(tf.shape(labels["click"])[0]) for _, labels in
-                   batches_from_memory(config, rows, training.batch_size, 1))
+                   batches_from_memory(config, windows, training.batch_size, 1))
 
-    memory_epoch()  # trace once
-    report("shuffle + gather + pad from memory (every epoch)", timed(memory_epoch))
+    memory_epoch()  # reads, parses and holds the split
+    report("shuffle + gather + pad from memory (later epochs)", timed(memory_epoch))
 
     batches = [b for b in make_dataset(config, tft_output, train_pattern, batch_size=training.batch_size).take(4)]
     inputs, labels = batches[0]

@@ -13,14 +13,7 @@ import tensorflow_transform as tft
 
 from components.train import callbacks as train_callbacks
 from components.train.callbacks import latest_backup
-from components.train.executor import (
-    SHUFFLE_BATCHES,
-    NonFiniteLossError,
-    batches_from_memory,
-    held_split,
-    make_dataset,
-    train,
-)
+from components.train.executor import NonFiniteLossError, batches_from_memory, make_dataset, parsed_windows, train
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.contracts import layout
@@ -238,35 +231,19 @@ def test_a_backup_cadence_below_one_step_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_epoch_from_memory_is_a_permutation_of_every_row_of_the_split(data):
-    """The in-memory epochs (``hold_in_memory``): every row of the split exactly once, with the inputs that
-    make_dataset parses for it, in an order each seed permutes over the whole split (not window by window)."""
+def test_epochs_from_memory_are_the_batches_parsed_from_the_records(data):
+    """The in-memory epochs (``hold_in_memory``) give make_dataset's batches, in its order, epoch by epoch."""
     config = tiny_config()
     transformed = layout.TransformLayout(data[0])
     tft_output = tft.TFTransformOutput(transformed.graph)
     pattern = transformed.split_pattern(layout.TRAIN)
-    rows = held_split(tft_output, pattern, BATCH)
-
-    def by_price(batches) -> list[tuple[float, dict]]:
-        out = []
-        for inputs, labels in batches:
-            values = {name: value.numpy() for name, value in {**inputs, **labels}.items()}
-            for i, price in enumerate(values["price"]):
-                out.append((float(price), {name: tuple(np.trim_zeros(v[i], "b")) if v.ndim == 2 else v[i].item()
-                                           for name, v in values.items()}))
-        return out
-
-    parsed = by_price(make_dataset(config, tft_output, pattern, batch_size=BATCH))
-    assert len({price for price, _ in parsed}) == TRAIN_ROWS  # a row's price identifies it
-    orders = []
+    windows = parsed_windows(tft_output, pattern, BATCH)
     for seed in (42, 43):
-        batches = list(batches_from_memory(config, rows, BATCH, seed))
-        assert len(batches) == STEPS_PER_EPOCH
-        from_memory = by_price(batches)
-        assert sorted(from_memory, key=lambda row: row[0]) == sorted(parsed, key=lambda row: row[0])
-        orders.append([price for price, _ in from_memory])
-        assert orders[-1] == [price for price, _ in by_price(batches_from_memory(config, rows, BATCH, seed))]
-    read_order = [price for price, _ in parsed]
-    assert orders[0] != orders[1]  # each epoch its own order
-    # The first batch holds rows from beyond the first window of the read order.
-    assert {read_order.index(price) for price in orders[0][:BATCH]} - set(range(SHUFFLE_BATCHES * BATCH))
+        from_memory = list(batches_from_memory(config, windows, BATCH, seed))
+        parsed = list(make_dataset(config, tft_output, pattern, batch_size=BATCH, shuffle_seed=seed))
+        assert len(from_memory) == len(parsed) == STEPS_PER_EPOCH
+        for (inputs, labels), (want_inputs, want_labels) in zip(from_memory, parsed):
+            for name, value in {**want_inputs, **want_labels}.items():
+                np.testing.assert_array_equal({**inputs, **labels}[name].numpy(), value.numpy(), err_msg=name)
+    first = [next(iter(batches_from_memory(config, windows, BATCH, seed)))[0]["price"].numpy() for seed in (42, 43)]
+    assert not np.array_equal(*first)  # each epoch its own order

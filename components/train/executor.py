@@ -229,17 +229,14 @@ def training_dataset(config: Config, tft_output: tft.TFTransformOutput, pattern:
     backup left off; fit runs ``steps_per_epoch`` batches per epoch from it. Under several replicas
     each worker reads every global batch's records and parses its own slice of them; under parameter
     servers each worker its own slices, a step being one worker's slice (see ``_worker_skip``).
-    ``in_memory`` (one process only): the split is read and parsed once, now, and every epoch is a
-    permutation of all its rows (``held_split``, ``batches_from_memory``)."""
+    ``in_memory`` (one process only): the split is read and parsed once, by the first epoch, and
+    later epochs draw the same batches from memory (``parsed_windows``, ``batches_from_memory``)."""
     training = config.training
     skip = _worker_skip(start.step, placement.workers) if placement.parameter_servers else start.step
     if in_memory:
-        started = time.perf_counter()
-        rows = held_split(tft_output, pattern, training.batch_size)
-        print(f"train: {int(tf.shape(rows[LABEL_CLICK])[0]):,} train rows parsed and held in memory "
-              f"({time.perf_counter() - started:.1f} s); each epoch shuffles them all", flush=True)
+        windows = parsed_windows(tft_output, pattern, training.batch_size)
         return (tf.data.Dataset.range(start.epoch, training.epochs).flat_map(
-            lambda epoch: batches_from_memory(config, rows, training.batch_size, training.seed + epoch))
+            lambda epoch: batches_from_memory(config, windows, training.batch_size, training.seed + epoch))
                 .skip(skip).prefetch(tf.data.AUTOTUNE))
 
     def stream(shards: tuple[int, int]) -> tf.data.Dataset:
@@ -297,36 +294,35 @@ def shuffle_windows(elements: tf.data.Dataset, batch_size: int, seed: int) -> tf
             .rebatch(batch_size))
 
 
-def held_split(tft_output: tft.TFTransformOutput, pattern: str, batch_size: int) -> dict[str, Any]:
-    """The split's records parsed once (windows of SHUFFLE_BATCHES batches, parsed in parallel, lists as ragged
-    rows) and joined into one tensor per feature, rows in read order: what every epoch then draws from."""
+def parsed_windows(tft_output: tft.TFTransformOutput, pattern: str, batch_size: int) -> tf.data.Dataset:
+    """The split's records in windows of SHUFFLE_BATCHES batches, as ``shuffle_windows`` cuts them,
+    each parsed by one ``parse_example`` (lists as ragged rows) and held in memory once read whole."""
     spec = tft_output.transformed_feature_spec()
 
     def parse(records: tf.Tensor) -> dict[str, Any]:
         return {name: tf.RaggedTensor.from_sparse(value) if isinstance(value, tf.SparseTensor) else value
                 for name, value in tf.io.parse_example(records, spec).items()}
 
-    windows = list(_records(pattern).batch(SHUFFLE_BATCHES * batch_size)
-                   .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-    return {name: tf.concat([window[name] for window in windows], axis=0) for name in windows[0]}
+    return (_records(pattern).batch(SHUFFLE_BATCHES * batch_size)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache())
 
 
-def batches_from_memory(config: Config, rows: dict[str, Any], batch_size: int, seed: Any) -> tf.data.Dataset:
-    """One epoch of (model inputs, labels) from ``held_split``'s rows: the whole split in a permutation that
-    is a pure function of ``seed`` (a stateless shuffle), cut into batches. Unlike the streamed epochs'
-    windows (``shuffle_windows``), a batch mixes rows of the whole log, not of one stretch of its time."""
-    count = tf.shape(rows[LABEL_CLICK], out_type=tf.int64)[0]
-    order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([tf.cast(seed, tf.int64), 0]))
-
-    def batch(first: tf.Tensor) -> dict[str, Any]:
-        return {name: tf.gather(value, order[first:first + batch_size]) for name, value in rows.items()}
+def batches_from_memory(config: Config, windows: tf.data.Dataset, batch_size: int, seed: int) -> tf.data.Dataset:
+    """One epoch of (model inputs, labels) from ``parsed_windows``: the batches ``make_dataset`` gives
+    with ``shuffle_seed=seed``, in the same order (window i's rows permuted by the same stateless
+    shuffle of (seed, i), then cut into batches), gathered from memory instead of parsed again."""
+    def window_batches(i: tf.Tensor, window: dict[str, Any]) -> tf.data.Dataset:
+        rows = tf.shape(window[LABEL_CLICK], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed=tf.stack([tf.cast(seed, tf.int64), i]))
+        return tf.data.Dataset.range(0, rows, batch_size).map(
+            lambda first: {name: tf.gather(value, order[first:first + batch_size]) for name, value in window.items()})
 
     def inputs(parsed: dict[str, Any]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         return model_inputs(config, {name: value.to_sparse() if isinstance(value, tf.RaggedTensor) else value
                                      for name, value in parsed.items()})
 
-    return tf.data.Dataset.range(0, count, batch_size).map(lambda first: inputs(batch(first)),
-                                                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return (windows.enumerate().flat_map(window_batches)
+            .map(inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def fit(model: EsmmModel, data: Any, *, epochs: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback],
