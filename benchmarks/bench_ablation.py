@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from components.ingest.executor import ingest  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import Config, config_from_dict, load_config, with_overrides  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -168,7 +168,7 @@ def main() -> None:
             results[name].append(score(data.eval, **run.predictions))
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name][-1].items())
                   + f" ({run.seconds:.0f} s, {run.examples_per_second:,.0f} ex/s)", flush=True)
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_avg_short()
     print(f"\n{args.seeds} seeds each, {time.perf_counter() - started:.0f} s, load average {load}\n")
     print("| change (one at a time) | " + " | ".join(METRICS.values()) + " |")
     print("|---|" + "---|" * len(METRICS))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from components.ingest.executor import ingest  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import load_config, with_overrides  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 BEAM = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -74,7 +74,7 @@ def main() -> None:
             lines.append(f"| {size:,} | ~{clicks:,} | {seed} | " + " | ".join(f"{figures[m]:.4f}" for m in METRICS)
                          + f" | {run.seconds:.0f} |")
             print(lines[-1], flush=True)
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_avg_short()
     print(f"\n{len(data.eval):,} eval rows; {time.perf_counter() - started:.0f} s, load average {load}\n")
     print("| train impressions | clicks | seed | " + " | ".join(METRICS.values()) + " | train s |")
     print("|---|---|---|" + "---|" * len(METRICS) + "---|")

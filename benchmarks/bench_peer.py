@@ -70,6 +70,7 @@ from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.contracts.ground_truth import GroundTruth, join_ground_truth, load_ground_truth  # noqa: E402
 from esmm_model.metrics import paper_aucs  # noqa: E402
 from esmm_model.schema import SAMPLE_ID, feature_spec  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,11 +104,7 @@ def _step(what: str, run) -> None:
     started = time.perf_counter()
     print(f"  {what} ...", flush=True)
     run()
-    print(f"  {what}: {time.perf_counter() - started:.0f} s (load {_load()})", flush=True)
-
-
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  {what}: {time.perf_counter() - started:.0f} s (load {load_avg_short()})", flush=True)
 
 
 def raw_split(config: Config, ingest_dir: Path, split: str) -> dict[str, np.ndarray | tuple]:
@@ -300,16 +297,16 @@ def run_preset(preset: str, args, config: Config, data_seed: int, seeds: list[in
             begun = time.perf_counter()
             results["esmm (ours)"].append(run_ours(seeded, ingest_dir, transform_dir, truth, truth_path,
                                                                tmp_path / f"ours-{seed}"))
-            print(f"  ours seed {seed} ({time.perf_counter() - begun:.0f} s, load {_load()}): "
+            print(f"  ours seed {seed} ({time.perf_counter() - begun:.0f} s, load {load_avg_short()}): "
                   f"{json.dumps(results['esmm (ours)'][-1])}", flush=True)
             for rate, label in ([] if args.skip_peer else peer_rows.items()):
                 begun = time.perf_counter()
                 results[label].append(run_peer(seeded, peer_spec, data_path, eval_raw, would_convert, seed, rate,
                                                tmp_path))
-                print(f"  peer (Adam {rate:g}) seed {seed} ({time.perf_counter() - begun:.0f} s, load {_load()}): "
-                      f"{json.dumps(results[label][-1])}", flush=True)
+                print(f"  peer (Adam {rate:g}) seed {seed} ({time.perf_counter() - begun:.0f} s, "
+                      f"load {load_avg_short()}): {json.dumps(results[label][-1])}", flush=True)
     title = (f"### {preset}: {spec.rows:,} rows, data seed {data_seed}, training seeds {', '.join(map(str, seeds))} "
-             f"({time.perf_counter() - started:.0f} s, load average {_load()})")
+             f"({time.perf_counter() - started:.0f} s, load average {load_avg_short()})")
     return table(title, oracle, results)
 
 
@@ -357,7 +354,7 @@ def main() -> None:
         tables.append(run_preset(preset, args, config, data_seed, seeds, peer_rates, sized))
         print("\n" + tables[-1] + "\n", flush=True)
     print(f"\n## bench_peer, protocol {args.protocol}: {time.perf_counter() - started:.0f} s, "
-          f"load average {_load()}\n")
+          f"load average {load_avg_short()}\n")
     print("\n\n".join(tables))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.model import EsmmModel  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.training import bare_train_step, compile_for_training  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 
 SETTINGS = {  # tables -> (batch size, jit_compile, embedding optimizer, embedding learning rate)
     "small": ((4096, False, "same", None), (4096, False, "lazy_adam", None), (4096, False, "adagrad", 0.05)),
@@ -150,7 +150,7 @@ def main() -> None:
             bare = ceiling(setting, transformed)
             full = trainer(setting, transformed)
             label = embedding_optimizer + (f" {embedding_rate:g}" if embedding_rate else "")
-            load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+            load = load_avg_short()
             rows.append(f"{tables:>7} {table_rows:>10,} {batch:>6} {label:>14} {full['examples_per_second']:>13,.0f} "
                         f"{bare:>13,.0f} {full['examples_per_second'] / bare:>9.0%} {full['ctr_auc']:>8.4f} "
                         f"{full['ctcvr_auc']:>10.4f} {full['cvr_auc_clicked']:>12.4f} {load:>15}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from esmm_model.contracts import layout  # noqa: E402
 from esmm_model.losses import variant_loss  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
 from esmm_model.training import bare_train_step  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from overrides import apply_overrides  # noqa: E402
 
 
@@ -140,7 +140,7 @@ def main() -> None:
     report("eval: sample, first pass (parse + cache)", timed(lambda: exact_eval_metrics(predict, sample)["examples"]))
     report("eval: sample, cached", timed(lambda: exact_eval_metrics(predict, sample)["examples"]))
 
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_avg_short()
     print(f"\nbatch {training.batch_size}, embedding_optimizer {training.embedding_optimizer}; load average {load}\n")
     print("| part | examples | wall µs/example | CPU µs/example | examples/s |")
     print("|---|---|---|---|---|")

@@ -16,7 +16,6 @@ rows, 537 steps in 2 epochs) ESMM leads BASE beyond the seeds' spread (docs/resu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from components.ingest.executor import ingest  # noqa: E402
 from components.transform.executor import transform  # noqa: E402
 from esmm_model.config import load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from pipelines.cli import main as esmm  # noqa: E402
 
 CONFIG = "simulator"
@@ -64,7 +64,7 @@ def main() -> None:
                  "--ingest-dir", ingested.root, "--ground-truth", str(work_dir / "raw" / GROUND_TRUTH_FILE),
                  "--out", args.out, "--repeats", str(args.repeats), "--fractions", args.fractions,
                  "--epochs", str(args.epochs)])
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_avg_short()
     print(f"{time.perf_counter() - started:.0f} s wall clock, load average {load}")
     sys.exit(code)
 
