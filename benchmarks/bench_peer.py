@@ -1,11 +1,12 @@
 """Side by side on the same rows, per simulator story: DeepCTR 0.9.4's ESMM (the peer), our trainer, and the oracle.
 
-The protocol (dev/test): every config and default is chosen on one story, the dev preset
-(``baseline``), its world drawn with data seed 7 and models trained with seeds 42-44; results
-are reported on every story (``components/simulator.py``, docs/simulator.md), each world drawn
-with data seed 2001 and models trained with seeds 1001-1005, none of which any choice ever used.
-``--protocol dev`` runs the dev preset with the dev seeds (for choosing); ``--protocol test``
-(the default) runs ``--presets`` (default: all) with the test seeds (for reporting).
+The protocol (dev/test): every config and default is chosen on dev worlds, drawn with data seed 7
+(the dev preset ``baseline`` and, from round 8 on, the other stories' worlds at that seed too) and
+models trained with seeds 42-44; results are reported on every story (``components/simulator.py``,
+docs/simulator.md), each world drawn with data seed 2001 and models trained with seeds 1001-1005,
+none of which any choice ever used. ``--protocol dev`` runs ``--presets`` (default: the dev preset)
+at the dev data seed with the dev seeds (for choosing); ``--protocol test`` (the default) runs
+``--presets`` (default: all) at the test data seed with the test seeds (for reporting).
 
 Data per story: simulated at the story's ``--size`` (1m: 1M rows) or ``--rows``, ingested and
 transformed once into --work-dir with our config (``--config``, default simulator.yaml; time split:
@@ -236,9 +237,7 @@ def _cell(values: list[float], fmt: str) -> str:
 def protocol_runs(protocol: str, presets: list[str] | None, seeds: int) -> tuple[list[str], int, list[int]]:
     """The stories, data seed and training seeds a protocol runs."""
     if protocol == "dev":
-        if presets and presets != [DEV_PRESET]:
-            raise SystemExit(f"bench_peer: --protocol dev runs the dev preset {DEV_PRESET!r} only, got {presets}")
-        presets, data_seed, pool = [DEV_PRESET], DEV_DATA_SEED, DEV_SEEDS
+        presets, data_seed, pool = presets or [DEV_PRESET], DEV_DATA_SEED, DEV_SEEDS
     else:
         presets, data_seed, pool = presets or list(STORIES), TEST_DATA_SEED, TEST_SEEDS
     unknown = [p for p in presets if p not in STORIES]
@@ -313,9 +312,10 @@ def run_preset(preset: str, args, config: Config, data_seed: int, seeds: list[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=["test", "dev"], default="test",
-                        help="test: report on --presets with the test seeds; dev: the dev preset with the seeds "
-                             "choices are made with (default: %(default)s)")
-    parser.add_argument("--presets", help=f"comma-separated stories (default: all: {','.join(STORIES)})")
+                        help="test: report on --presets' test worlds with the test seeds; dev: on their dev worlds "
+                             "with the seeds choices are made with (default: %(default)s)")
+    parser.add_argument("--presets", help=f"comma-separated stories (default: all under test: {','.join(STORIES)}; "
+                                          f"{DEV_PRESET} under dev)")
     parser.add_argument("--size", choices=["small", "1m"], default="1m",
                         help="each story's sizes (default: %(default)s)")
     parser.add_argument("--rows", type=int, help="simulated impressions, half go to train (default: the size's)")
@@ -343,7 +343,7 @@ def main() -> None:
     peer_rates = args.peer_learning_rate or [apply_overrides(config, args.set).training.learning_rate]
     if any(not 0 < rate < float("inf") for rate in peer_rates):
         raise SystemExit(f"bench_peer: --peer-learning-rate must be positive and finite, got {peer_rates}")
-    print(f"protocol {args.protocol}: choices are made on {DEV_PRESET} (data seed {DEV_DATA_SEED}, training seeds "
+    print(f"protocol {args.protocol}: choices are made on data seed {DEV_DATA_SEED}'s worlds (training seeds "
           f"{', '.join(map(str, DEV_SEEDS))}); this run: {', '.join(presets)} at data seed {data_seed}, training "
           f"seeds {', '.join(map(str, seeds))}; config {args.config}{' ' + ' '.join(args.set) if args.set else ''}",
           flush=True)

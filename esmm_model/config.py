@@ -36,7 +36,7 @@ from esmm_model.variants import VARIANTS
 FeatureKind = Literal["id", "weighted_ids", "dense"]
 Side = Literal["user", "context", "item"]
 IdDtype = Literal["bytes", "int64"]
-Combiner = Literal["sum", "mean"]
+Combiner = Literal["sum", "mean", "softmax"]
 
 LABEL_CLICK = "click"
 LABEL_CONVERSION = "conversion"

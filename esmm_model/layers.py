@@ -23,7 +23,9 @@ class FeatureEmbeddings(keras.layers.Layer):
     Tables start truncated-normal with stddev ``model.embedding_init_stddev``, by default
     1/√dim (unit-norm rows). Members of a shared group read one table. A weighted_ids feature is pooled by its
     combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
-    sum. Z-scored dense features are appended as they are.
+    sum, ``softmax`` weighs each entry by the softmax of the list's weights (DeepCTR's weighted
+    sequences with ``weight_norm``). An empty list pools to zeros under every combiner. Z-scored
+    dense features are appended as they are.
 
     Rows are read with ``tf.nn.embedding_lookup``, not ``tf.gather``: on a table partitioned over
     parameter servers (a ShardedVariable), ``tf.gather`` in a layer's call reaches
@@ -65,6 +67,8 @@ class FeatureEmbeddings(keras.layers.Layer):
                 columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
                 continue
             ids, weights = inputs[feature.name], inputs[feature.weight_name]
+            if feature.combiner == "softmax":
+                weights = softmax_weights(weights)
             if isinstance(ids, tf.SparseTensor):
                 pooled, total = _pooled_sparse(table, ids, weights)
             else:
@@ -75,6 +79,27 @@ class FeatureEmbeddings(keras.layers.Layer):
                 pooled = tf.math.divide_no_nan(pooled, total)
             columns.append(pooled)
         return tf.concat(columns, axis=1)
+
+
+def softmax_weights(weights: tf.Tensor | tf.SparseTensor) -> tf.Tensor | tf.SparseTensor:
+    """Each list's weights replaced by their softmax over the list's entries, in the form given: dense
+    [batch, length] or sparse. An entry of weight 0 is absent, as padding is in the dense form, and stays 0."""
+    if isinstance(weights, tf.SparseTensor):
+        rows, batch = weights.indices[:, 0], weights.dense_shape[0]
+        return tf.SparseTensor(weights.indices, _softmax_where_present(
+            weights.values, lambda x: tf.math.unsorted_segment_max(x, rows, batch),
+            lambda x: tf.math.unsorted_segment_sum(x, rows, batch), lambda x: tf.gather(x, rows)), weights.dense_shape)
+    return _softmax_where_present(weights, lambda x: tf.reduce_max(x, axis=1, keepdims=True),
+                                  lambda x: tf.reduce_sum(x, axis=1, keepdims=True), lambda x: x)
+
+
+def _softmax_where_present(values: tf.Tensor, list_max, list_sum, per_entry) -> tf.Tensor:
+    """softmax of ``values`` over each list's non-zero entries; ``list_max``/``list_sum`` reduce entries to their
+    lists, ``per_entry`` spreads a list's figure back to its entries."""
+    present = tf.not_equal(values, 0.0)
+    top = per_entry(list_max(tf.where(present, values, values.dtype.min)))
+    shifted = tf.where(present, tf.exp(values - top), 0.0)
+    return tf.math.divide_no_nan(shifted, per_entry(list_sum(shifted)))
 
 
 def weighted_sum(table: tf.Variable, ids: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -22,8 +22,7 @@ def test_protocol_runs():
     assert bench_peer.protocol_runs("test", None, 3) == (list(STORIES), 2001, [1001, 1002, 1003])
     assert bench_peer.protocol_runs("test", ["clickbait"], 5) == (["clickbait"], 2001, [1001, 1002, 1003, 1004, 1005])
     assert bench_peer.protocol_runs("dev", None, 3) == (["baseline"], 7, [42, 43, 44])
-    with pytest.raises(SystemExit, match="dev preset 'baseline' only"):
-        bench_peer.protocol_runs("dev", ["clickbait"], 3)
+    assert bench_peer.protocol_runs("dev", ["clickbait"], 2) == (["clickbait"], 7, [42, 43])
     with pytest.raises(SystemExit, match="unknown preset 'viral'"):
         bench_peer.protocol_runs("test", ["viral"], 3)
     with pytest.raises(SystemExit, match="--seeds must be 1..3"):
