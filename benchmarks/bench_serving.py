@@ -22,9 +22,14 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
+
+from components import console  # noqa: E402
+
+console.quiet_process()  # before TensorFlow loads; ESMM_VERBOSE=1 shows its lines
 
 from esmm_model.config import Config, Feature, load_config  # noqa: E402
+from load_average import load_avg_short  # noqa: E402
 from serving_client.client import PredictionClient  # noqa: E402
 from serving_client.packing import ExamplePacker, ItemCache  # noqa: E402
 from stub_models import reference_pack, reference_pack_shared, save_stub_model  # noqa: E402
@@ -119,8 +124,10 @@ def start_server(config_path: Path, serving_base: Path, model_name: str) -> tupl
 
 
 def bench_latency(config: Config, target: str, model_name: str, clients: int,
-                  requests: int) -> tuple[float, float, float]:
-    """p50 and p99 end-to-end latency (pack + Predict) in ms, and requests/s, over all clients."""
+                  requests: int, rank: bool) -> tuple[float, float, float]:
+    """p50 and p99 end-to-end latency (pack + Predict) in ms, and requests/s, over all clients; ``rank``: the
+    shared features packed once and sent as the ``rank`` signature's context, else merged into every example
+    for ``serving_default``."""
     latencies: list[float] = []
     lock = threading.Lock()
     cache = ItemCache(max_items=ITEM_POOL)
@@ -132,9 +139,12 @@ def bench_latency(config: Config, target: str, model_name: str, clients: int,
         local = []
         for picks in mine:
             start = time.perf_counter()
-            examples = packer.pack_rows(work.user_row, work.context_row, [work.item_rows[i] for i in picks],
-                                        item_keys=[(i, 1) for i in picks])
-            client.predict(examples)
+            rows, keys = [work.item_rows[i] for i in picks], [(i, 1) for i in picks]
+            if rank:
+                context, parts = packer.pack_rows_parts(work.user_row, work.context_row, rows, item_keys=keys)
+                client.predict(parts, context=context)
+            else:
+                client.predict(packer.pack_rows(work.user_row, work.context_row, rows, item_keys=keys))
             local.append(time.perf_counter() - start)
         with lock:
             latencies.extend(local)
@@ -182,10 +192,13 @@ def main() -> None:
         process, target = start_server(Path(args.config), serving_base, args.model_name)
         try:
             print(f"\nend to end (pack with warm item cache + Predict), esmm serve in its own process, {model}")
-            print(f"{'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+            print(f"{'signature':>15} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}  load")
             for clients in (1, 8):
-                p50, p99, rate = bench_latency(config, target, args.model_name, clients, args.requests)
-                print(f"{clients:>7} {args.requests:>8} {p50:>8.2f} {p99:>8.2f} {rate:>8.1f}")
+                for signature in ("serving_default", "rank"):
+                    p50, p99, rate = bench_latency(config, target, args.model_name, clients, args.requests,
+                                                   rank=signature == "rank")
+                    print(f"{signature:>15} {clients:>7} {args.requests:>8} {p50:>8.2f} {p99:>8.2f} {rate:>8.1f}  "
+                          f"{load_avg_short()}", flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)

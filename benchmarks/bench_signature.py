@@ -45,10 +45,19 @@ import tensorflow_transform as tft  # noqa: E402
 
 from esmm_model.config import LABELS, Config, load_config  # noqa: E402
 from esmm_model.contracts import layout  # noqa: E402
+from esmm_model.contracts.predict_request import split_example  # noqa: E402
 from esmm_model.export import save_serving_model  # noqa: E402
 from esmm_model.model import EsmmModel, model_inputs, serving_inputs  # noqa: E402
 from esmm_model.preprocessing import table_sizes  # noqa: E402
-from esmm_model.schema import OUTPUTS, SAMPLE_ID, SERVING_SIGNATURE, feature_spec  # noqa: E402
+from esmm_model.schema import (  # noqa: E402
+    CONTEXT_INPUT,
+    OUTPUTS,
+    RANK_SIGNATURE,
+    SAMPLE_ID,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    feature_spec,
+)
 from load_average import load_avg  # noqa: E402
 
 TARGET_US_AT_100 = 15.0
@@ -84,7 +93,11 @@ def cpu_us_per_candidate(fn: Callable, batch, calls: int, warmup: int) -> float:
     started = time.process_time()
     for _ in range(calls):
         fn(batch)
-    return (time.process_time() - started) / (calls * len(batch)) * 1e6
+    return (time.process_time() - started) / (calls * candidates(batch)) * 1e6
+
+
+def candidates(batch) -> int:
+    return len(batch[SERVING_INPUT]) if isinstance(batch, dict) else len(batch)
 
 
 def _checksum(outputs: dict) -> tf.Tensor:
@@ -93,18 +106,29 @@ def _checksum(outputs: dict) -> tf.Tensor:
                      for v in outputs.values()])
 
 
-def session_runner(export: str, threads: int) -> Callable[[list[bytes]], object]:
-    """serving_default as TF Serving runs it: the SavedModel loaded into a TF1 Session (SavedModelBundle),
-    its signature's tensors fed and fetched by name, with no Python function call around the graph."""
+def session_runners(export: str, threads: int) -> dict[str, Callable[[dict[str, list[bytes]]], object]]:
+    """Each signature as TF Serving runs it: the SavedModel loaded into a TF1 Session (SavedModelBundle),
+    the signature's tensors fed (by input name) and fetched by name, with no Python function call around
+    the graph."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads))
     with graph.as_default():
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], export)
-    signature = meta_graph.signature_def[SERVING_SIGNATURE]
-    feed = signature.inputs["examples"].name
-    fetches = [signature.outputs[name].name for name in OUTPUTS]
-    return lambda examples: session.run(fetches, {feed: examples})
+
+    def runner(name: str) -> Callable[[dict[str, list[bytes]]], object]:
+        signature = meta_graph.signature_def[name]
+        fetches = [signature.outputs[output].name for output in OUTPUTS]
+        return lambda inputs: session.run(fetches, {signature.inputs[k].name: v for k, v in inputs.items()})
+
+    return {name: runner(name) for name in (SERVING_SIGNATURE, RANK_SIGNATURE)}
+
+
+def rank_inputs(config: Config, examples: list[bytes]) -> dict[str, list[bytes]]:
+    """``examples`` as one ranking request to the ``rank`` signature: the first example's user and context
+    features as every row's context, each example's item features as a candidate."""
+    context = split_example(config, examples[0])[0]
+    return {CONTEXT_INPUT: [context] * len(examples), SERVING_INPUT: [split_example(config, e)[1] for e in examples]}
 
 
 def parts(config: Config, model: EsmmModel, tft_output: tft.TFTransformOutput) -> dict[str, Callable]:
@@ -156,19 +180,24 @@ def main() -> None:
     export = args.export
     if export is None:
         model = built_model(config, tft_output, examples)
-        export = os.path.join(tempfile.mkdtemp(prefix="bench-signature-"), "model")
+        scratch = tempfile.TemporaryDirectory(prefix="bench-signature-")  # removed when the process exits
+        export = os.path.join(scratch.name, "model")
         save_serving_model(config, model, layout.TransformLayout(args.transform_dir).graph, export)
         print(f"exported an untrained model to {export}", flush=True)
     serve = tf.saved_model.load(export).signatures[SERVING_SIGNATURE]
-    in_session = session_runner(export, args.threads)
+    in_session = session_runners(export, args.threads)
     print(f"load average at start: {load_avg()}", flush=True)
-    print(f"serving_default, CPU µs per candidate\n{'batch':>6} {'TF1 Session (TF Serving)':>26} "
-          f"{'Python signature call':>23}  load average")
+    print(f"CPU µs per candidate; TF1 Session: as TF Serving runs the signature\n{'batch':>6} "
+          f"{'serving_default, TF1 Session':>29} {'rank, TF1 Session':>18} {'serving_default, Python call':>29}"
+          f"  load average")
     for size in args.batches:
         batch = tf.constant(examples[:size])
-        session_us = cpu_us_per_candidate(in_session, examples[:size], args.calls, args.warmup)
+        session_us = cpu_us_per_candidate(in_session[SERVING_SIGNATURE], {SERVING_INPUT: examples[:size]},
+                                          args.calls, args.warmup)
+        rank_us = cpu_us_per_candidate(in_session[RANK_SIGNATURE], rank_inputs(config, examples[:size]),
+                                       args.calls, args.warmup)
         python_us = cpu_us_per_candidate(lambda b: serve(examples=b), batch, args.calls, args.warmup)
-        print(f"{size:>6} {session_us:>26.1f} {python_us:>23.1f}  {load_avg()}", flush=True)
+        print(f"{size:>6} {session_us:>29.1f} {rank_us:>18.1f} {python_us:>29.1f}  {load_avg()}", flush=True)
     if args.breakdown:
         model = model or built_model(config, tft_output, examples)
         print(f"\nparts, in-process, cumulative (CPU µs/candidate)\n{'part':<30}"

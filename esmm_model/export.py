@@ -8,6 +8,12 @@ Signatures:
 - ``serving_default``: ``examples`` string [n] -> ``ctr``, ``cvr``, ``ctcvr`` float32 [n].
   The tf.Transform graph runs inside; labels are not needed; a missing single-valued
   feature takes its default.
+- ``rank``: ``context`` string [n] and ``examples`` string [n] -> the same outputs. Row b's
+  user and context features are read from ``context[b]``, its item features from
+  ``examples[b]``; the rows of one ranking request repeat the same context bytes, and each
+  distinct context is parsed, transformed and embedded once, not once per candidate. The
+  scores equal ``serving_default``'s on the merged examples. Both inputs have one row per
+  candidate, so TF Serving's batching may concatenate requests and split large ones.
 - ``transform_features``: ``examples`` string [n] (with labels) -> transformed features.
 """
 from __future__ import annotations
@@ -18,9 +24,10 @@ import tensorflow_transform as tft
 from esmm_model.config import Config
 from esmm_model.errors import InputError
 from esmm_model.model import EsmmModel, serving_inputs
-from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE, feature_spec
+from esmm_model.schema import CONTEXT_INPUT, OUTPUTS, RANK_SIGNATURE, SERVING_INPUT, SERVING_SIGNATURE, feature_spec
 
 EXAMPLES = tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
+CONTEXTS = tf.TensorSpec([None], tf.string, name=CONTEXT_INPUT)
 
 
 class ServingModule(tf.Module):
@@ -38,6 +45,18 @@ class ServingModule(tf.Module):
         outputs = self.model(serving_inputs(self._config, self.tft_layer(raw)), training=False)
         return {name: outputs[name] for name in OUTPUTS}
 
+    @tf.function(input_signature=[CONTEXTS, EXAMPLES])
+    def rank(self, context: tf.Tensor, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        distinct, rows = tf.unique(context, out_idx=tf.int64)
+        shared = tf.io.parse_example(distinct, feature_spec(self._config, labels=False, defaults=True, shared=True))
+        own = tf.io.parse_example(examples, feature_spec(self._config, labels=False, defaults=True, shared=False))
+        # One transform call over both: the transform maps every feature on its own, so the shared features'
+        # rows (one per distinct context) need not match the candidates'; two calls would each run the whole
+        # transform graph, the features left out fed defaults.
+        transformed = self.tft_layer({**shared, **own})
+        outputs = self.model(serving_inputs(self._config, transformed), training=False, context_rows=rows)
+        return {name: outputs[name] for name in OUTPUTS}
+
     @tf.function(input_signature=[EXAMPLES])
     def transform_features(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = tf.io.parse_example(examples, feature_spec(self._config, labels=True, defaults=True))
@@ -51,5 +70,6 @@ def save_serving_model(config: Config, model: EsmmModel, transform_dir: str, pat
     module = ServingModule(config, model, tft.TFTransformOutput(transform_dir))
     tf.saved_model.save(module, path, signatures={
         SERVING_SIGNATURE: module.serve.get_concrete_function(),
+        RANK_SIGNATURE: module.rank.get_concrete_function(),
         "transform_features": module.transform_features.get_concrete_function()})
     return path

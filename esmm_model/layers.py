@@ -14,7 +14,8 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from esmm_model.config import Config, ModelConfig
+from esmm_model.config import Config, Feature, ModelConfig
+from esmm_model.schema import is_shared
 
 
 class FeatureEmbeddings(keras.layers.Layer):
@@ -56,29 +57,33 @@ class FeatureEmbeddings(keras.layers.Layer):
                 name=f"{feature.table_name}_embedding", shape=(table_sizes[feature.table_name], dim),
                 initializer=keras.initializers.TruncatedNormal(stddev=stddev), trainable=True)
 
-    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+    def call(self, inputs: dict[str, tf.Tensor], context_rows: tf.Tensor | None = None) -> tf.Tensor:
+        """[batch, width]: every feature's column, in config order. ``context_rows`` (the ranking signature):
+        the shared features' inputs hold one row per distinct request context, and candidate b takes the
+        columns of context ``context_rows[b]`` (each shared feature is embedded once per context)."""
         columns = []
         for feature in self._features:
-            if not feature.preprocessing.is_categorical:
-                columns.append(tf.expand_dims(inputs[feature.name], -1))
-                continue
-            table = self.tables[feature.table_name]
-            if feature.kind != "weighted_ids":
-                columns.append(tf.nn.embedding_lookup(table, inputs[feature.name]))
-                continue
-            ids, weights = inputs[feature.name], inputs[feature.weight_name]
-            if feature.combiner == "softmax":
-                weights = softmax_weights(weights)
-            if isinstance(ids, tf.SparseTensor):
-                pooled, total = _pooled_sparse(table, ids, weights)
-            else:
-                pooled = weighted_sum(table, ids, weights) if self.sparse_pooling else \
-                    tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
-                total = tf.reduce_sum(weights, axis=1, keepdims=True)
-            if feature.combiner == "mean":
-                pooled = tf.math.divide_no_nan(pooled, total)
-            columns.append(pooled)
+            column = self._column(feature, inputs)
+            columns.append(column if context_rows is None or not is_shared(feature)
+                           else tf.gather(column, context_rows))
         return tf.concat(columns, axis=1)
+
+    def _column(self, feature: Feature, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        if not feature.preprocessing.is_categorical:
+            return tf.expand_dims(inputs[feature.name], -1)
+        table = self.tables[feature.table_name]
+        if feature.kind != "weighted_ids":
+            return tf.nn.embedding_lookup(table, inputs[feature.name])
+        ids, weights = inputs[feature.name], inputs[feature.weight_name]
+        if feature.combiner == "softmax":
+            weights = softmax_weights(weights)
+        if isinstance(ids, tf.SparseTensor):
+            pooled, total = _pooled_sparse(table, ids, weights)
+        else:
+            pooled = weighted_sum(table, ids, weights) if self.sparse_pooling else \
+                tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
+            total = tf.reduce_sum(weights, axis=1, keepdims=True)
+        return tf.math.divide_no_nan(pooled, total) if feature.combiner == "mean" else pooled
 
 
 def softmax_weights(weights: tf.Tensor | tf.SparseTensor) -> tf.Tensor | tf.SparseTensor:

@@ -133,9 +133,12 @@ class EsmmModel(keras.Model):
         partitioned one as its shards (what the model's trainable variables list)."""
         return [part for table in self.embedding_tables() for part in getattr(table, "variables", [table])]
 
-    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
-        ctr_x = self.ctr_embeddings(inputs)
-        second_x = ctr_x if self.second_embeddings is self.ctr_embeddings else self.second_embeddings(inputs)
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False,
+             context_rows: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """``context_rows``: see ``FeatureEmbeddings.call`` (the ranking signature's shared features)."""
+        ctr_x = self.ctr_embeddings(inputs, context_rows=context_rows)
+        second_x = ctr_x if self.second_embeddings is self.ctr_embeddings else \
+            self.second_embeddings(inputs, context_rows=context_rows)
         ctr_logit = self.ctr_tower(ctr_x, training=training)
         second_logit = self.second_tower(second_x, training=training)
         p_ctr = tf.sigmoid(ctr_logit)

@@ -20,6 +20,12 @@ SAMPLE_ID = "sample_id"
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "examples"
 OUTPUTS = ("ctr", "cvr", "ctcvr")
+# The ranking signature: the request's shared features once per candidate row in CONTEXT_INPUT (rows of one
+# request repeat the same bytes; the graph parses and embeds each distinct one once) and each candidate's own
+# features in SERVING_INPUT, both serialized raw tf.Example [n]; the same OUTPUTS.
+RANK_SIGNATURE = "rank"
+CONTEXT_INPUT = "context"
+SHARED_SIDES = ("user", "context")  # the sides whose features are the same for every candidate of a request
 MISSING_BYTES = b""
 MISSING_INT64 = -1
 MISSING_FLOAT = 0.0
@@ -40,16 +46,24 @@ def default_value(feature: Feature) -> bytes | int | float:
     return MISSING_INT64 if feature.dtype == "int64" else MISSING_BYTES
 
 
-def feature_spec(config: Config, *, labels: bool = True, defaults: bool = False) -> dict:
+def is_shared(feature: Feature) -> bool:
+    """Whether the feature is the same for every candidate of a ranking request (a user or context feature)."""
+    return feature.side in SHARED_SIDES
+
+
+def feature_spec(config: Config, *, labels: bool = True, defaults: bool = False, shared: bool | None = None) -> dict:
     """The tf.io parsing spec of the raw examples.
 
     labels: include click, conversion, ctcvr and sample_id (training and evaluation data).
     defaults: give single-valued features defaults, for serving requests that omit them.
+    shared: only the features shared per request (True) or only the candidates' own (False); None: all.
     """
     import tensorflow as tf
 
     spec: dict = {}
     for feature in config.features:
+        if shared is not None and is_shared(feature) != shared:
+            continue
         if feature.kind == "weighted_ids":
             spec[feature.name] = tf.io.VarLenFeature(id_dtype(feature))
             spec[feature.weight_name] = tf.io.VarLenFeature(tf.float32)

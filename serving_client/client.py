@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 )
 
 from esmm_model.contracts.predict_request import predict_request
-from esmm_model.schema import OUTPUTS, SERVING_SIGNATURE
+from esmm_model.schema import OUTPUTS, RANK_SIGNATURE, SERVING_SIGNATURE
 from serving_client.errors import ServingError
 from serving_client.tls_probe import speaks_tls
 
@@ -164,6 +164,7 @@ class PredictionClient:
     """
 
     def __init__(self, target: str, model_name: str, signature: str = SERVING_SIGNATURE, *,
+                 rank_signature: str = RANK_SIGNATURE,
                  version: int | None = None, version_label: str | None = None, timeout_s: float = 0.5,
                  retry: RetryPolicy = RetryPolicy(),
                  fallback: Fallback | None = None, credentials: grpc.ChannelCredentials | None = None,
@@ -176,6 +177,7 @@ class PredictionClient:
         self.target = target
         self.model_name = model_name
         self.signature = signature
+        self.rank_signature = rank_signature
         if version is not None and version_label is not None:
             raise ValueError(f"pin version {version} or version label {version_label!r}, not both")
         self.version = version
@@ -204,18 +206,23 @@ class PredictionClient:
     def close(self) -> None:
         self._channel.close()
 
-    def predict(self, examples: Sequence[bytes], *, timeout_s: float | None = None) -> Predictions:
+    def predict(self, examples: Sequence[bytes], *, context: bytes | None = None,
+                timeout_s: float | None = None) -> Predictions:
         """ctr, cvr and ctcvr for each serialized tf.Example, in order; the fallback's scores if serving is down.
 
-        More than ``max_batch_size`` examples go as concurrent requests of at most that many, under the
-        call's one deadline; should a version swap split them, the rest are re-asked of the newest version."""
+        With ``context`` (the request's user and context features as one serialized tf.Example, and each
+        example only a candidate's own features: ``ExamplePacker.pack_parts``), the call goes to
+        ``rank_signature``, which parses and embeds the shared features once per request, not once per
+        candidate. More than ``max_batch_size`` examples go as concurrent requests of at most that many,
+        under the call's one deadline; should a version swap split them, the rest are re-asked of the
+        newest version."""
         deadline = self._deadline(timeout_s)
         size = self.max_batch_size
         chunks = [examples[start:start + size] for start in range(0, len(examples), size)] or [examples]
-        requests = [self._predict_request(chunk) for chunk in chunks]
+        requests = [self._predict_request(chunk, context=context) for chunk in chunks]
         try:
             responses = self._call_all("Predict", self._prediction.Predict, requests, deadline)
-            responses = self._one_version(chunks, responses, deadline)
+            responses = self._one_version(chunks, responses, deadline, context)
         except ServingError as exc:
             if self.fallback is None or exc.code not in self.fallback.codes or not is_outage(exc.code, exc.details):
                 raise
@@ -228,15 +235,17 @@ class PredictionClient:
                                            for response, chunk in zip(responses, chunks)]) for name in OUTPUTS)
         return Predictions(ctr, cvr, ctcvr, model_version=responses[0].model_spec.version.value)
 
-    def _predict_request(self, examples: Sequence[bytes], version: int | None = None) -> predict_pb2.PredictRequest:
-        request = predict_request(examples, self.model_name, self.signature)
+    def _predict_request(self, examples: Sequence[bytes], version: int | None = None, *,
+                         context: bytes | None = None) -> predict_pb2.PredictRequest:
+        signature = self.signature if context is None else self.rank_signature
+        request = predict_request(examples, self.model_name, signature, context=context)
         self._fill_spec(request.model_spec)
         if version is not None:
             request.model_spec.version.value = version
         return request
 
     def _one_version(self, chunks: list[Sequence[bytes]], responses: list[predict_pb2.PredictResponse],
-                     deadline: float) -> list[predict_pb2.PredictResponse]:
+                     deadline: float, context: bytes | None) -> list[predict_pb2.PredictResponse]:
         """The chunks' responses, all from one model version: any from an older one are asked again of the newest."""
         versions = [response.model_spec.version.value for response in responses]
         newest = max(versions)
@@ -245,7 +254,7 @@ class PredictionClient:
             return responses
         log.info("a version swap split one Predict call (versions %s); re-asking %d chunks of version %d",
                  sorted(set(versions)), len(stale), newest)
-        again = [self._predict_request(chunks[i], newest) for i in stale]
+        again = [self._predict_request(chunks[i], newest, context=context) for i in stale]
         for i, response in zip(stale, self._call_all("Predict", self._prediction.Predict, again, deadline)):
             responses[i] = response
         return responses

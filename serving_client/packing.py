@@ -112,8 +112,17 @@ class ExamplePacker:
         A candidate value overrides a shared value of the same feature. With ``item_keys``
         and an ``item_cache``, each candidate's part is encoded once per key.
         """
+        head, parts = self.pack_parts(shared, candidates, item_keys=item_keys)
+        return [head + part for part in parts]
+
+    def pack_parts(self, shared: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], *,
+                   item_keys: Sequence[Hashable] | None = None) -> tuple[bytes, list[bytes]]:
+        """The request's shared features as one serialized Example, and each candidate's own: the ranking
+        signature's inputs (``PredictionClient.predict(parts, context=head)``). ``pack`` joins them. The
+        ranking signature reads user and context features from the head only and item features from the
+        parts only, so there a candidate cannot override a shared value."""
         head = self.encode(shared, where="shared features")
-        return self._join(head, candidates, item_keys, lambda c, where: self.encode(c, where=where))
+        return head, self._parts(candidates, item_keys, lambda c, where: self.encode(c, where=where))
 
     def encode_row(self, side: Side, row: str | bytes, *, where: str | None = None) -> bytes:
         """One serialized Example from a pipe-delimited row of ``side``."""
@@ -122,15 +131,21 @@ class ExamplePacker:
     def pack_rows(self, user: str | bytes, context: str | bytes, items: Sequence[str | bytes], *,
                   item_keys: Sequence[Hashable] | None = None) -> list[bytes]:
         """Like ``pack``, from the seed's pipe-delimited user, context and item rows."""
+        head, parts = self.pack_rows_parts(user, context, items, item_keys=item_keys)
+        return [head + part for part in parts]
+
+    def pack_rows_parts(self, user: str | bytes, context: str | bytes, items: Sequence[str | bytes], *,
+                        item_keys: Sequence[Hashable] | None = None) -> tuple[bytes, list[bytes]]:
+        """Like ``pack_parts``, from the seed's pipe-delimited user, context and item rows."""
         head = wire.example([self._row_entries("user", user, "user row"),
                              self._row_entries("context", context, "context row")])
-        return self._join(head, items, item_keys, lambda row, where: self.encode_row("item", row, where=where))
+        return head, self._parts(items, item_keys, lambda row, where: self.encode_row("item", row, where=where))
 
-    def _join(self, head: bytes, items: Sequence[Any], item_keys: Sequence[Hashable] | None,
-              encode: Callable[[Any, str], bytes]) -> list[bytes]:
+    def _parts(self, items: Sequence[Any], item_keys: Sequence[Hashable] | None,
+               encode: Callable[[Any, str], bytes]) -> list[bytes]:
         cache = self.item_cache
         if item_keys is None or cache is None:
-            return [head + encode(item, f"candidate {i}") for i, item in enumerate(items)]
+            return [encode(item, f"candidate {i}") for i, item in enumerate(items)]
         if len(item_keys) != len(items):
             raise PackingError(f"item_keys has {len(item_keys)} keys for {len(items)} candidates")
         packed = []
@@ -139,7 +154,7 @@ class ExamplePacker:
             if part is None:
                 part = encode(item, f"candidate {i} ({key!r})")
                 cache.put(key, part)
-            packed.append(head + part)
+            packed.append(part)
         return packed
 
     def _row_entries(self, side: Side, row: str | bytes, where: str) -> bytes:

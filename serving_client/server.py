@@ -316,6 +316,10 @@ def _predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_bat
             inputs[alias] = tf.constant(tf.make_ndarray(tensor), tf.as_dtype(want))
         except (TypeError, ValueError) as exc:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input {alias!r} is not a valid tensor: {exc}") from None
+    batches = {tensor.tensor_shape.dim[0].size for tensor in request.inputs.values() if tensor.tensor_shape.dim}
+    if max_batch_size is not None and len(batches) > 1:  # TF Serving's batching concatenates inputs along dimension 0
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     "Batching Run() input tensors must have equal 0th-dimension size")
     if not still_wanted():
         raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded before the model ran")
     try:

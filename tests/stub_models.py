@@ -4,7 +4,8 @@ reference tf.Example packing with protobuf message classes.
 The stand-in's ``serving_default`` takes ``examples`` (DT_STRING, [n]) of raw tf.Example,
 parses them with the serving spec and returns ``ctr``, ``cvr`` and ``ctcvr`` (float32, [n])
 as deterministic functions of every feature, shifted by a per-version constant so that
-tests can tell versions apart; a ``backwards`` stand-in ranks by the same score negated.
+tests can tell versions apart; a ``backwards`` stand-in ranks by the same score negated. Its
+``rank`` takes ``context`` and ``examples`` and scores each row's two Examples merged.
 """
 from __future__ import annotations
 
@@ -58,13 +59,18 @@ class _StubModel(tf.Module):
         cvr = tf.sigmoid(1.0 - z + self._bias)
         return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="context"),
+                                  tf.TensorSpec([None], tf.string, name="examples")])
+    def rank(self, context: tf.Tensor, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.serve(tf.strings.join([context, examples]))  # concatenated Examples parse as the merged one
+
 
 def save_stub_model(config: Config, model_dir: Path | str, version: int, *, backwards: bool = False) -> Path:
     """Pushes a stand-in model as ``<model_dir>/<version>``, renaming a finished sibling into place."""
     final = Path(model_dir) / str(version)
     staging = Path(model_dir) / f".staging-{version}"
     model = _StubModel(config, version, backwards)
-    tf.saved_model.save(model, str(staging), signatures={"serving_default": model.serve})
+    tf.saved_model.save(model, str(staging), signatures={"serving_default": model.serve, "rank": model.rank})
     staging.rename(final)
     return final
 

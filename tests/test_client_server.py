@@ -80,6 +80,32 @@ def test_round_trip_matches_the_saved_model_in_process(client: PredictionClient,
     assert len(client.predict([])) == 0
 
 
+def test_with_a_context_the_client_calls_the_rank_signature_and_sends_it_once_per_row(
+        client: PredictionClient, server: ModelServer) -> None:
+    candidates = [{"item_id": f"i-{i}", "category": f"c{i % 3}", "price": float(i)} for i in range(7)]
+    head, parts = ExamplePacker(CONFIG).pack_parts(SHARED, candidates)
+    merged = ExamplePacker(CONFIG).pack(SHARED, candidates)
+    assert merged == [head + part for part in parts]
+    ranked, whole = client.predict(parts, context=head), client.predict(merged)
+    for name in OUTPUTS:
+        np.testing.assert_allclose(getattr(ranked, name), getattr(whole, name), rtol=1e-6, err_msg=name)
+    request = client._predict_request(parts, context=head)
+    assert request.model_spec.signature_name == "rank"
+    assert list(request.inputs["context"].string_val) == [head] * 7
+    assert [d.size for d in request.inputs["context"].tensor_shape.dim] == [7]
+
+
+def test_inputs_of_unequal_batch_are_refused_as_tf_serving_batching_refuses_them(model_dir: Path) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "esmm", "rank"
+    request.inputs["context"].CopyFrom(tf.make_tensor_proto(tf.constant([examples(1)[0]])))
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(tf.constant(examples(3))))
+    with ModelServer(model_dir, "esmm", poll_interval_s=0.1, max_batch_size=512) as batching:
+        error = raw_predict(batching, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input tensors must have equal 0th-dimension size" in error.details()
+
+
 def test_metadata_and_status(client: PredictionClient) -> None:
     metadata = client.model_metadata()
     assert (metadata.name, metadata.version) == ("esmm", 1)

@@ -27,6 +27,10 @@ def test_the_contract_lists_every_key_the_signature_parses_with_its_type(name, t
     shared = {f["name"] for f in contract["features"] if f["shared_per_request"]}
     assert shared == {f.name for f in config.features if f.side in ("user", "context")}
     assert shared and shared != {f.name for f in config.features}  # both kinds exist in a real config
+    rank = contract["rank_signature"]
+    assert rank["name"] == "rank" and sorted(rank["inputs"]) == ["context", "examples"]
+    shared_keys = {key["key"] for f in contract["features"] if f["shared_per_request"] for key in f["keys"]}
+    assert shared_keys == set(feature_spec(config, labels=False, shared=True))  # what rank parses from context
 
 
 def test_what_the_python_packer_sends_conforms_to_the_contract(tmp_path):

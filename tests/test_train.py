@@ -17,6 +17,7 @@ from components.train.executor import NonFiniteLossError, batches_from_memory, m
 from components.transform.executor import transform
 from esmm_model.config import config_from_dict, load_config
 from esmm_model.contracts import layout
+from esmm_model.contracts.predict_request import split_example
 from esmm_model.errors import InputError
 from esmm_model.metrics import exact_auc
 from esmm_model.model import EsmmModel, model_inputs
@@ -247,3 +248,27 @@ def test_epochs_from_memory_are_the_batches_parsed_from_the_records(data):
                 np.testing.assert_array_equal({**inputs, **labels}[name].numpy(), value.numpy(), err_msg=name)
     first = [next(iter(batches_from_memory(config, windows, BATCH, seed)))[0]["price"].numpy() for seed in (42, 43)]
     assert not np.array_equal(*first)  # each epoch its own order
+
+
+@pytest.mark.slow
+def test_the_rank_signature_scores_as_serving_default_on_the_merged_examples(data, esmm_run):
+    """``rank`` reads each row's shared features from ``context`` and its own from ``examples``; rows that
+    repeat a context (one ranking request's candidates) share its embedding, and the scores do not change."""
+    config = tiny_config()
+    loaded = tf.saved_model.load(esmm_run[1].export_dir)
+    merged = [make_example(config, r, labels=False) for r in data[1]]
+    contexts, own = zip(*(split_example(config, e) for e in merged))
+    assert all(len(c) < len(e) and len(o) < len(e) for c, o, e in zip(contexts, own, merged))
+    expected = loaded.signatures["serving_default"](examples=tf.constant(merged))
+    ranked = loaded.signatures["rank"](context=tf.constant(contexts), examples=tf.constant(own))
+    for name in ("ctr", "cvr", "ctcvr"):
+        np.testing.assert_allclose(ranked[name], expected[name], rtol=1e-6, atol=1e-8)
+    # Two requests batched together, each user's context repeated over the other rows' candidates.
+    users = [contexts[0]] * 5 + [contexts[1]] * 4
+    requests = [split_example(config, e)[1] for e in merged[:9]]
+    rejoined = [u + o for u, o in zip(users, requests)]  # concatenated serialized Examples parse as one merged
+    together = loaded.signatures["rank"](context=tf.constant(users), examples=tf.constant(requests))
+    np.testing.assert_allclose(together["ctr"], loaded.signatures["serving_default"](
+        examples=tf.constant(rejoined))["ctr"], rtol=1e-6, atol=1e-8)
+    empty = loaded.signatures["rank"](context=tf.constant([], tf.string), examples=tf.constant([], tf.string))
+    assert empty["ctr"].shape == [0]

@@ -1,7 +1,8 @@
 """The feature contract: what a caller in any language must send to the serving signature, as JSON.
 
 A ranking service in Java or Go builds the same Predict request as ``serving_client`` without
-this codebase: one serialized ``tf.Example`` per candidate in the DT_STRING input ``examples``.
+this codebase: one serialized ``tf.Example`` per candidate in the DT_STRING input ``examples`` (or, for
+the ``rank`` signature, the shared features in ``context`` and the candidate's own in ``examples``).
 Each feature entry says which tf.Example keys carry it, in which list type, how many values, and
 whether it is shared by every candidate of a request (user and context features: the Python
 packer encodes them once and appends each candidate's item features) or the candidate's own.
@@ -14,12 +15,19 @@ import json
 from typing import Any
 
 from esmm_model.config import Config, Feature
-from esmm_model.schema import OUTPUTS, SERVING_INPUT, SERVING_SIGNATURE, default_value
+from esmm_model.schema import (
+    CONTEXT_INPUT,
+    OUTPUTS,
+    RANK_SIGNATURE,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    default_value,
+    is_shared,
+)
 
 CONTRACT = "esmm.feature_contract"
 CONTRACT_VERSION = 1
 FILE_NAME = "feature_contract.json"
-SHARED_SIDES = ("user", "context")  # the same for every candidate of a request
 
 
 def _list(feature: Feature) -> str:
@@ -43,7 +51,7 @@ def feature_entry(feature: Feature) -> dict[str, Any]:
         keys = [{"key": feature.name, "list": _list(feature), "values": "one"}]
         missing = f"leave the key out: parsed as {_missing(default_value(feature))!r}"
     return {"name": feature.name, "kind": feature.kind, "side": feature.side,
-            "shared_per_request": feature.side in SHARED_SIDES,
+            "shared_per_request": is_shared(feature),
             "dtype": "float32" if feature.kind == "dense" else feature.dtype, "keys": keys, "missing": missing}
 
 
@@ -59,6 +67,14 @@ def feature_contract(config: Config) -> dict[str, Any]:
         "request": ("one serialized tf.Example per candidate, in ranking order; each holds the shared_per_request "
                     "features (the same for every candidate) and the candidate's own features; outputs come back "
                     "in the same order"),
+        "rank_signature": {
+            "name": RANK_SIGNATURE, "inputs": {name: {"dtype": "DT_STRING", "shape": [-1]}
+                                               for name in (CONTEXT_INPUT, SERVING_INPUT)},
+            "request": (f"the same outputs for less server CPU: {CONTEXT_INPUT!r} holds the shared_per_request "
+                        f"features as one serialized tf.Example, repeated once per candidate (both inputs must have "
+                        f"the candidates' count, as TF Serving's batching requires), and {SERVING_INPUT!r} each "
+                        f"candidate's own features; the model parses and embeds each distinct context once"),
+        },
         "features": [feature_entry(feature) for feature in config.features],
     }
 
