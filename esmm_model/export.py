@@ -11,9 +11,10 @@ Signatures:
 - ``rank``: ``context`` string [n] and ``examples`` string [n] -> the same outputs. Row b's
   user and context features are read from ``context[b]``, its item features from
   ``examples[b]``; the rows of one ranking request repeat the same context bytes, and each
-  distinct context is parsed, transformed and embedded once, not once per candidate. The
-  scores equal ``serving_default``'s on the merged examples. Both inputs have one row per
-  candidate, so TF Serving's batching may concatenate requests and split large ones.
+  distinct context is parsed, transformed, embedded and multiplied into the towers' first
+  layers once, not once per candidate. The scores equal ``serving_default``'s on the merged
+  examples to float rounding. Both inputs have one row per candidate, so TF Serving's
+  batching may concatenate requests and split large ones.
 - ``transform_features``: ``examples`` string [n] (with labels) -> transformed features.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ServingModule(tf.Module):
         # rows (one per distinct context) need not match the candidates'; two calls would each run the whole
         # transform graph, the features left out fed defaults.
         transformed = self.tft_layer({**shared, **own})
-        outputs = self.model(serving_inputs(self._config, transformed), training=False, context_rows=rows)
+        outputs = self.model.score_with_contexts(serving_inputs(self._config, transformed), rows)
         return {name: outputs[name] for name in OUTPUTS}
 
     @tf.function(input_signature=[EXAMPLES])

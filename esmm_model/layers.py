@@ -57,16 +57,22 @@ class FeatureEmbeddings(keras.layers.Layer):
                 name=f"{feature.table_name}_embedding", shape=(table_sizes[feature.table_name], dim),
                 initializer=keras.initializers.TruncatedNormal(stddev=stddev), trainable=True)
 
-    def call(self, inputs: dict[str, tf.Tensor], context_rows: tf.Tensor | None = None) -> tf.Tensor:
-        """[batch, width]: every feature's column, in config order. ``context_rows`` (the ranking signature):
-        the shared features' inputs hold one row per distinct request context, and candidate b takes the
-        columns of context ``context_rows[b]`` (each shared feature is embedded once per context)."""
-        columns = []
+    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """[batch, width]: every feature's column, in config order."""
+        return tf.concat([self._column(feature, inputs) for feature in self._features], axis=1)
+
+    def blocks(self, inputs: dict[str, tf.Tensor]) -> list[tuple[bool, tf.Tensor]]:
+        """``call``'s columns as blocks of consecutive features of one kind, in config order: (shared, [rows,
+        width]), shared blocks (user and context features) with the rows of the shared inputs (the ranking
+        signature's: one per distinct request context), the others with the candidates' rows."""
+        blocks: list[tuple[bool, list[tf.Tensor]]] = []
         for feature in self._features:
-            column = self._column(feature, inputs)
-            columns.append(column if context_rows is None or not is_shared(feature)
-                           else tf.gather(column, context_rows))
-        return tf.concat(columns, axis=1)
+            shared, column = is_shared(feature), self._column(feature, inputs)
+            if blocks and blocks[-1][0] == shared:
+                blocks[-1][1].append(column)
+            else:
+                blocks.append((shared, [column]))
+        return [(shared, tf.concat(columns, axis=1)) for shared, columns in blocks]
 
     def _column(self, feature: Feature, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         if not feature.preprocessing.is_categorical:
@@ -144,3 +150,21 @@ class Tower(keras.layers.Layer):
             if self.dropout:
                 x = self.dropout[i](x, training=training)
         return tf.squeeze(self.logit(x), axis=-1)
+
+    def call_blocks(self, blocks: list[tuple[bool, tf.Tensor]], context_rows: tf.Tensor) -> tf.Tensor:
+        """The logits [n] (inference) from ``FeatureEmbeddings.blocks``: the first layer multiplies each block by
+        its rows of the kernel, a shared block once per distinct context, and candidate b adds the product of
+        context ``context_rows[b]``. Equals ``call`` on the blocks gathered and concatenated, to float rounding
+        (the products are summed in another order)."""
+        layers = [*self.hidden, self.logit]
+        first = layers[0]
+        shared, own, offset = [], [], 0
+        for is_shared_block, x in blocks:
+            width = x.shape[-1]
+            (shared if is_shared_block else own).append(tf.matmul(x, first.kernel[offset:offset + width]))
+            offset += width
+        parts = own + ([tf.gather(tf.add_n(shared), context_rows)] if shared else [])
+        x = first.activation(tf.nn.bias_add(tf.add_n(parts), first.bias))
+        for dense in layers[1:]:
+            x = dense(x)
+        return tf.squeeze(x, axis=-1)

@@ -133,14 +133,30 @@ class EsmmModel(keras.Model):
         partitioned one as its shards (what the model's trainable variables list)."""
         return [part for table in self.embedding_tables() for part in getattr(table, "variables", [table])]
 
-    def call(self, inputs: dict[str, tf.Tensor], training: bool = False,
-             context_rows: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """``context_rows``: see ``FeatureEmbeddings.call`` (the ranking signature's shared features)."""
-        ctr_x = self.ctr_embeddings(inputs, context_rows=context_rows)
-        second_x = ctr_x if self.second_embeddings is self.ctr_embeddings else \
-            self.second_embeddings(inputs, context_rows=context_rows)
-        ctr_logit = self.ctr_tower(ctr_x, training=training)
-        second_logit = self.second_tower(second_x, training=training)
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        ctr_x = self.ctr_embeddings(inputs)
+        second_x = ctr_x if self.second_embeddings is self.ctr_embeddings else self.second_embeddings(inputs)
+        logits = {"ctr": self.ctr_tower(ctr_x, training=training),
+                  "second": self.second_tower(second_x, training=training)}
+        if self.imputation_tower is not None:
+            logits["imputation"] = self.imputation_tower(second_x, training=training)
+        return self._outputs(logits)
+
+    def score_with_contexts(self, inputs: dict[str, tf.Tensor], context_rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        """``call``'s outputs (inference) for the ranking signature: the shared features' inputs hold one row per
+        distinct request context, the others one per candidate, and candidate b's context is ``context_rows[b]``.
+        Shared features are embedded, and multiplied into each tower's first layer, once per context."""
+        ctr_blocks = self.ctr_embeddings.blocks(inputs)
+        second_blocks = ctr_blocks if self.second_embeddings is self.ctr_embeddings else \
+            self.second_embeddings.blocks(inputs)
+        logits = {"ctr": self.ctr_tower.call_blocks(ctr_blocks, context_rows),
+                  "second": self.second_tower.call_blocks(second_blocks, context_rows)}
+        if self.imputation_tower is not None:
+            logits["imputation"] = self.imputation_tower.call_blocks(second_blocks, context_rows)
+        return self._outputs(logits)
+
+    def _outputs(self, logits: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        ctr_logit, second_logit = logits["ctr"], logits["second"]
         p_ctr = tf.sigmoid(ctr_logit)
         if self.spec.second_head == "ctcvr":
             p_cvr = tf.clip_by_value(tf.math.divide_no_nan(tf.sigmoid(second_logit), p_ctr), 0.0, 1.0)
@@ -148,6 +164,6 @@ class EsmmModel(keras.Model):
             p_cvr = tf.sigmoid(second_logit)
         outputs = {"ctr_logit": ctr_logit, f"{self.spec.second_head}_logit": second_logit,
                    "ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}
-        if self.imputation_tower is not None:
-            outputs["imputed_error"] = tf.nn.softplus(self.imputation_tower(second_x, training=training))
+        if "imputation" in logits:
+            outputs["imputed_error"] = tf.nn.softplus(logits["imputation"])
         return outputs

@@ -348,3 +348,22 @@ def test_embedding_l2_penalises_every_row_and_shrinks_rows_no_batch_touched():
     np.testing.assert_allclose(model.ctr_embeddings.tables["user_id"].numpy()[untouched],
                                (1 - 2 * rate * l2) * tables["user_id"][untouched], rtol=1e-6)
     assert float(EsmmModel(small_config(), SIZES).embedding_penalty()) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["esmm", "division", "escm2_dr", "base"])
+def test_scoring_with_contexts_equals_scoring_the_merged_rows(variant):
+    """The ranking signature's path: shared features on one row per distinct context, embedded and multiplied into
+    the first layers once, give the scores of every candidate's merged row."""
+    tf.random.set_seed(0)
+    model = EsmmModel(small_config(variant), SIZES)
+    batch = model_batch()
+    model(batch)
+    rows = tf.constant([0, 0, 1, 2, 1, 0], tf.int64)
+    own = {"item_id": tf.constant([4, 11, 0, 7, 4, 2], tf.int64), "price": tf.constant([0.5, -1.0, 2.0, 0.0, 1.0, 3.0])}
+    shared = {k: v for k, v in batch.items() if k not in own}
+    merged = {**{k: tf.gather(v, rows) for k, v in shared.items()}, **own}
+    expected, scored = model(merged), model.score_with_contexts({**shared, **own}, rows)
+    assert sorted(scored) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(scored[name], expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert np.ptp(scored["ctr"].numpy()) > 0
