@@ -61,12 +61,14 @@ def test_the_pusher_writes_warmup_requests_into_the_version_before_it_appears(tm
     result = push(str(model), blessing, str(tmp_path / "serving"), "esmm", 5, warmup_examples=batch)
     assert result.pushed and seen_at_promote == [True]
     logs = read_logs(f"{result.path}/assets.extra/{WARMUP_FILE}")
-    sizes = [log.predict_log.request.inputs["examples"].tensor_shape.dim[0].size for log in logs]
-    assert sizes == [1, 16, 20]  # the configured batch sizes, capped at the 20 examples given
     requests = [log.predict_log.request for log in logs]
-    assert {(r.model_spec.name, r.model_spec.signature_name) for r in requests} == {("esmm", "serving_default")}
+    sizes = [(r.model_spec.signature_name, r.inputs["examples"].tensor_shape.dim[0].size) for r in requests]
+    # The configured batch sizes, capped at the 20 examples given, for both signatures the model has.
+    assert sizes == [(name, n) for n in (1, 16, 20) for name in ("serving_default", "rank")]
+    assert {r.model_spec.name for r in requests} == {"esmm"}
     assert all(r.inputs["examples"].dtype == types_pb2.DT_STRING for r in requests)
-    assert list(requests[1].inputs["examples"].string_val) == batch[1:17]  # consecutive examples, not one repeated
+    assert list(requests[2].inputs["examples"].string_val) == batch[1:17]  # consecutive examples, not one repeated
+    assert list(requests[3].inputs["context"].string_val) == [batch[1]] * 16  # one ranking request: one context
 
 
 def test_the_local_server_replays_the_warmup_file_before_the_version_serves(tmp_path):

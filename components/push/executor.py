@@ -49,7 +49,7 @@ from esmm_model.contracts.model_config import ModelConfig, read_model_config
 from esmm_model.contracts.model_store import pushed_versions, served_baseline
 from esmm_model.contracts.warmup import warmup_requests, write_warmup_file
 from esmm_model.errors import EsmmError, InputError
-from esmm_model.schema import OUTPUTS, SERVING_SIGNATURE
+from esmm_model.schema import OUTPUTS, RANK_SIGNATURE, SERVING_SIGNATURE
 
 TMP_PREFIX = ".tmp-"
 # A temporary directory with no file written for this long belongs to a push that died.
@@ -107,7 +107,7 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
         now = "there is none" if baseline_version is None else f"it is version {baseline_version}"
         return PushResult(False, f"the blessing compared the model with {judged}, but the served baseline "
                                  f"changed since ({now}); validate the model again")
-    check_model_loads(model_dir, warmup_examples)
+    signatures = check_model_loads(model_dir, warmup_examples)
 
     model_base = layout.model_base(serving_base, model_name)
     stale = remove_stale_temporaries(model_base)
@@ -122,7 +122,8 @@ def push(model_dir: str, blessing: Blessing, serving_base: str, model_name: str,
             write_json(metrics, record)
         write_blessing(blessing, layout.record_file(tmp, layout.RECORD_BLESSING))
         if warmup_examples:
-            write_warmup_file(tmp, warmup_requests(warmup_examples, model_name))
+            write_warmup_file(tmp, warmup_requests(
+                warmup_examples, model_name, rank_signature=RANK_SIGNATURE if RANK_SIGNATURE in signatures else None))
         _promote(tmp, final)
     except BaseException:
         _remove_if_present(tmp)
@@ -143,12 +144,14 @@ def check_blessing_is_for(blessing: Blessing, model_dir: str) -> None:
                          f"{model_dir!r} is {actual}; push the model that was evaluated, or evaluate this one")
 
 
-def check_model_loads(model_dir: str, warmup_examples: Sequence[bytes] = ()) -> None:
+def check_model_loads(model_dir: str, warmup_examples: Sequence[bytes] = ()) -> frozenset[str]:
     """Loads the SavedModel once and runs ``serving_default`` on up to 16 warmup examples (or an empty batch),
-    as TF Serving will; InputError in one line when it cannot load or breaks the serving contract."""
+    as TF Serving will; InputError in one line when it cannot load or breaks the serving contract. Returns the
+    names of its signatures."""
     examples = list(warmup_examples[:16])
     try:
-        signature = tf.saved_model.load(model_dir).signatures.get(SERVING_SIGNATURE)
+        signatures = tf.saved_model.load(model_dir).signatures
+        signature = signatures.get(SERVING_SIGNATURE)
         if signature is None:
             raise InputError(f"model directory {model_dir!r} has no {SERVING_SIGNATURE!r} signature; "
                              f"export it with the serving signature")
@@ -160,6 +163,7 @@ def check_model_loads(model_dir: str, warmup_examples: Sequence[bytes] = ()) -> 
     if any(shape != (len(examples),) for shape in shapes.values()):
         raise InputError(f"model directory {model_dir!r}: {SERVING_SIGNATURE} on {len(examples)} examples returned "
                          f"shapes {shapes}, not one value per example for each of {', '.join(OUTPUTS)}")
+    return frozenset(signatures)
 
 
 def remove_stale_temporaries(model_base: str, max_age_s: float = STALE_TMP_AGE_S) -> tuple[str, ...]:

@@ -46,16 +46,22 @@ def write_examples(path: str, examples: Sequence[bytes]) -> int:
 
 
 def warmup_requests(examples: Sequence[bytes], model_name: str, signature: str = SERVING_SIGNATURE,
-                    batch_sizes: Sequence[int] = BATCH_SIZES) -> list[prediction_log_pb2.PredictionLog]:
-    """One Predict request per batch size (capped at the examples there are), cycling through ``examples``."""
+                    batch_sizes: Sequence[int] = BATCH_SIZES, *,
+                    rank_signature: str | None = None) -> list[prediction_log_pb2.PredictionLog]:
+    """One Predict request per batch size (capped at the examples there are), cycling through ``examples``;
+    with ``rank_signature``, one more per batch size for it, as one ranking request: the batch's first
+    example as every row's context and the batch as the candidates (each input parses only its own keys)."""
     if not examples:
         raise InputError("no examples to build warmup requests from")
     logs, start = [], 0
     for size in sorted({min(size, len(examples)) for size in batch_sizes}):
         batch = [examples[(start + i) % len(examples)] for i in range(size)]
         start += size
-        request = predict_request(batch, model_name, signature)
-        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+        requests = [predict_request(batch, model_name, signature)]
+        if rank_signature is not None:
+            requests.append(predict_request(batch, model_name, rank_signature, context=batch[0]))
+        logs += [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+                 for request in requests]
     return logs
 
 
