@@ -86,46 +86,48 @@ def _vocabulary(ids: tf.Tensor, name: str, *, top_k: int | None, min_frequency: 
                           weights=tf.ones_like(ids, dtype=tf.float32))
 
 
-def _count_distinct():
-    """A Beam transform for ``tft.experimental.ptransform_analyzer``: batches of one id tensor in,
-    the number of distinct ids (an int64 scalar) out.
+def _count_distinct(tables: int):
+    """A Beam transform for ``tft.experimental.ptransform_analyzer``: batches of ``tables`` id tensors in,
+    the number of distinct ids of each (an int64 vector) out.
 
-    Each batch's ids join a set in the combiner's accumulator, so an id costs a set insertion, not a
-    Beam element of its own (as with ``beam.Distinct``).
+    Each batch's ids join a set per table in the combiner's accumulator, so an id costs a set insertion, not
+    a Beam element of its own (as with ``beam.Distinct``). One analyzer counts every table: an analyzer per
+    table added its own Beam stages, and a 23-table pipeline spent more time building and scheduling them
+    than counting.
     """
     import apache_beam as beam  # only the transform step runs analyzers
 
     class DistinctIds(beam.CombineFn):
-        def create_accumulator(self) -> set:
-            return set()
+        def create_accumulator(self) -> list[set]:
+            return [set() for _ in range(tables)]
 
-        def add_input(self, accumulator: set, batch: list) -> set:
-            accumulator.update(np.asarray(batch[0]).ravel().tolist())
+        def add_input(self, accumulator: list[set], batch: list) -> list[set]:
+            for seen, ids in zip(accumulator, batch):
+                seen.update(np.asarray(ids).ravel().tolist())
             return accumulator
 
-        def merge_accumulators(self, accumulators) -> set:
+        def merge_accumulators(self, accumulators) -> list[set]:
             accumulators = iter(accumulators)
             merged = next(accumulators)
             for accumulator in accumulators:
-                merged.update(accumulator)
+                for seen, more in zip(merged, accumulator):
+                    seen.update(more)
             return merged
 
-        def extract_output(self, accumulator: set) -> np.ndarray:
-            return np.array(len(accumulator), np.int64)
+        def extract_output(self, accumulator: list[set]) -> np.ndarray:
+            return np.array([len(seen) for seen in accumulator], np.int64)
 
     return beam.CombineGlobally(DistinctIds())
 
 
 class _AutoTable:
-    """One ``auto`` table's analyzers and the choice between its vocabulary and hashing."""
+    """One ``auto`` table's vocabulary analyzer and the choice between its vocabulary and hashing into as many
+    rows as it has ``distinct`` ids (a scalar analyzer result)."""
 
-    def __init__(self, table: str, auto: AutoSize, ids: tf.Tensor):
+    def __init__(self, table: str, auto: AutoSize, ids: tf.Tensor, distinct: tf.Tensor):
         self.auto = auto
         self.vocabulary = _vocabulary(ids, table, top_k=auto.max_vocab + 1, min_frequency=auto.min_frequency)
         vocabulary_size = tf.cast(tft.experimental.get_vocabulary_size_by_name(table), tf.int64)
-        distinct, = tft.experimental.ptransform_analyzer(
-            [tf.unique(ids).y], _count_distinct(), output_dtypes=[tf.int64], output_shapes=[[]],
-            name=f"{table}_distinct")
         self.exact = vocabulary_size <= auto.max_vocab
         hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(distinct, tf.float64)),
                                          tf.int64), 1)
@@ -153,9 +155,15 @@ class _AutoTable:
 
 
 def _auto_tables(config: Config, inputs: dict[str, Tensor]) -> dict[str, _AutoTable]:
-    return {table: _AutoTable(table, features[0].preprocessing.auto,
-                              tf.concat([_values(inputs[f.name]) for f in features], axis=0))
-            for table, features in _tables(config, "auto").items()}
+    tables = _tables(config, "auto")
+    if not tables:
+        return {}
+    ids = {table: tf.concat([_values(inputs[f.name]) for f in features], axis=0) for table, features in tables.items()}
+    distinct, = tft.experimental.ptransform_analyzer(
+        [tf.unique(x).y for x in ids.values()], _count_distinct(len(ids)), output_dtypes=[tf.int64],
+        output_shapes=[[len(ids)]], name="distinct_ids")
+    return {table: _AutoTable(table, features[0].preprocessing.auto, ids[table], distinct[i])
+            for i, (table, features) in enumerate(tables.items())}
 
 
 def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
