@@ -5,9 +5,11 @@ Per feature, by its preprocessing method:
 - ``vocab``: a vocabulary over the train split (top_k, min_frequency) plus OOV buckets;
 - ``zscore``: ``tft.scale_to_z_score``;
 - ``buckets``: ``tft.apply_buckets`` with the configured boundaries;
-- ``auto``: a table sized from the train split. Two analyzers run per table: its vocabulary
-  (ids seen ``min_frequency`` times or more, at most ``max_vocab`` + 1 of them) and the count of
-  its distinct ids. If the vocabulary holds at most ``max_vocab`` ids, ids are looked up in it
+- ``auto``: a table sized from the train split. Two analyzers count the ids of every auto table:
+  one writes each table's vocabulary (ids seen ``min_frequency`` times or more, at most
+  ``max_vocab`` + 1 of them), the other its size and its count of distinct ids
+  (``_auto_table_analyzer``). If the
+  vocabulary holds at most ``max_vocab`` ids, ids are looked up in it
   (``oov_buckets`` more rows for the rest); otherwise every id is hashed into
   ceil(``hash_rows_per_id`` × distinct ids) rows. The choice is made in the graph from the
   analyzers' results, and the row count is written into the transformed schema as the feature's
@@ -23,12 +25,15 @@ indices, so ``<name>`` and ``<name>_weight`` stay aligned. Labels pass through.
 """
 from __future__ import annotations
 
+import os
+from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-from tensorflow_transform import schema_inference
+from tensorflow_transform import analyzers, annotators, schema_inference
 
 from esmm_model.config import LABELS, AutoSize, Config, Feature
 from esmm_model.errors import InputError
@@ -86,48 +91,96 @@ def _vocabulary(ids: tf.Tensor, name: str, *, top_k: int | None, min_frequency: 
                           weights=tf.ones_like(ids, dtype=tf.float32))
 
 
-def _count_distinct(tables: int):
-    """A Beam transform for ``tft.experimental.ptransform_analyzer``: batches of ``tables`` id tensors in,
-    the number of distinct ids of each (an int64 vector) out.
+@dataclass(frozen=True)
+class _TableSpec:
+    """What the auto-table analyzer needs of one table: its name (the vocabulary file's), the vocabulary's cap
+    and frequency threshold, and whether its ids are strings."""
 
-    Each batch's ids join a set per table in the combiner's accumulator, so an id costs a set insertion, not
-    a Beam element of its own (as with ``beam.Distinct``). One analyzer counts every table: an analyzer per
-    table added its own Beam stages, and a 23-table pipeline spent more time building and scheduling them
-    than counting.
+    name: str
+    top_k: int
+    min_frequency: int
+    strings: bool
+
+
+def _empty_vocabulary_entry(strings: bool) -> bytes:
+    """The one entry tf.Transform writes into a vocabulary that no id qualifies for (a lookup table needs a line)."""
+    return analyzers.get_empy_vocabulary_dummy_value(tf.string if strings else tf.int64)[1]
+
+
+def _vocabulary_entries(spec: _TableSpec, counts: Counter) -> list[bytes]:
+    """A table's vocabulary from its id counts, as ``tft.vocabulary`` writes it: ids seen ``min_frequency`` times or
+    more, most frequent first, ties by id descending, at most ``top_k``; the empty string and ids holding a line
+    break left out."""
+    kept = sorted(((n, token) for token, n in counts.items() if n >= spec.min_frequency and
+                   (not spec.strings or (token and b"\n" not in token and b"\r" not in token))),
+                  reverse=True)[:spec.top_k]
+    return [token if spec.strings else str(token).encode() for _, token in kept]
+
+
+def _auto_table_analyzer(specs: list[_TableSpec], *, files: bool):
+    """A Beam transform for ``tft.experimental.ptransform_analyzer`` over every auto table at once: batches of
+    (unique ids, their counts) per table in, reduced in the graph. Out, with ``files``: each table's vocabulary
+    file (``_vocabulary_entries``); without: the vector of vocabulary sizes and the vector of distinct ids per
+    table (everything seen, for hash sizing). Two analyzers (tf.Transform 1.21 cannot bind asset and value
+    outputs of one), where ``tft.vocabulary`` per table plus a distinct counter per table made 46: their Beam
+    stages, not the counting, were most of a transform's time (docs/benchmarks.md).
     """
     import apache_beam as beam  # only the transform step runs analyzers
+    from tensorflow_transform.beam import experimental as tft_beam_experimental
 
-    class DistinctIds(beam.CombineFn):
-        def create_accumulator(self) -> list[set]:
-            return [set() for _ in range(tables)]
+    class CountIds(beam.CombineFn):
+        def create_accumulator(self) -> list[Counter]:
+            return [Counter() for _ in specs]
 
-        def add_input(self, accumulator: list[set], batch: list) -> list[set]:
-            for seen, ids in zip(accumulator, batch):
-                seen.update(np.asarray(ids).ravel().tolist())
+        def add_input(self, accumulator: list[Counter], batch: list) -> list[Counter]:
+            for i, counts in enumerate(accumulator):
+                counts.update(dict(zip(np.asarray(batch[2 * i]).tolist(), np.asarray(batch[2 * i + 1]).tolist())))
             return accumulator
 
-        def merge_accumulators(self, accumulators) -> list[set]:
+        def merge_accumulators(self, accumulators) -> list[Counter]:
             accumulators = iter(accumulators)
             merged = next(accumulators)
             for accumulator in accumulators:
-                for seen, more in zip(merged, accumulator):
-                    seen.update(more)
+                for counts, more in zip(merged, accumulator):
+                    counts.update(more)
             return merged
 
-        def extract_output(self, accumulator: list[set]) -> np.ndarray:
-            return np.array([len(seen) for seen in accumulator], np.int64)
+        def extract_output(self, accumulator: list[Counter]) -> list[Counter]:
+            return accumulator
 
-    return beam.CombineGlobally(DistinctIds())
+    class AutoTables(tft_beam_experimental.PTransformAnalyzer):
+        def expand(self, batches):
+            outputs = (batches | "CountIds" >> beam.CombineGlobally(CountIds())
+                       | "Outputs" >> beam.Map(self._write_files if files else self._sizes))
+            return tuple(outputs | f"Output{i}" >> beam.Map(lambda values, i=i: values[i])
+                         for i in range(len(specs) if files else 2))
+
+        def _write_files(self, counters: list[Counter]) -> list[np.ndarray]:
+            tf.io.gfile.makedirs(self.base_temp_dir)
+            paths = []
+            for spec, counts in zip(specs, counters):
+                path = os.path.join(self.base_temp_dir, spec.name)
+                with tf.io.gfile.GFile(path, "wb") as f:
+                    f.write(b"\n".join(_vocabulary_entries(spec, counts) or [_empty_vocabulary_entry(spec.strings)])
+                            + b"\n")
+                paths.append(np.array(path))
+            return paths
+
+        @staticmethod
+        def _sizes(counters: list[Counter]) -> list[np.ndarray]:
+            return [np.array([max(len(_vocabulary_entries(spec, counts)), 1) for spec, counts in zip(specs, counters)],
+                             np.int64), np.array([len(counts) for counts in counters], np.int64)]
+
+    return AutoTables()
 
 
 class _AutoTable:
-    """One ``auto`` table's vocabulary analyzer and the choice between its vocabulary and hashing into as many
-    rows as it has ``distinct`` ids (a scalar analyzer result)."""
+    """One ``auto`` table: its vocabulary file, and the choice between that vocabulary and hashing into as many
+    rows as it has distinct ids (``vocabulary_size`` and ``distinct``: scalar analyzer results)."""
 
-    def __init__(self, table: str, auto: AutoSize, ids: tf.Tensor, distinct: tf.Tensor):
+    def __init__(self, auto: AutoSize, vocabulary: tf.Tensor, vocabulary_size: tf.Tensor, distinct: tf.Tensor):
         self.auto = auto
-        self.vocabulary = _vocabulary(ids, table, top_k=auto.max_vocab + 1, min_frequency=auto.min_frequency)
-        vocabulary_size = tf.cast(tft.experimental.get_vocabulary_size_by_name(table), tf.int64)
+        self.vocabulary = vocabulary
         self.exact = vocabulary_size <= auto.max_vocab
         hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(distinct, tf.float64)),
                                          tf.int64), 1)
@@ -158,12 +211,25 @@ def _auto_tables(config: Config, inputs: dict[str, Tensor]) -> dict[str, _AutoTa
     tables = _tables(config, "auto")
     if not tables:
         return {}
-    ids = {table: tf.concat([_values(inputs[f.name]) for f in features], axis=0) for table, features in tables.items()}
-    distinct, = tft.experimental.ptransform_analyzer(
-        [tf.unique(x).y for x in ids.values()], _count_distinct(len(ids)), output_dtypes=[tf.int64],
-        output_shapes=[[len(ids)]], name="distinct_ids")
-    return {table: _AutoTable(table, features[0].preprocessing.auto, ids[table], distinct[i])
-            for i, (table, features) in enumerate(tables.items())}
+    specs, reduced = [], []
+    for table, features in tables.items():
+        auto = features[0].preprocessing.auto
+        ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
+        specs.append(_TableSpec(table, auto.max_vocab + 1, auto.min_frequency, ids.dtype == tf.string))
+        unique, _, counts = tf.unique_with_counts(ids, out_idx=tf.int64)
+        reduced += [unique, counts]
+    files = tft.experimental.ptransform_analyzer(
+        reduced, _auto_table_analyzer(specs, files=True), output_dtypes=[tf.string] * len(specs),
+        output_shapes=[[]] * len(specs),
+        output_asset_default_values=[_empty_vocabulary_entry(spec.strings) for spec in specs],
+        name="auto_vocabularies")
+    sizes, distinct = tft.experimental.ptransform_analyzer(
+        reduced, _auto_table_analyzer(specs, files=False), output_dtypes=[tf.int64, tf.int64],
+        output_shapes=[[len(specs)], [len(specs)]], name="auto_table_sizes")
+    for spec in specs:  # so that TFTransformOutput.vocabulary_file_by_name finds each table's file
+        annotators.annotate_asset(spec.name, spec.name)
+    return {spec.name: _AutoTable(tables[spec.name][0].preprocessing.auto, files[i], sizes[i], distinct[i])
+            for i, spec in enumerate(specs)}
 
 
 def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:

@@ -108,7 +108,8 @@ def test_local_run_pushes_a_servable_model_and_gates_the_next(tiny, capfd):
     examples = ExamplePacker(config).pack(shared, candidates)
     server = ModelServer(tiny / "serving" / "esmm", "esmm")
     port = server.start()
-    assert server.versions.current.warmup_requests == 4  # the push step's warmup file (eval split), replayed on load
+    # the push step's warmup file (eval split: serving_default and rank at 4 batch sizes), replayed on load
+    assert server.versions.current.warmup_requests == 8
     try:
         with PredictionClient(f"127.0.0.1:{port}", "esmm", timeout_s=10.0) as client:
             remote = client.predict(examples)

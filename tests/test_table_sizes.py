@@ -97,6 +97,22 @@ def test_shipped_aliccp_sizes_every_table_from_the_train_splits_ids(shipped):
     _assert_ids_index_their_tables(config, sizes, transformed)
 
 
+def test_an_auto_vocabulary_lists_ids_by_frequency_and_the_transform_looks_them_up_in_it(shipped):
+    config, sizes, raw_train, transformed = shipped
+    hist = config.feature("hist_categories")
+    counts = Counter(_ids(raw_train, hist.name).tolist())
+    kept = sorted((token for token, n in counts.items() if n >= hist.preprocessing.auto.min_frequency and token),
+                  key=lambda token: (counts[token], token), reverse=True)  # tft.vocabulary's order
+    assert sizes[hist.name] == len(kept) + hist.preprocessing.auto.oov_buckets
+    position = {token: i for i, token in enumerate(kept)}
+    raw, ids = _ids(raw_train, hist.name), _ids(transformed[layout.TRAIN], hist.name)
+    for token, index in zip(raw.tolist(), ids.tolist()):  # same values in the same order: the list's ids
+        if token in position:
+            assert index == position[token]
+        else:
+            assert len(kept) <= index < sizes[hist.name]  # an OOV row
+
+
 def test_a_table_past_max_vocab_is_hashed_into_as_many_rows_as_distinct_ids(tmp_path):
     data = load_config("aliccp").to_dict()
     for plain in data["features"]:
