@@ -5,15 +5,16 @@ Per feature, by its preprocessing method:
 - ``vocab``: a vocabulary over the train split (top_k, min_frequency) plus OOV buckets;
 - ``zscore``: ``tft.scale_to_z_score``;
 - ``buckets``: ``tft.apply_buckets`` with the configured boundaries;
-- ``auto``: a table sized from the train split. Two analyzers count the ids of every auto table:
-  one writes each table's vocabulary (ids seen ``min_frequency`` times or more, at most
-  ``max_vocab`` + 1 of them), the other its size and its count of distinct ids
-  (``_auto_table_analyzer``). If the
+- ``auto``: a table sized from the train split: a vocabulary (ids seen ``min_frequency`` times
+  or more, at most ``max_vocab`` + 1 of them) and its count of distinct ids. If the
   vocabulary holds at most ``max_vocab`` ids, ids are looked up in it
   (``oov_buckets`` more rows for the rest); otherwise every id is hashed into
   ceil(``hash_rows_per_id`` × distinct ids) rows. The choice is made in the graph from the
   analyzers' results, and the row count is written into the transformed schema as the feature's
   ``int_domain`` (``max`` = rows − 1), where ``table_sizes`` reads it.
+
+Two analyzers serve every vocab and auto table (``_table_analyzer``): one writes the vocabulary files,
+the other the sizes and distinct counts, each from one count of the ids of all tables.
 
 A shared-embedding group gets one id space: its members are hashed with the same bucket
 count (the config enforces equal preprocessing), or looked up in one vocabulary computed
@@ -69,35 +70,13 @@ def _tables(config: Config, method: str) -> dict[str, list[Feature]]:
     return members
 
 
-def _vocabularies(config: Config, inputs: dict[str, Tensor]) -> dict[str, tf.Tensor]:
-    """One deferred vocabulary per embedding table with vocab preprocessing."""
-    vocabularies = {}
-    for table, features in _tables(config, "vocab").items():
-        vocab = features[0].preprocessing.vocab
-        ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
-        vocabularies[table] = _vocabulary(ids, table, top_k=vocab.top_k, min_frequency=vocab.min_frequency)
-    return vocabularies
-
-
-def _vocabulary(ids: tf.Tensor, name: str, *, top_k: int | None, min_frequency: int) -> tf.Tensor:
-    """``tft.vocabulary`` over 1-D ``ids``, each id counted with weight 1.
-
-    The weights change how the counts are made, not what they are: unweighted, tf.Transform sends every
-    id occurrence to Beam as an element of its own (tens of millions at 1M rows); weighted, each batch is
-    reduced in the graph to its unique ids and their summed weights first. Same vocabulary file.
-    """
-    threshold = min_frequency if min_frequency > 1 else None
-    return tft.vocabulary(ids, top_k=top_k, frequency_threshold=threshold, vocab_filename=name,
-                          weights=tf.ones_like(ids, dtype=tf.float32))
-
-
 @dataclass(frozen=True)
 class _TableSpec:
     """What the auto-table analyzer needs of one table: its name (the vocabulary file's), the vocabulary's cap
     and frequency threshold, and whether its ids are strings."""
 
     name: str
-    top_k: int
+    top_k: int | None
     min_frequency: int
     strings: bool
 
@@ -117,12 +96,13 @@ def _vocabulary_entries(spec: _TableSpec, counts: Counter) -> list[bytes]:
     return [token if spec.strings else str(token).encode() for _, token in kept]
 
 
-def _auto_table_analyzer(specs: list[_TableSpec], *, files: bool):
-    """A Beam transform for ``tft.experimental.ptransform_analyzer`` over every auto table at once: batches of
+def _table_analyzer(specs: list[_TableSpec], *, files: bool):
+    """A Beam transform for ``tft.experimental.ptransform_analyzer`` over every vocab and auto table at once: batches of
     (unique ids, their counts) per table in, reduced in the graph. Out, with ``files``: each table's vocabulary
     file (``_vocabulary_entries``); without: the vector of vocabulary sizes and the vector of distinct ids per
     table (everything seen, for hash sizing). Two analyzers (tf.Transform 1.21 cannot bind asset and value
-    outputs of one), where ``tft.vocabulary`` per table plus a distinct counter per table made 46: their Beam
+    outputs of one), where ``tft.vocabulary`` per table plus a distinct counter per auto table made 46 for
+    Ali-CCP's 23 tables: their Beam
     stages, not the counting, were most of a transform's time (docs/benchmarks.md).
     """
     import apache_beam as beam  # only the transform step runs analyzers
@@ -175,16 +155,15 @@ def _auto_table_analyzer(specs: list[_TableSpec], *, files: bool):
 
 
 class _AutoTable:
-    """One ``auto`` table: its vocabulary file, and the choice between that vocabulary and hashing into as many
-    rows as it has distinct ids (``vocabulary_size`` and ``distinct``: scalar analyzer results)."""
+    """One ``auto`` table: the choice between its vocabulary and hashing into as many rows as it has distinct ids."""
 
-    def __init__(self, auto: AutoSize, vocabulary: tf.Tensor, vocabulary_size: tf.Tensor, distinct: tf.Tensor):
+    def __init__(self, auto: AutoSize, analyzed: _AnalyzedTable):
         self.auto = auto
-        self.vocabulary = vocabulary
-        self.exact = vocabulary_size <= auto.max_vocab
-        hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(distinct, tf.float64)),
+        self.vocabulary = analyzed.vocabulary
+        self.exact = analyzed.size <= auto.max_vocab
+        hashed_rows = tf.maximum(tf.cast(tf.math.ceil(auto.hash_rows_per_id * tf.cast(analyzed.distinct, tf.float64)),
                                          tf.int64), 1)
-        self.rows = tf.where(self.exact, vocabulary_size + auto.oov_buckets, hashed_rows)
+        self.rows = tf.where(self.exact, analyzed.size + auto.oov_buckets, hashed_rows)
 
     def apply(self, x: Tensor) -> Tensor:
         looked_up = tft.apply_vocabulary(x, self.vocabulary, num_oov_buckets=self.auto.oov_buckets)
@@ -207,37 +186,51 @@ class _AutoTable:
         return ids
 
 
-def _auto_tables(config: Config, inputs: dict[str, Tensor]) -> dict[str, _AutoTable]:
-    tables = _tables(config, "auto")
+@dataclass(frozen=True)
+class _AnalyzedTable:
+    """What the analyzers found for one vocab or auto table: its vocabulary file, the vocabulary's size and the
+    number of distinct ids (scalar tensors, fixed once analyzed)."""
+
+    vocabulary: tf.Tensor
+    size: tf.Tensor
+    distinct: tf.Tensor
+
+
+def _analyzed_tables(config: Config, inputs: dict[str, Tensor]) -> dict[str, _AnalyzedTable]:
+    """Every vocab and auto table analyzed by the two analyzers of ``_table_analyzer``. A vocab table's file is what
+    ``tft.vocabulary`` with its top_k and frequency threshold writes (the golden-file test compares them)."""
+    tables = {**_tables(config, "vocab"), **_tables(config, "auto")}
     if not tables:
         return {}
     specs, reduced = [], []
     for table, features in tables.items():
-        auto = features[0].preprocessing.auto
+        pre = features[0].preprocessing
         ids = tf.concat([_values(inputs[f.name]) for f in features], axis=0)
-        specs.append(_TableSpec(table, auto.max_vocab + 1, auto.min_frequency, ids.dtype == tf.string))
+        top_k, min_frequency = (pre.vocab.top_k, pre.vocab.min_frequency) if pre.method == "vocab" else \
+            (pre.auto.max_vocab + 1, pre.auto.min_frequency)
+        specs.append(_TableSpec(table, top_k, min_frequency, ids.dtype == tf.string))
         unique, _, counts = tf.unique_with_counts(ids, out_idx=tf.int64)
         reduced += [unique, counts]
     files = tft.experimental.ptransform_analyzer(
-        reduced, _auto_table_analyzer(specs, files=True), output_dtypes=[tf.string] * len(specs),
+        reduced, _table_analyzer(specs, files=True), output_dtypes=[tf.string] * len(specs),
         output_shapes=[[]] * len(specs),
         output_asset_default_values=[_empty_vocabulary_entry(spec.strings) for spec in specs],
-        name="auto_vocabularies")
+        name="vocabularies")
     sizes, distinct = tft.experimental.ptransform_analyzer(
-        reduced, _auto_table_analyzer(specs, files=False), output_dtypes=[tf.int64, tf.int64],
-        output_shapes=[[len(specs)], [len(specs)]], name="auto_table_sizes")
-    for spec in specs:  # so that TFTransformOutput.vocabulary_file_by_name finds each table's file
+        reduced, _table_analyzer(specs, files=False), output_dtypes=[tf.int64, tf.int64],
+        output_shapes=[[len(specs)], [len(specs)]], name="table_sizes")
+    for spec in specs:  # TFTransformOutput.vocabulary_file_by_name and vocabulary_size_by_name find the file
         annotators.annotate_asset(spec.name, spec.name)
-    return {spec.name: _AutoTable(tables[spec.name][0].preprocessing.auto, files[i], sizes[i], distinct[i])
-            for i, spec in enumerate(specs)}
+    return {spec.name: _AnalyzedTable(files[i], sizes[i], distinct[i]) for i, spec in enumerate(specs)}
 
 
 def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """The preprocessing_fn for ``config``: raw features in, model features and labels out."""
 
     def preprocessing_fn(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        vocabularies = _vocabularies(config, inputs)
-        auto_tables = _auto_tables(config, inputs)
+        analyzed = _analyzed_tables(config, inputs)
+        auto_tables = {table: _AutoTable(features[0].preprocessing.auto, analyzed[table])
+                       for table, features in _tables(config, "auto").items()}
         outputs: dict[str, Tensor] = {}
         for feature in config.features:
             x = inputs[feature.name]
@@ -246,7 +239,7 @@ def make_preprocessing_fn(config: Config) -> Callable[[dict[str, Tensor]], dict[
                 outputs[feature.name] = _hash(x, pre.hash_buckets)
             elif pre.method == "vocab":
                 outputs[feature.name] = tft.apply_vocabulary(
-                    x, vocabularies[feature.table_name], num_oov_buckets=pre.vocab.oov_buckets)
+                    x, analyzed[feature.table_name].vocabulary, num_oov_buckets=pre.vocab.oov_buckets)
             elif pre.method == "auto":
                 outputs[feature.name] = auto_tables[feature.table_name].apply(x)
             elif pre.method == "zscore":
