@@ -85,14 +85,13 @@ def test_shipped_aliccp_sizes_every_table_from_the_train_splits_ids(shipped):
     config, sizes, raw_train, transformed = shipped
     assert all(f.preprocessing.method == "auto" and f.table_name == f.name for f in config.features)
     assert sizes == expected_sizes(config, raw_train)
-    # What the 20 training impressions of the fixture imply: ids seen twice or more (min_frequency 2
-    # for the large fields) or once (the small ones), plus each table's OOV rows. No cross id occurs
-    # twice, so each cross gets tf.Transform's placeholder entry and its 10 OOV rows.
+    # What the 20 training impressions of the fixture imply: every id seen in training (min_frequency 1),
+    # plus each table's OOV rows (10 for the large fields, 2 for the small ones, 1 by default).
     assert sizes == {
         "user_id": 13, "user_categorical": 5, "user_group": 4, "gender": 3, "age": 4, "consumption_level_1": 4,
         "consumption_level_2": 4, "occupation": 3, "geo": 5, "hist_categories": 9, "hist_shops": 16,
-        "hist_brands": 16, "hist_intentions": 10, "item_id": 13, "category": 7, "shop": 15, "intentions": 11,
-        "brand": 16, "cross_category": 11, "cross_shop": 11, "cross_brand": 11, "cross_intention": 11,
+        "hist_brands": 16, "hist_intentions": 10, "item_id": 27, "category": 15, "shop": 21, "intentions": 31,
+        "brand": 24, "cross_category": 30, "cross_shop": 34, "cross_brand": 30, "cross_intention": 25,
         "scenario": 4}
     _assert_ids_index_their_tables(config, sizes, transformed)
 
