@@ -25,7 +25,7 @@ class FeatureEmbeddings(keras.layers.Layer):
     1/√dim (unit-norm rows). Members of a shared group read one table. A weighted_ids feature is pooled by its
     combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
     sum, ``softmax`` weighs each entry by the softmax of the list's weights (DeepCTR's weighted
-    sequences with ``weight_norm``). An empty list pools to zeros under every combiner. Z-scored
+    sequences with ``weight_norm``), computed as the mean under the weights exp(w − max w). An empty list pools to zeros under every combiner. Z-scored
     dense features are appended as they are.
 
     Rows are read with ``tf.nn.embedding_lookup``, not ``tf.gather``: on a table partitioned over
@@ -81,36 +81,34 @@ class FeatureEmbeddings(keras.layers.Layer):
         if feature.kind != "weighted_ids":
             return tf.nn.embedding_lookup(table, inputs[feature.name])
         ids, weights = inputs[feature.name], inputs[feature.weight_name]
-        if feature.combiner == "softmax":
-            weights = softmax_weights(weights)
+        if feature.combiner == "softmax":  # the mean under weights exp(w - the list's largest w)
+            weights = shifted_exp(weights)
         if isinstance(ids, tf.SparseTensor):
             pooled, total = _pooled_sparse(table, ids, weights)
         else:
             pooled = weighted_sum(table, ids, weights) if self.sparse_pooling else \
                 tf.einsum("bld,bl->bd", tf.nn.embedding_lookup(table, ids), weights)
             total = tf.reduce_sum(weights, axis=1, keepdims=True)
-        return tf.math.divide_no_nan(pooled, total) if feature.combiner == "mean" else pooled
+        return pooled if feature.combiner == "sum" else tf.math.divide_no_nan(pooled, total)
 
 
-def softmax_weights(weights: tf.Tensor | tf.SparseTensor) -> tf.Tensor | tf.SparseTensor:
-    """Each list's weights replaced by their softmax over the list's entries, in the form given: dense
-    [batch, length] or sparse. An entry of weight 0 is absent, as padding is in the dense form, and stays 0."""
+def shifted_exp(weights: tf.Tensor | tf.SparseTensor) -> tf.Tensor | tf.SparseTensor:
+    """exp(w − the largest w of its list) for every entry, in the form given (dense [batch, length] or sparse):
+    the softmax of a list's weights up to its sum, which the ``softmax`` combiner divides by once per list. The
+    shift keeps exp finite for large counts. An entry of weight 0 is absent, as padding is in the dense form,
+    and stays 0."""
     if isinstance(weights, tf.SparseTensor):
         rows, batch = weights.indices[:, 0], weights.dense_shape[0]
-        return tf.SparseTensor(weights.indices, _softmax_where_present(
-            weights.values, lambda x: tf.math.unsorted_segment_max(x, rows, batch),
-            lambda x: tf.math.unsorted_segment_sum(x, rows, batch), lambda x: tf.gather(x, rows)), weights.dense_shape)
-    return _softmax_where_present(weights, lambda x: tf.reduce_max(x, axis=1, keepdims=True),
-                                  lambda x: tf.reduce_sum(x, axis=1, keepdims=True), lambda x: x)
+        return tf.SparseTensor(weights.indices, _shifted_exp_where_present(
+            weights.values, lambda x: tf.gather(tf.math.unsorted_segment_max(x, rows, batch), rows)),
+            weights.dense_shape)
+    return _shifted_exp_where_present(weights, lambda x: tf.reduce_max(x, axis=1, keepdims=True))
 
 
-def _softmax_where_present(values: tf.Tensor, list_max, list_sum, per_entry) -> tf.Tensor:
-    """softmax of ``values`` over each list's non-zero entries; ``list_max``/``list_sum`` reduce entries to their
-    lists, ``per_entry`` spreads a list's figure back to its entries."""
+def _shifted_exp_where_present(values: tf.Tensor, list_max) -> tf.Tensor:
+    """exp(values − ``list_max``(values)) over the non-zero entries; ``list_max`` gives each entry its list's max."""
     present = tf.not_equal(values, 0.0)
-    top = per_entry(list_max(tf.where(present, values, values.dtype.min)))
-    shifted = tf.where(present, tf.exp(values - top), 0.0)
-    return tf.math.divide_no_nan(shifted, per_entry(list_sum(shifted)))
+    return tf.where(present, tf.exp(values - list_max(tf.where(present, values, values.dtype.min))), 0.0)
 
 
 def weighted_sum(table: tf.Variable, ids: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from esmm_model.config import config_from_dict
-from esmm_model.layers import FeatureEmbeddings, softmax_weights, weighted_sum
+from esmm_model.layers import FeatureEmbeddings, shifted_exp, weighted_sum
 
 TABLE = np.arange(24, dtype=np.float32).reshape(6, 4) / 10.0
 # Row 0: id 2 twice and id 5; row 1: id 0 (a real id, not padding: its weight is not 0); row 2: empty.
@@ -55,15 +55,15 @@ def test_sparse_and_padded_pooling_give_the_same_embeddings():
     assert sparse.shape == (3, 8) and np.abs(sparse[:2]).min() > 0
 
 
-def test_softmax_weights_are_the_softmax_of_each_lists_weights_in_both_forms():
+def test_shifted_exp_is_the_softmax_numerator_of_each_lists_weights_in_both_forms():
     expected = np.zeros_like(WEIGHTS)
-    expected[0, :3] = np.exp(WEIGHTS[0, :3]) / np.exp(WEIGHTS[0, :3]).sum()
-    expected[1, 0] = 1.0  # one entry: all the mass; the empty row stays empty
-    np.testing.assert_allclose(softmax_weights(tf.constant(WEIGHTS)).numpy(), expected, rtol=1e-6)
-    sparse = softmax_weights(tf.sparse.from_dense(tf.constant(WEIGHTS)))
+    expected[0, :3] = np.exp(WEIGHTS[0, :3] - 2.0)
+    expected[1, 0] = 1.0  # one entry: exp(0); the empty row stays empty
+    np.testing.assert_allclose(shifted_exp(tf.constant(WEIGHTS)).numpy(), expected, rtol=1e-6)
+    sparse = shifted_exp(tf.sparse.from_dense(tf.constant(WEIGHTS)))
     np.testing.assert_allclose(tf.sparse.to_dense(sparse).numpy(), expected, rtol=1e-6)
     large = tf.constant([[500.0, 1.0, 0.0]])  # no overflow: exp(w - max)
-    np.testing.assert_allclose(softmax_weights(large).numpy(), [[1.0, np.exp(-499.0), 0.0]], atol=1e-30)
+    np.testing.assert_allclose(shifted_exp(large).numpy(), [[1.0, np.exp(-499.0), 0.0]], atol=1e-30)
 
 
 def test_the_softmax_combiner_pools_with_softmax_weights_sparse_or_padded():
