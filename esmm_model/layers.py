@@ -25,8 +25,8 @@ class FeatureEmbeddings(keras.layers.Layer):
     1/√dim (unit-norm rows). Members of a shared group read one table. A weighted_ids feature is pooled by its
     combiner: ``sum`` is the weighted sum (the seed's), ``mean`` divides it by the weights'
     sum, ``softmax`` weighs each entry by the softmax of the list's weights (DeepCTR's weighted
-    sequences with ``weight_norm``), computed as the mean under the weights exp(w − max w). An empty list pools to zeros under every combiner. Z-scored
-    dense features are appended as they are.
+    sequences with ``weight_norm``), computed as the mean under the weights exp(w − max w). An empty
+    list pools to zeros under every combiner. Z-scored dense features are appended as they are.
 
     Rows are read with ``tf.nn.embedding_lookup``, not ``tf.gather``: on a table partitioned over
     parameter servers (a ShardedVariable), ``tf.gather`` in a layer's call reaches
