@@ -164,6 +164,9 @@ def golden_config():
     (item_id, cross_shop: max_vocab 1), so exact vocabularies, hashing and a shared id space all occur."""
     data = load_config("aliccp").to_dict()
     for plain in data["features"]:
+        auto = plain["preprocessing"].get("auto") if isinstance(plain["preprocessing"], dict) else None
+        if auto and auto.get("oov_buckets", 1) > 1:  # the shipped config's thresholds when the file was written
+            auto["min_frequency"] = 2
         if plain["name"] in ("item_id", "cross_shop"):
             plain["preprocessing"] = {"auto": {"max_vocab": 1, "hash_rows_per_id": 1.5}}
         if plain["name"] in ("brand", "hist_brands"):
