@@ -72,8 +72,8 @@ def _tables(config: Config, method: str) -> dict[str, list[Feature]]:
 
 @dataclass(frozen=True)
 class _TableSpec:
-    """What the auto-table analyzer needs of one table: its name (the vocabulary file's), the vocabulary's cap
-    and frequency threshold, and whether its ids are strings."""
+    """What ``_table_analyzer`` needs of one vocab or auto table: its name (the vocabulary file's), the
+    vocabulary's cap and frequency threshold, and whether its ids are strings."""
 
     name: str
     top_k: int | None
@@ -102,8 +102,8 @@ def _table_analyzer(specs: list[_TableSpec], *, files: bool):
     file (``_vocabulary_entries``); without: the vector of vocabulary sizes and the vector of distinct ids per
     table (everything seen, for hash sizing). Two analyzers (tf.Transform 1.21 cannot bind asset and value
     outputs of one), where ``tft.vocabulary`` per table plus a distinct counter per auto table made 46 for
-    Ali-CCP's 23 tables: their Beam
-    stages, not the counting, were most of a transform's time (docs/benchmarks.md).
+    Ali-CCP's 23 tables: their Beam stages, not the counting, were most of a transform's time
+    (docs/benchmarks.md).
     """
     import apache_beam as beam  # only the transform step runs analyzers
     from tensorflow_transform.beam import experimental as tft_beam_experimental
@@ -128,7 +128,7 @@ def _table_analyzer(specs: list[_TableSpec], *, files: bool):
         def extract_output(self, accumulator: list[Counter]) -> list[Counter]:
             return accumulator
 
-    class AutoTables(tft_beam_experimental.PTransformAnalyzer):
+    class Tables(tft_beam_experimental.PTransformAnalyzer):
         def expand(self, batches):
             outputs = (batches | "CountIds" >> beam.CombineGlobally(CountIds())
                        | "Outputs" >> beam.Map(self._write_files if files else self._sizes))
@@ -151,7 +151,7 @@ def _table_analyzer(specs: list[_TableSpec], *, files: bool):
             return [np.array([max(len(_vocabulary_entries(spec, counts)), 1) for spec, counts in zip(specs, counters)],
                              np.int64), np.array([len(counts) for counts in counters], np.int64)]
 
-    return AutoTables()
+    return Tables()
 
 
 class _AutoTable:
