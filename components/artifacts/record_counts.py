@@ -7,7 +7,9 @@ written files (``tf.data``, GZIP TFRecords), so it holds whatever the runner did
 from __future__ import annotations
 
 import json
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import google_crc32c
@@ -17,7 +19,7 @@ from isal import isal_zlib
 from esmm_model.contracts import layout
 from esmm_model.errors import EsmmError
 
-READ_BYTES = 4 << 20
+READ_BYTES = 64 << 10  # inflating 64 KiB at a time took a third less CPU than 4 MiB (cache-sized output)
 _HEADER = struct.Struct("<QI")  # a TFRecord's length and the masked CRC-32C of its 8 bytes
 _CRC = struct.Struct("<I")  # the masked CRC-32C after a record's data
 
@@ -75,12 +77,22 @@ def _count_file(path: str) -> int:
 
 
 def count_records(pattern: str) -> int:
-    """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match).
+    """The number of records in the GZIP TFRecord files matching ``pattern`` (0 when none match)."""
+    return count_each([pattern])[0]
 
-    Each file is inflated by ISA-L and its framing walked (about 1 µs of CPU a row of ~30
-    features, where counting with ``tf.data`` took about 7).
+
+def count_each(patterns: list[str]) -> list[int]:
+    """The number of records in the GZIP TFRecord files matching each pattern (0 where none match).
+
+    Each file is inflated by ISA-L and its framing walked (about 1.5 µs of CPU a row of ~30
+    features, where counting with ``tf.data`` took about 7). The files of all patterns share
+    one thread per CPU: ISA-L inflates without holding the GIL, so inflation runs side by side.
     """
-    return sum(_count_file(path) for path in sorted(tf.io.gfile.glob(pattern)))
+    paths = [sorted(tf.io.gfile.glob(pattern)) for pattern in patterns]
+    every = [path for group in paths for path in group]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(every), os.cpu_count() or 1))) as pool:
+        counts = dict(zip(every, pool.map(_count_file, every)))
+    return [sum(counts[path] for path in group) for group in paths]
 
 
 def check_written(step: str, split: str, written: int, expected: int, where: str) -> None:

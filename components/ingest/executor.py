@@ -212,8 +212,8 @@ def ingest(config: Config, input_path: str, out_dir: str, beam_args: list[str]) 
         counts = IngestCounts(json.load(f))
     anomalies.write(config, anomalies.Presence.of(counts.data), out, _write_text)
     _LOG.info("ingest: done\n%s", counts.describe())
-    for split in (TRAIN, EVAL):
-        written = record_counts.count_records(out.split_pattern(split))
-        record_counts.check_written("ingest", split, written, counts.split(split)["rows"], out.root)
+    written = record_counts.count_each([out.split_pattern(split) for split in (TRAIN, EVAL)])
+    for split, n in zip((TRAIN, EVAL), written):
+        record_counts.check_written("ingest", split, n, counts.split(split)["rows"], out.root)
     check_counts(counts, config.input.max_rejected_fraction, input_path, out_dir, config)
     return counts

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+from tfx_bsl.sketches import QuantilesSketch
 
 from components.beam.line_reader import LineBatch, LongLine, ReadLineBatches, line_ranges
 from components.beam.tfrecord_sink import FramedGzipTFRecordSink, frame_records
@@ -24,7 +26,8 @@ from esmm_model.config import Config
 from esmm_model.contracts import layout
 
 TRAIN, EVAL = layout.TRAIN, layout.EVAL
-QUANTILES = 1001
+QUANTILES = 10001  # the split is exact up to 10,000 keys, and within 0.01% of them beyond
+QUANTILE_EPSILON = 1e-4  # the sketch's rank error: the split falls within 0.01% of the rows of the exact quantile
 BATCH_SIZE = 2048
 ID_BUCKETS = 16  # sample_ids are grouped into this many buckets (by CRC-32) to find the duplicated ones
 DUPLICATE = "duplicate_sample_id"
@@ -207,10 +210,42 @@ def _unique_common(item: tuple[str, list]) -> Iterator:
             f"common_feature_index {index!r} appears on {len(values)} lines; its rows cannot be joined unambiguously"))
 
 
-def _split_point(quantiles: list[float], fraction: float) -> float | None:
+class KeyQuantiles(beam.CombineFn):
+    """Arrays of ordering keys -> QUANTILES evenly spaced ``(key, keys <= key)`` pairs, smallest and largest key
+    included ([] when there is no key), by tfx_bsl's C++ quantiles sketch (exact while it holds every key).
+
+    Beam's ApproximateQuantiles does the same in Python: 1.5 s of CPU for 1M keys where the sketch takes 0.2.
+    """
+
+    def create_accumulator(self) -> QuantilesSketch:
+        return QuantilesSketch(QUANTILE_EPSILON, 1 << 32, 1)
+
+    def add_input(self, sketch: QuantilesSketch, keys: np.ndarray) -> QuantilesSketch:
+        sketch.AddValues(pa.array(keys, pa.float64()))
+        return sketch
+
+    def merge_accumulators(self, sketches) -> QuantilesSketch:
+        merged = self.create_accumulator()
+        for sketch in sketches:
+            merged.Merge(sketch)
+        return merged
+
+    def compact(self, sketch: QuantilesSketch) -> QuantilesSketch:
+        sketch.Compact()
+        return sketch
+
+    def extract_output(self, sketch: QuantilesSketch) -> list[tuple[float, float]]:
+        keys, ranks = sketch.GetQuantilesAndCumulativeWeights(QUANTILES - 1)
+        return list(zip(keys.flatten().to_numpy().tolist(), ranks.flatten().to_numpy().tolist()))
+
+
+def _split_point(quantiles: list[tuple[float, float]], fraction: float) -> float | None:
+    """The largest key with at most ``fraction`` of the keys at or below it (the smallest key when none is)."""
     if not quantiles:
         return None
-    return float(quantiles[round(fraction * (len(quantiles) - 1))])
+    keys, ranks = np.array(quantiles).T
+    at_most = np.flatnonzero(ranks <= fraction * ranks[-1])
+    return float(keys[at_most[-1]] if len(at_most) else keys[0])
 
 
 class ReadLines(beam.PTransform):
@@ -231,7 +266,7 @@ class ReadLines(beam.PTransform):
 def SplitPoint(keys: beam.PCollection, config: Config) -> beam.PCollection:
     """Arrays of ordering keys -> the key at ``input.train_fraction`` (None when no key parses)."""
     return (keys
-            | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES, input_batched=True)
+            | "Quantiles" >> beam.CombineGlobally(KeyQuantiles())
             | "Pick" >> beam.Map(_split_point, config.input.train_fraction))
 
 

@@ -68,7 +68,7 @@ def _ingested_rows(ingest: layout.IngestLayout) -> dict[str, int] | None:
 def check_rows(ingest: layout.IngestLayout, out: layout.TransformLayout) -> dict[str, int]:
     """Counts the transformed rows per split; RowCountError when they differ from ingestion's counts.json."""
     expected = _ingested_rows(ingest)
-    written = {split: record_counts.count_records(out.split_pattern(split)) for split in layout.SPLITS}
+    written = dict(zip(layout.SPLITS, record_counts.count_each([out.split_pattern(split) for split in layout.SPLITS])))
     for split in layout.SPLITS:
         if expected is not None:
             record_counts.check_written("transform", split, written[split], expected[split], out.transformed)
