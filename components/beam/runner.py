@@ -35,13 +35,16 @@ _send_input_to_worker deadlocks once a bundle's input exceeds the data plane's b
 A process that ran tf.Transform on Beam segfaults at interpreter exit (exit 139) while the
 garbage collector tears TensorFlow objects down, after the pipeline succeeded. So every
 process that builds a pipeline here freezes the collector at exit: the objects are left to
-the OS, and the process exits 0 (CLI, kfp.local tasks and pytest alike).
+the OS, and the process exits 0 (CLI, kfp.local tasks and pytest alike). The DirectRunner's
+``multi_processing`` workers do the same (``components.beam.sdk_worker``): the runner waits for
+them to exit, and their teardown cost a transform 1–3 s.
 """
 from __future__ import annotations
 
 import atexit
 import functools
 import gc
+import sys
 import threading
 from typing import Optional, Sequence
 
@@ -188,6 +191,17 @@ def worker_options(options: PipelineOptions) -> dict:
     return chosen
 
 
+def _fast_exit_workers(pipeline_proto) -> None:
+    """Starts ``multi_processing`` workers as ``components.beam.sdk_worker`` (Beam's worker main, without the
+    teardown at exit) instead of Beam's ``sdk_worker_main``; other environments are left as they are."""
+    from apache_beam.portability import python_urns
+
+    beam_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main".encode()
+    for environment in pipeline_proto.components.environments.values():
+        if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload == beam_command:
+            environment.payload = f"{sys.executable} -m components.beam.sdk_worker".encode()
+
+
 def make_runner(options: PipelineOptions):
     """The runner instance for these options: the FnApiRunner for DirectRunner, else Beam's own choice."""
     if not is_direct(options):
@@ -196,10 +210,15 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    class DirectFnApiRunner(fn_runner.FnApiRunner):
+        def run_via_runner_api(self, pipeline_proto, options):
+            _fast_exit_workers(pipeline_proto)
+            return super().run_via_runner_api(pipeline_proto, options)
+
     _patch_fn_runner()
     encoded = JobServiceHandle.encode_pipeline_options(worker_options(options))
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return DirectFnApiRunner(provision_info=provision)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 _CRC = struct.Struct("<I")
 
 
-def _masked_crc32c(data: bytes) -> int:
+def masked_crc32c(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -36,8 +36,8 @@ def _masked_crc32c(data: bytes) -> int:
 def frame_record(value: bytes) -> bytes:
     """One TFRecord: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
     length = struct.pack("<Q", len(value))
-    return b"".join((length, struct.pack("<I", _masked_crc32c(length)), value,
-                     struct.pack("<I", _masked_crc32c(value))))
+    return b"".join((length, struct.pack("<I", masked_crc32c(length)), value,
+                     struct.pack("<I", masked_crc32c(value))))
 
 
 def frame_records(values: list[bytes]) -> bytes:
@@ -45,7 +45,7 @@ def frame_records(values: list[bytes]) -> bytes:
     parts = []
     for value in values:
         length = struct.pack("<Q", len(value))
-        parts += (length, _CRC.pack(_masked_crc32c(length)), value, _CRC.pack(_masked_crc32c(value)))
+        parts += (length, _CRC.pack(masked_crc32c(length)), value, _CRC.pack(masked_crc32c(value)))
     return b"".join(parts)
 
 

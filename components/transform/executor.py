@@ -32,6 +32,7 @@ from components.artifacts import record_counts, storage
 from components.artifacts.output_dir import require_empty
 from components.beam.runner import make_pipeline
 from components.beam.tfrecord_sink import FramedGzipTFRecordSink, frame_records
+from components.beam.tfrecord_source import ReadExampleBatches
 from esmm_model.config import Config
 from esmm_model.contracts import layout
 from esmm_model.errors import InputError
@@ -104,8 +105,8 @@ def transform(config: Config, ingest_dir: str, out_dir: str, beam_args: list[str
             raw = {split: tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
                                                 telemetry_descriptors=["esmm", "transform"])
                    for split, pattern in patterns.items()}
-            data = {split: p | f"Read{split}" >> source.BeamSource(batch_size=RECORD_BATCH_ROWS)
-                    for split, source in raw.items()}
+            data = {split: p | f"Read{split}" >> ReadExampleBatches(pattern, schema, RECORD_BATCH_ROWS)
+                    for split, pattern in patterns.items()}
             train_dataset = (data[layout.TRAIN], raw[layout.TRAIN].TensorAdapterConfig())
             (train_out, _), transform_fn = train_dataset | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True)
