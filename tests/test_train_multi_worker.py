@@ -64,7 +64,7 @@ def data(tmp_path_factory) -> tuple[str, list[dict]]:
 
 
 def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[str, int], *, args: tuple = (),
-                preempt_after_step: int = 0) -> list[str]:
+                preempt_after_step: int = 0, tmpdir: Path | None = None) -> list[str]:
     """Runs `esmm train` once per task of a loopback cluster; returns the output of each process that
     trains (every one; with ps tasks, the chief alone: the others serve until killed). With
     ``preempt_after_step``, the chief dies right after backing up that step (and must)."""
@@ -75,7 +75,7 @@ def run_cluster(config_path: Path, transform_root: str, out: Path, tasks: dict[s
         for index in range(len(addresses)):
             env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "",
                    "TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": kind, "index": index}}),
-                   "PREEMPT_AFTER_STEP": str(preempt_after_step)}
+                   "PREEMPT_AFTER_STEP": str(preempt_after_step), **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
             entry = ["-c", PREEMPTED_CHIEF] if preempt_after_step and not procs else ["-m", "pipelines.cli"]
             procs.append(subprocess.Popen(
                 [sys.executable, *entry, "train", "--config", str(config_path),
@@ -109,8 +109,10 @@ def test_multi_worker_training_matches_one_worker_and_the_chief_exports(data, tm
     config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     single = train(config, transform_root, str(tmp_path / "single"), version=1)
 
-    outputs = run_cluster(config_path, transform_root, tmp_path / "cluster", {"worker": 2})
+    (tmp_path / "tmp").mkdir()
+    outputs = run_cluster(config_path, transform_root, tmp_path / "cluster", {"worker": 2}, tmpdir=tmp_path / "tmp")
     assert "worker done (the chief exports)" in outputs[1], outputs[1][-2000:]
+    assert not list((tmp_path / "tmp").glob("esmm-worker-*"))  # the worker's throwaway directory is gone
     paths = layout.TrainLayout(str(tmp_path / "cluster"))
     versions = tf.io.gfile.listdir(paths.export_base)
     assert len(versions) == 1, versions  # only the chief exported

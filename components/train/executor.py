@@ -119,12 +119,23 @@ def train(config: Config, transform_root: str, out_dir: str, *, checkpoint_dir: 
     """
     if checkpoint_every < 1:
         raise InputError(f"checkpoint_every: a backup every {checkpoint_every} steps; give a positive number")
-    training = config.training
-    placement = choose_strategy(training)  # before any other TensorFlow op
+    placement = choose_strategy(config.training)  # before any other TensorFlow op
+    run = functools.partial(_train_placed, config, transform_root, placement=placement, checkpoint_dir=checkpoint_dir,
+                            version=version, checkpoint_every=checkpoint_every, log_every=log_every)
     if placement.chief:
         require_empty(str(out_dir), "train", resumable=layout.TrainLayout.OWN_ENTRIES)
-    # Other workers write their TensorBoard files to a throwaway directory and export nothing.
-    paths = layout.TrainLayout(str(out_dir) if placement.chief else tempfile.mkdtemp(prefix="esmm-worker-"))
+        return run(layout.TrainLayout(str(out_dir)))
+    # Other workers write their TensorBoard files (and, by default, backups) to a throwaway directory and export
+    # nothing; the directory goes when they are done.
+    with tempfile.TemporaryDirectory(prefix="esmm-worker-") as throwaway:
+        return run(layout.TrainLayout(throwaway))
+
+
+def _train_placed(config: Config, transform_root: str, paths: layout.TrainLayout, *, placement: Placement,
+                  checkpoint_dir: Optional[str], version: Optional[int], checkpoint_every: int,
+                  log_every: int) -> TrainResult:
+    """``train`` once the strategy is chosen, writing to ``paths``."""
+    training = config.training
     transformed = layout.TransformLayout(str(transform_root))
     checkpoint_dir = checkpoint_dir or paths.default_checkpoints
     keras.utils.set_random_seed(training.seed)
