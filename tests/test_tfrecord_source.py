@@ -27,7 +27,7 @@ def test_records_come_back_in_order_across_gzip_members_and_chunks():
 def test_corrupt_data_names_the_file():
     framed = bytearray(frame_records([b"abc", b"defgh"]))
     framed[len(frame_records([b"abc"])) + 12] ^= 1  # the first data byte of the second record
-    with pytest.raises(CorruptRecordError, match="f.gz: a record at byte .* has corrupt data"):
+    with pytest.raises(CorruptRecordError, match="f.gz: record 1 has corrupt data"):
         list(read_records(io.BytesIO(gzip.compress(bytes(framed))), "f.gz"))
 
 

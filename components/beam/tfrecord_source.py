@@ -75,12 +75,13 @@ def record_spans(f: BinaryIO, path: str) -> Iterator[tuple[bytes, list[tuple[int
 
 def read_records(f: BinaryIO, path: str) -> Iterator[bytes]:
     """The records of the GZIP TFRecord file ``f``, each data CRC checked (CorruptRecordError names ``path``)."""
+    count = 0
     for buffer, spans in record_spans(f, path):
         for start, end in spans:
             record = buffer[start:end]
             if _CRC.unpack_from(buffer, end)[0] != masked_crc32c(record):
-                raise CorruptRecordError(f"{path}: a record at byte {start:,} of an inflated chunk has corrupt data "
-                                         "(its CRC does not match)")
+                raise CorruptRecordError(f"{path}: record {count:,} has corrupt data (its CRC does not match)")
+            count += 1
             yield record
 
 
