@@ -10,7 +10,8 @@ at the dev data seed with the dev seeds (for choosing); ``--protocol test`` (the
 
 Data per story: simulated at the story's ``--size`` (1m: 1M rows) or ``--rows``, ingested and
 transformed once into --work-dir with our config (``--config``, default simulator.yaml; time split:
-the earlier half trains); later runs reuse them. Per seed:
+the earlier half trains); later runs reuse them, found by the config's name and a digest of its
+``input`` and ``features`` (a changed preprocessing gets new ones). Per seed:
 - ours: ``components.train.executor.train`` (the production trainer, the config plus --set overrides),
   scored through the exported ``serving_default`` on the raw eval split;
 - peer: ``deepctr.models.multitask.ESMM`` in .peer-venv (``make peer-venv``, run with
@@ -41,6 +42,7 @@ the first), mean ± std over seeds, with the load average.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -88,9 +90,18 @@ TEST_DATA_SEED = 2001  # the world each story is drawn from for reporting; no ch
 TEST_SEEDS = (1001, 1002, 1003, 1004, 1005)  # training seeds for reporting; no choice used them
 
 
+def data_dirs(config: Config, work_dir: Path, tables: str) -> tuple[Path, Path]:
+    """The ingest and transform dirs of ``config`` under work_dir, named by a digest of what those steps read
+    (``input`` and ``features``): a config whose preprocessing changed, under the same name, gets new ones
+    instead of reusing stale vocabularies."""
+    read = {key: config.to_dict()[key] for key in ("input", "features")}
+    digest = hashlib.sha1(json.dumps(read, sort_keys=True).encode()).hexdigest()[:10]
+    return work_dir / f"ingest_{config.name}_{digest}", work_dir / f"transform_{config.name}_{digest}_{tables}"
+
+
 def prepare(config: Config, spec: SimulationSpec, work_dir: Path, tables: str) -> tuple[Path, Path]:
     """Simulate, ingest and transform once into work_dir (later runs reuse them); the ingest and transform dirs."""
-    ingest_dir, transform_dir = work_dir / f"ingest_{config.name}", work_dir / f"transform_{config.name}_{tables}"
+    ingest_dir, transform_dir = data_dirs(config, work_dir, tables)
     ingested, transformed = layout.IngestLayout(str(ingest_dir)), layout.TransformLayout(str(transform_dir))
     if not tf.io.gfile.exists(layout.join(str(work_dir / "raw"), "simulation.json")):
         _step(f"simulate {spec.rows:,} rows", lambda: print(simulate(spec, config, work_dir / "raw").describe()))

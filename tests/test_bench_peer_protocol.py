@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_peer  # noqa: E402
 from components.devtools.simulator import STORIES  # noqa: E402
+from esmm_model.config import load_config, with_overrides  # noqa: E402
 
 
 def test_test_seeds_and_world_were_never_used_for_choosing():
@@ -27,3 +28,13 @@ def test_protocol_runs():
         bench_peer.protocol_runs("test", ["viral"], 3)
     with pytest.raises(SystemExit, match="--seeds must be 1..3"):
         bench_peer.protocol_runs("dev", None, 4)
+
+
+def test_cached_data_are_keyed_by_what_ingest_and_transform_read(tmp_path):
+    config = load_config("aliccp")
+    dirs = bench_peer.data_dirs(config, tmp_path, "small")
+    assert bench_peer.data_dirs(with_overrides(config, {"training": {"epochs": 1}}), tmp_path, "small") == dirs
+    changed = with_overrides(config, {"input": {"train_fraction": 0.6}})
+    assert bench_peer.data_dirs(changed, tmp_path, "small")[0] != dirs[0]
+    assert bench_peer.data_dirs(changed, tmp_path, "small")[1] != dirs[1]
+    assert bench_peer.data_dirs(config, tmp_path, "aliccp")[1] != dirs[1]
